@@ -1,0 +1,35 @@
+//! One error type for the whole library: every failure a user can cause or meet
+//! (bad input, GPU limits, a lost device) is a value, never a panic.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("no usable GPU adapter: {0}")]
+    NoAdapter(String),
+    #[error("could not open the GPU device: {0}")]
+    DeviceRequest(String),
+    #[error("the GPU device was lost ({0}); create a new context to continue")]
+    DeviceLost(String),
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("GPU error: {0}")]
+    Gpu(String),
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("{what} needs {needed} bytes but this adapter allows at most {limit}")]
+    TooLarge { what: String, needed: u64, limit: u64 },
+    #[error("reading a result back from the GPU failed: {0}")]
+    Readback(String),
+    #[error("shader {shader}: {detail}")]
+    Shader { shader: String, detail: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A shape error with a formatted message.
+    pub fn shape(op: &'static str, detail: impl fmt::Display) -> Self {
+        Error::Shape { op, detail: detail.to_string() }
+    }
+}

@@ -1,0 +1,180 @@
+//! Recording: every kernel launch lands in one pending batch whose parameters share
+//! one uniform arena; a flush encodes the whole batch as one compute pass and one submit.
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use super::context::{lock, Gpu};
+use super::kernel::{Compiled, KernelKey};
+use super::tensor::Tensor;
+use crate::error::{Error, Result};
+
+/// How a kernel uses a storage binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// One kernel launch: which variant, its parameters (a `#[repr(C)]` struct that
+/// matches the shader's `Params`), its tensors in binding order, and its grid.
+pub struct Launch<'a> {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub defines: Vec<(&'static str, String)>,
+    pub params: &'a [u8],
+    pub bindings: &'a [(&'a Tensor, Access)],
+    pub workgroups: [u32; 3],
+}
+
+struct Dispatch {
+    kernel: Arc<Compiled>,
+    buffers: Vec<(wgpu::Buffer, u64)>,
+    uniform_offset: u32,
+    uniform_size: u64,
+    workgroups: [u32; 3],
+}
+
+#[derive(Default)]
+pub(super) struct Batch {
+    arena: Vec<u8>,
+    dispatches: Vec<Dispatch>,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.dispatches.clear();
+    }
+}
+
+impl Gpu {
+    /// Records a launch; it runs at the next flush (a readback flushes).
+    pub fn launch(&self, launch: Launch<'_>) -> Result<()> {
+        self.check()?;
+        let info = &self.inner.info;
+        if let Some(&n) = launch.workgroups.iter().find(|&&n| n > info.max_workgroups_per_dim) {
+            return Err(Error::TooLarge {
+                what: format!("{}:{} with {:?} workgroups", launch.shader, launch.entry, launch.workgroups),
+                needed: n as u64,
+                limit: info.max_workgroups_per_dim as u64,
+            });
+        }
+        let mut buffers = Vec::with_capacity(launch.bindings.len());
+        for (tensor, _) in launch.bindings {
+            let bytes = tensor.byte_len().max(4);
+            if bytes > info.max_storage_binding {
+                return Err(Error::TooLarge {
+                    what: format!("binding a {:?} tensor to {}:{}", tensor.shape(), launch.shader, launch.entry),
+                    needed: bytes,
+                    limit: info.max_storage_binding,
+                });
+            }
+            buffers.push((tensor.buffer().clone(), bytes));
+        }
+        let key = KernelKey {
+            shader: launch.shader,
+            entry: launch.entry,
+            defines: launch.defines,
+            bindings: launch.bindings.iter().map(|(_, access)| *access).collect(),
+        };
+        let kernel = lock(&self.inner.kernels).get(&self.inner.device, &key)?;
+        if launch.workgroups.contains(&0) {
+            return Ok(()); // nothing to compute
+        }
+        let mut batch = lock(&self.inner.batch);
+        let align = info.uniform_offset_alignment.max(16) as usize;
+        let uniform_offset = batch.arena.len().next_multiple_of(align);
+        let uniform_size = launch.params.len().max(16).next_multiple_of(16);
+        batch.arena.resize(uniform_offset, 0);
+        batch.arena.extend_from_slice(launch.params);
+        batch.arena.resize(uniform_offset + uniform_size, 0);
+        batch.dispatches.push(Dispatch {
+            kernel,
+            buffers,
+            uniform_offset: uniform_offset as u32,
+            uniform_size: uniform_size as u64,
+            workgroups: launch.workgroups,
+        });
+        Ok(())
+    }
+
+    /// A grid of `total` workgroups folded into x and y so no dimension passes the
+    /// limit; kernels compute `wid.x + wid.y * nwg.x` and skip ids past `total`.
+    pub fn grid(&self, total: u32) -> [u32; 3] {
+        let max = self.inner.info.max_workgroups_per_dim;
+        if total <= max {
+            [total, 1, 1]
+        } else {
+            let y = total.div_ceil(max);
+            [total.div_ceil(y), y, 1]
+        }
+    }
+
+    /// Submits everything recorded so far.
+    pub fn flush(&self) -> Result<()> {
+        self.check()?;
+        let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        if self.encode_pending(&mut encoder) {
+            self.inner.queue.submit([encoder.finish()]);
+        }
+        self.check()
+    }
+
+    /// Encodes the pending batch as one compute pass into `encoder`; false when empty.
+    pub(super) fn encode_pending(&self, encoder: &mut wgpu::CommandEncoder) -> bool {
+        let mut batch = lock(&self.inner.batch);
+        if batch.dispatches.is_empty() {
+            return false;
+        }
+        let device = &self.inner.device;
+        let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform arena"),
+            size: batch.arena.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        match uniforms.slice(..).get_mapped_range_mut() {
+            Ok(mut view) => view.copy_from_slice(&batch.arena),
+            // Only a lost device refuses a fresh mapped-at-creation buffer; the fault
+            // handler has recorded that, and the caller's next check reports it.
+            Err(_) => return false,
+        }
+        uniforms.unmap();
+        let bind_groups: Vec<wgpu::BindGroup> = batch
+            .dispatches
+            .iter()
+            .map(|d| {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniforms,
+                        offset: 0,
+                        size: NonZeroU64::new(d.uniform_size),
+                    }),
+                }];
+                for (i, (buffer, bytes)) in d.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: 0,
+                            size: NonZeroU64::new(*bytes),
+                        }),
+                    });
+                }
+                device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })
+            })
+            .collect();
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None });
+            for (d, group) in batch.dispatches.iter().zip(&bind_groups) {
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, group, &[d.uniform_offset]);
+                pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+            }
+        }
+        batch.clear();
+        true
+    }
+}

@@ -1,0 +1,56 @@
+//! Copying results back to the CPU, asynchronously on both targets: natively the
+//! device is polled to completion, in the browser the event loop resolves the map.
+
+use super::context::Gpu;
+use super::tensor::{DType, Tensor};
+use crate::error::{Error, Result};
+
+impl Gpu {
+    async fn read_bytes(&self, tensor: &Tensor) -> Result<Vec<u8>> {
+        self.check()?;
+        let len = tensor.byte_len();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: len,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        self.encode_pending(&mut encoder);
+        encoder.copy_buffer_to_buffer(tensor.buffer(), 0, &staging, 0, len);
+        self.inner.queue.submit([encoder.finish()]);
+
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let mapped = receiver.await.map_err(|_| Error::Readback("the map request was dropped".into()))?;
+        self.check()?;
+        mapped.map_err(|e| Error::Readback(e.to_string()))?;
+        let bytes = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?.to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+impl Tensor {
+    /// The values as f32 (f16 storage is widened exactly).
+    pub async fn to_vec(&self) -> Result<Vec<f32>> {
+        let bytes = self.gpu().read_bytes(self).await?;
+        Ok(match self.dtype() {
+            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::F16 => {
+                let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
+                halves[..self.numel()].iter().map(|h| h.to_f32()).collect()
+            }
+        })
+    }
+}

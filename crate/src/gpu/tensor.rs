@@ -1,0 +1,152 @@
+//! A tensor on the GPU: a shape, an element type, and a pooled storage buffer.
+
+use std::sync::Arc;
+
+use super::context::{lock, Gpu};
+use super::pool::BufferPool;
+use crate::error::{Error, Result};
+
+/// Element storage. f16 is stored packed two per `u32` (element `i` in the low half
+/// of word `i / 2` when `i` is even), read with `unpack2x16float`: no shader-f16 needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    /// Bytes of storage for `n` elements, always a whole number of `u32` words.
+    pub fn storage_bytes(self, n: usize) -> u64 {
+        match self {
+            DType::F32 => 4 * n as u64,
+            DType::F16 => 4 * n.div_ceil(2) as u64,
+        }
+    }
+}
+
+pub(super) struct Storage {
+    pub buffer: wgpu::Buffer,
+    class: u64,
+    gpu: Gpu,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        lock(&self.gpu.inner.pool).give(self.class, self.buffer.clone());
+    }
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.storage.gpu
+    }
+
+    /// Bytes the elements occupy (the buffer itself may be larger).
+    pub fn byte_len(&self) -> u64 {
+        self.dtype.storage_bytes(self.numel())
+    }
+
+    pub(super) fn buffer(&self) -> &wgpu::Buffer {
+        &self.storage.buffer
+    }
+
+    /// The same storage seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(Error::shape("reshape", format!("{:?} cannot become {:?}", self.shape, shape)));
+        }
+        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+    }
+}
+
+impl Gpu {
+    /// A tensor with undefined contents, from the pool when a buffer of its size class is free.
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.check()?;
+        let bytes = dtype.storage_bytes(shape.iter().product());
+        let info = &self.inner.info;
+        if bytes > info.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: format!("a tensor of shape {shape:?}"),
+                needed: bytes,
+                limit: info.max_buffer_size,
+            });
+        }
+        let class = BufferPool::size_class(bytes).min(info.max_buffer_size);
+        let pooled = lock(&self.inner.pool).take(class);
+        let buffer = match pooled {
+            Some(buffer) => buffer,
+            None => self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tensor"),
+                size: class,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        self.check()?;
+        Ok(Tensor {
+            storage: Arc::new(Storage { buffer, class, gpu: self.clone() }),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::F32, data.len(), bytemuck::cast_slice(data))
+    }
+
+    pub fn upload_f16(&self, shape: &[usize], data: &[half::f16]) -> Result<Tensor> {
+        let mut words: Vec<half::f16> = data.to_vec();
+        if words.len() % 2 == 1 {
+            words.push(half::f16::ZERO);
+        }
+        self.upload_bytes(shape, DType::F16, data.len(), bytemuck::cast_slice(&words))
+    }
+
+    /// Rounds f32 values to f16 and stores them packed.
+    pub fn upload_f32_as_f16(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+        self.upload_f16(shape, &halves)
+    }
+
+    fn upload_bytes(&self, shape: &[usize], dtype: DType, len: usize, bytes: &[u8]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel != len {
+            return Err(Error::shape("upload", format!("shape {shape:?} holds {numel} values, got {len}")));
+        }
+        let tensor = self.empty(shape, dtype)?;
+        // Pending dispatches may still read the recycled buffer; a queue write would
+        // land before them, so they go first.
+        self.flush()?;
+        if !bytes.is_empty() {
+            self.inner.queue.write_buffer(tensor.buffer(), 0, bytes);
+        }
+        self.check()?;
+        Ok(tensor)
+    }
+}

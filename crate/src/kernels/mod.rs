@@ -1,0 +1,27 @@
+//! Thin Rust launchers over the WGSL kernels in `shaders/`: each checks shapes,
+//! allocates the output and records one or more dispatches.
+
+pub mod attention;
+pub mod conv2d;
+pub mod elementwise;
+pub mod embedding;
+pub mod layout;
+pub mod matmul;
+pub mod norm;
+pub mod softmax;
+
+use crate::gpu::KernelKey;
+
+/// Every kernel variant the library can launch (validated by naga in the tests).
+pub fn all_variants() -> Vec<KernelKey> {
+    let mut keys = Vec::new();
+    keys.extend(attention::variants());
+    keys.extend(conv2d::variants());
+    keys.extend(elementwise::variants());
+    keys.extend(embedding::variants());
+    keys.extend(layout::variants());
+    keys.extend(matmul::variants());
+    keys.extend(norm::variants());
+    keys.extend(softmax::variants());
+    keys
+}

@@ -1,0 +1,5 @@
+use crate::gpu::KernelKey;
+
+pub fn variants() -> Vec<KernelKey> {
+    Vec::new()
+}

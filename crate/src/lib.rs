@@ -1,0 +1,10 @@
+//! webdiffusion: text-to-image diffusion on WebGPU with hand-written WGSL kernels,
+//! the same code in the browser (wasm32) and natively (wgpu on Vulkan, Metal, DX12).
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod shaders;
+
+pub use error::{Error, Result};

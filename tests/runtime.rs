@@ -1,0 +1,72 @@
+//! The runtime itself: buffer reuse, batching, limits and a lost device.
+
+mod common;
+
+use common::{gpu, read};
+use webdiffusion::gpu::{DType, Gpu};
+use webdiffusion::kernels::elementwise as ew;
+use webdiffusion::Error;
+
+#[test]
+fn freed_buffers_are_reused() {
+    // Its own device: other tests in this binary allocate concurrently.
+    let gpu = pollster::block_on(Gpu::new()).unwrap();
+    let a = gpu.empty(&[1000], DType::F32).unwrap();
+    assert_eq!(gpu.pooled_bytes(), 0);
+    drop(a);
+    let held = gpu.pooled_bytes();
+    assert!(held >= 4000, "a freed tensor returns to the pool, held {held}");
+    let _b = gpu.empty(&[990], DType::F32).unwrap(); // same size class
+    assert_eq!(gpu.pooled_bytes(), 0, "the pooled buffer was taken again");
+    let _c = gpu.empty(&[4000], DType::F32).unwrap(); // another class: a new buffer
+    assert_eq!(gpu.pooled_bytes(), 0);
+}
+
+#[test]
+fn a_chain_of_launches_runs_in_one_batch_with_reuse() {
+    let gpu = gpu();
+    let x = gpu.upload_f32(&[3, 100], &vec![1.0; 300]).unwrap();
+    let mut y = x.clone();
+    // 50 dependent launches recorded before any submit: each frees the previous
+    // intermediate, which the next output reuses inside the same pass.
+    for _ in 0..50 {
+        y = ew::axpby(gpu, 1.0, &y, 1.0, &x, None).unwrap();
+    }
+    assert_eq!(read(&y), vec![51.0; 300]);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let gpu = gpu();
+    assert!(matches!(gpu.upload_f32(&[2, 3], &[1.0; 5]), Err(Error::Shape { .. })));
+    let t = gpu.upload_f32(&[2, 3], &[1.0; 6]).unwrap();
+    assert!(matches!(t.reshape(&[4]), Err(Error::Shape { .. })));
+    assert_eq!(t.reshape(&[3, 2]).unwrap().shape(), &[3, 2]);
+}
+
+#[test]
+fn oversized_tensor_is_a_clear_error() {
+    let gpu = gpu();
+    let limit = gpu.info().max_buffer_size;
+    let err = gpu.empty(&[(limit / 4 + 1) as usize], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("at most"), "{err}");
+}
+
+#[test]
+fn info_reports_real_limits() {
+    let info = gpu().info();
+    assert!(!info.adapter.is_empty());
+    assert!(info.max_storage_binding >= 128 << 20, "{info}");
+    assert!(info.max_workgroups_per_dim >= 65535);
+}
+
+#[test]
+fn lost_device_is_an_error_not_a_panic() {
+    let gpu = pollster::block_on(Gpu::new()).unwrap();
+    let x = gpu.upload_f32(&[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    gpu.destroy();
+    assert!(matches!(ew::scale(&gpu, &x, 2.0), Err(Error::DeviceLost(_))));
+    assert!(matches!(pollster::block_on(x.to_vec()), Err(Error::DeviceLost(_))));
+    assert!(matches!(gpu.upload_f32(&[1], &[0.0]), Err(Error::DeviceLost(_))));
+}
