@@ -33,7 +33,8 @@ pub enum Unary {
 }
 
 impl Unary {
-    fn name(self) -> &'static str {
+    /// The WGSL function name in `common.wgsl` (used as the `OP` define).
+    pub fn name(self) -> &'static str {
         match self {
             Unary::Silu => "silu",
             Unary::GeluErf => "gelu_erf",
