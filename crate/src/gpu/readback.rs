@@ -54,3 +54,22 @@ impl Tensor {
         })
     }
 }
+
+impl Gpu {
+    /// Submits pending work and waits until the GPU has finished all of it
+    /// (for timing; results are read with `Tensor::to_vec`).
+    pub async fn finish(&self) -> Result<()> {
+        self.flush()?;
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.inner.queue.on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        receiver.await.map_err(|_| Error::Readback("the device stopped before the work finished".into()))?;
+        self.check()
+    }
+}

@@ -1,5 +1,196 @@
-use crate::gpu::KernelKey;
+//! Launcher for `conv2d.wgsl`: 2-d convolution of NCHW f32 activations by f32 or
+//! packed-f16 weights, as an implicit GEMM (no im2col buffer).
 
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
+
+const SHADER: &str = "conv2d.wgsl";
+const OP: &str = "conv2d";
+/// The output tile of one workgroup (`BM` x `BN` in the shader).
+const TILE_CHANNELS: usize = 64;
+const TILE_PIXELS: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct Params {
+    channels: u32,
+    height: u32,
+    width: u32,
+    out_channels: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    out_h: u32,
+    out_w: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    k: u32,
+}
+
+/// How to convolve: stride, zero padding and an optional bias.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dOptions<'a> {
+    /// The same stride in both directions (SD uses 1, and 2 for downsampling).
+    pub stride: usize,
+    /// Zero padding `[top, bottom, left, right]`. Asymmetric padding covers the VAE
+    /// encoder's downsampler, which pads `(0, 1, 0, 1)` before a padding-0 stride-2 conv:
+    /// that is `[0, 1, 0, 1]` here (torch's `F.pad` order is left, right, top, bottom).
+    pub padding: [usize; 4],
+    /// `[out_channels]`, f32 or packed f16.
+    pub bias: Option<&'a Tensor>,
+}
+
+impl<'a> Conv2dOptions<'a> {
+    /// `stride`, `padding` on every side, no bias.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self { stride, padding: [padding; 4], bias: None }
+    }
+
+    pub fn with_bias(self, bias: &'a Tensor) -> Self {
+        Self { bias: Some(bias), ..self }
+    }
+}
+
+impl Default for Conv2dOptions<'_> {
+    fn default() -> Self {
+        Self::new(1, 0)
+    }
+}
+
+/// The output height and width of a convolution, or why there is none.
+pub fn output_size(height: usize, width: usize, kernel: [usize; 2], stride: usize, padding: [usize; 4]) -> Result<[usize; 2]> {
+    if stride == 0 {
+        return Err(Error::shape(OP, "stride must be at least 1"));
+    }
+    let [top, bottom, left, right] = padding;
+    let (padded_h, padded_w) = (height + top + bottom, width + left + right);
+    if kernel[0] == 0 || kernel[1] == 0 || padded_h < kernel[0] || padded_w < kernel[1] {
+        return Err(Error::shape(OP, format!("a {}x{} kernel does not fit the padded {padded_h}x{padded_w} input", kernel[0], kernel[1])));
+    }
+    Ok([(padded_h - kernel[0]) / stride + 1, (padded_w - kernel[1]) / stride + 1])
+}
+
+fn dims4(what: &str, t: &Tensor) -> Result<[usize; 4]> {
+    t.shape().try_into().map_err(|_| Error::shape(OP, format!("{what} must be 4-d, got {:?}", t.shape())))
+}
+
+/// The shader indexes with u32.
+fn check_indexable(what: &str, shape: &[usize]) -> Result<()> {
+    if shape.iter().product::<usize>() > u32::MAX as usize {
+        return Err(Error::shape(OP, format!("{what} {shape:?} has more elements than u32 indexing reaches")));
+    }
+    Ok(())
+}
+
+/// Workgroups: x over pixel tiles, y over output-channel tiles, z over the batch.
+fn workgroups(batch: usize, out_channels: usize, pixels: usize) -> [u32; 3] {
+    [pixels.div_ceil(TILE_PIXELS), out_channels.div_ceil(TILE_CHANNELS), batch].map(|n| n.min(u32::MAX as usize) as u32)
+}
+
+/// `x` `[N, C, H, W]` f32 convolved with `weight` `[OC, C, KH, KW]` (f32 or packed
+/// f16), plus the optional bias: `[N, OC, OH, OW]` f32.
+pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> Result<Tensor> {
+    let [batch, channels, height, width] = dims4("input", x)?;
+    let [out_channels, weight_channels, kernel_h, kernel_w] = dims4("weight", weight)?;
+    if x.dtype() != DType::F32 {
+        return Err(Error::shape(OP, format!("input must be f32, got {:?}", x.dtype())));
+    }
+    if weight_channels != channels {
+        return Err(Error::shape(OP, format!("weight {:?} expects {weight_channels} input channels, input {:?} has {channels}", weight.shape(), x.shape())));
+    }
+    if let Some(bias) = opts.bias.filter(|b| b.shape() != [out_channels]) {
+        return Err(Error::shape(OP, format!("bias must be [{out_channels}], got {:?}", bias.shape())));
+    }
+    let [out_h, out_w] = output_size(height, width, [kernel_h, kernel_w], opts.stride, opts.padding)?;
+    let out_shape = [batch, out_channels, out_h, out_w];
+    for (what, shape) in [("input", x.shape()), ("weight", weight.shape()), ("output", &out_shape)] {
+        check_indexable(what, shape)?;
+    }
+    let out = gpu.empty(&out_shape, DType::F32)?;
+    let params = Params {
+        channels: channels as u32,
+        height: height as u32,
+        width: width as u32,
+        out_channels: out_channels as u32,
+        kernel_h: kernel_h as u32,
+        kernel_w: kernel_w as u32,
+        out_h: out_h as u32,
+        out_w: out_w as u32,
+        stride: opts.stride as u32,
+        pad_top: opts.padding[0] as u32,
+        pad_left: opts.padding[2] as u32,
+        k: (channels * kernel_h * kernel_w) as u32,
+    };
+    let mut bindings = vec![(x, Access::Read), (weight, Access::Read)];
+    bindings.extend(opts.bias.map(|b| (b, Access::Read)));
+    bindings.push((&out, Access::ReadWrite));
+    gpu.launch(Launch {
+        shader: SHADER,
+        entry: "conv2d",
+        defines: defines(weight.dtype(), opts.bias.map(Tensor::dtype)),
+        params: bytemuck::bytes_of(&params),
+        bindings: &bindings,
+        workgroups: workgroups(batch, out_channels, out_h * out_w),
+    })?;
+    Ok(out)
+}
+
+fn defines(weight: DType, bias: Option<DType>) -> Vec<(&'static str, String)> {
+    let mut defines = Vec::new();
+    if weight == DType::F16 {
+        defines.push(("W_F16", String::new()));
+    }
+    if let Some(bias) = bias {
+        defines.push(("BIAS", String::new()));
+        if bias == DType::F16 {
+            defines.push(("BIAS_F16", String::new()));
+        }
+    }
+    defines
+}
+
+/// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    Vec::new()
+    let mut keys = Vec::new();
+    for weight in [DType::F32, DType::F16] {
+        for bias in [None, Some(DType::F32), Some(DType::F16)] {
+            let reads = if bias.is_some() { 3 } else { 2 };
+            let mut bindings = vec![Access::Read; reads];
+            bindings.push(Access::ReadWrite);
+            keys.push(KernelKey { shader: SHADER, entry: "conv2d", defines: defines(weight, bias), bindings });
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WebGPU default (and common) per-dimension workgroup limit.
+    const MAX_WORKGROUPS: u32 = 65535;
+
+    #[test]
+    fn full_size_stable_diffusion_convs_fit_the_grid() {
+        // (batch, out channels, output pixels): the VAE decoder at 512x512, UNet convs
+        // at the 64x64 and 8x8 latent resolutions (batch 2 for classifier-free guidance).
+        let cases = [(1, 128, 512 * 512), (1, 256, 512 * 512), (1, 3, 512 * 512), (2, 1280, 8 * 8), (2, 320, 64 * 64), (2, 4, 64 * 64)];
+        for (batch, out_channels, pixels) in cases {
+            let grid = workgroups(batch, out_channels, pixels);
+            assert!(grid.iter().all(|&n| n <= MAX_WORKGROUPS), "{batch}x{out_channels}x{pixels}: {grid:?}");
+        }
+        assert_eq!(workgroups(1, 128, 512 * 512), [4096, 2, 1]);
+    }
+
+    #[test]
+    fn output_size_follows_torch() {
+        assert_eq!(output_size(9, 11, [3, 3], 1, [1; 4]).unwrap(), [9, 11]);
+        assert_eq!(output_size(9, 11, [3, 3], 2, [1; 4]).unwrap(), [5, 6]);
+        // The VAE encoder's downsampler: pad right/bottom by one, then stride 2, padding 0.
+        assert_eq!(output_size(512, 512, [3, 3], 2, [0, 1, 0, 1]).unwrap(), [256, 256]);
+        assert!(output_size(2, 2, [3, 3], 1, [0; 4]).is_err());
+        assert!(output_size(9, 9, [3, 3], 0, [1; 4]).is_err());
+    }
 }

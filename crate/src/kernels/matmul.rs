@@ -1,5 +1,237 @@
-use crate::gpu::KernelKey;
+//! Launchers for `matmul.wgsl`: batched matrix products with either operand
+//! transposed, f32 or packed-f16 `b`, a fused bias and activation, and an f16-math
+//! variant for devices with shader-f16.
 
+use bytemuck::{Pod, Zeroable};
+
+use super::elementwise::Unary;
+use crate::error::{Error, Result};
+use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
+
+const SHADER: &str = "matmul.wgsl";
+const ENTRY: &str = "matmul";
+/// Rows and columns of the output tile one workgroup computes (BM = BN in the shader).
+const TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    m_tiles: u32,
+    batches: u32,
+    a_batch_stride: u32,
+    b_batch_stride: u32,
+    act_a: f32,
+    act_b: f32,
+    pad: [u32; 3],
+}
+
+/// What `matmul` computes besides the plain product.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatmulOptions<'a> {
+    /// `a` is stored `[.., K, M]`.
+    pub transpose_a: bool,
+    /// `b` is stored `[.., N, K]` (PyTorch's Linear weight layout `[out, in]`).
+    pub transpose_b: bool,
+    /// Added to every row: `[N]`, f32 or f16.
+    pub bias: Option<&'a Tensor>,
+    /// Applied after the bias.
+    pub activation: Option<Unary>,
+    /// Tiles and products in f16 (sums stay f32); honoured only when the device has
+    /// shader-f16, otherwise the f32 kernel runs.
+    pub f16_math: bool,
+}
+
+/// The compile-time choices of one kernel variant.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    transpose_a: bool,
+    transpose_b: bool,
+    b_f16: bool,
+    bias: Option<DType>,
+    activation: Option<&'static str>,
+    f16_math: bool,
+}
+
+impl Variant {
+    fn key(self) -> KernelKey {
+        let flags = [
+            (self.transpose_a, "TRANS_A"),
+            (self.transpose_b, "TRANS_B"),
+            (self.b_f16, "B_F16"),
+            (self.bias.is_some(), "BIAS"),
+            (self.bias == Some(DType::F16), "BIAS_F16"),
+            (self.f16_math, "F16_MATH"),
+        ];
+        let mut defines: Vec<(&'static str, String)> =
+            flags.iter().filter(|(on, _)| *on).map(|(_, name)| (*name, String::new())).collect();
+        if let Some(act) = self.activation {
+            defines.push(("ACT", act.to_string()));
+        }
+        let inputs = if self.bias.is_some() { 3 } else { 2 };
+        let mut bindings = vec![Access::Read; inputs];
+        bindings.push(Access::ReadWrite);
+        KernelKey { shader: SHADER, entry: ENTRY, defines, bindings }
+    }
+}
+
+/// The `ACT` define for an activation; identity needs no code at all.
+fn fused_name(op: Unary) -> Option<&'static str> {
+    (op != Unary::Identity).then_some(op.name())
+}
+
+/// The product's sizes after shape checks.
+struct Dims {
+    batches: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_batch_stride: usize,
+    b_batch_stride: usize,
+    out_shape: Vec<usize>,
+}
+
+/// Splits a rank-2 or rank-3 shape into (batch, rows, cols) as stored.
+fn matrix(op: &'static str, name: &str, t: &Tensor) -> Result<(Option<usize>, usize, usize)> {
+    match *t.shape() {
+        [r, c] => Ok((None, r, c)),
+        [b, r, c] => Ok((Some(b), r, c)),
+        _ => Err(Error::shape(op, format!("{name} must be [rows, cols] or [batch, rows, cols], got {:?}", t.shape()))),
+    }
+}
+
+fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
+    const OP: &str = "matmul";
+    if a.dtype() != DType::F32 {
+        return Err(Error::shape(OP, format!("a must be f32, got {:?}", a.dtype())));
+    }
+    let (a_batch, a_rows, a_cols) = matrix(OP, "a", a)?;
+    let (b_batch, b_rows, b_cols) = matrix(OP, "b", b)?;
+    let (m, k) = if opts.transpose_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
+    let (b_k, n) = if opts.transpose_b { (b_cols, b_rows) } else { (b_rows, b_cols) };
+    if k != b_k {
+        return Err(Error::shape(OP, format!("inner dimensions differ: a {:?} has K={k}, b {:?} has K={b_k}", a.shape(), b.shape())));
+    }
+    let batches = match (a_batch, b_batch) {
+        (Some(x), Some(y)) if x != y => {
+            return Err(Error::shape(OP, format!("batch sizes differ: a {:?}, b {:?}", a.shape(), b.shape())));
+        }
+        (x, y) => x.or(y),
+    };
+    if let Some(bias) = opts.bias.filter(|bias| bias.shape() != [n]) {
+        return Err(Error::shape(OP, format!("bias must be [{n}], got {:?}", bias.shape())));
+    }
+    let largest = a.numel().max(b.numel()).max(batches.unwrap_or(1) * m * n);
+    if largest > u32::MAX as usize {
+        return Err(Error::shape(OP, format!("{largest} elements overflow the kernel's 32-bit indices")));
+    }
+    let out_shape = match batches {
+        Some(count) => vec![count, m, n],
+        None => vec![m, n],
+    };
+    let dims = Dims {
+        batches: batches.unwrap_or(1),
+        m,
+        n,
+        k,
+        a_batch_stride: if a_batch.is_some() { m * k } else { 0 },
+        b_batch_stride: if b_batch.is_some() { k * n } else { 0 },
+        out_shape,
+    };
+    // A shared 2-D b (the linear layer) and a row-major a: the batches stack into one
+    // tall matrix, so partial row tiles are paid once, not per batch.
+    Ok(if b_batch.is_none() && !opts.transpose_a {
+        Dims { batches: 1, m: dims.batches * m, a_batch_stride: 0, ..dims }
+    } else {
+        dims
+    })
+}
+
+/// The dispatch of a product with `rows` x `cols` outputs per batch: column tiles in
+/// x, and (batch, row tile) folded into y and z so each stays within the device limit.
+pub fn workgroups(gpu: &Gpu, rows: usize, cols: usize, batches: usize) -> Result<[u32; 3]> {
+    let total = rows.div_ceil(TILE) * batches;
+    let fits = |v: usize, what: &str| {
+        u32::try_from(v).map_err(|_| Error::TooLarge { what: format!("matmul {what}"), needed: v as u64, limit: u32::MAX as u64 })
+    };
+    let [y, z, _] = gpu.grid(fits(total, "row tiles")?);
+    Ok([fits(cols.div_ceil(TILE), "column tiles")?, y, z])
+}
+
+/// `act(op(a) @ op(b) + bias)`. `a` is f32 `[M, K]` or `[B, M, K]`; `b` is f32 or
+/// packed f16 `[K, N]` or `[B, K, N]` (a 2-D operand is shared by every batch of the
+/// other); `transpose_*` swap the stored order of the last two dimensions. The
+/// result is f32 `[M, N]`, or `[B, M, N]` when either operand has a batch.
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
+    let dims = dims(a, b, opts)?;
+    let (act_a, act_b) = match opts.activation {
+        Some(Unary::Affine { a, b }) => (a, b),
+        _ => (1.0, 0.0),
+    };
+    let variant = Variant {
+        transpose_a: opts.transpose_a,
+        transpose_b: opts.transpose_b,
+        b_f16: b.dtype() == DType::F16,
+        bias: opts.bias.map(Tensor::dtype),
+        activation: opts.activation.and_then(fused_name),
+        f16_math: opts.f16_math && gpu.has_shader_f16(),
+    };
+    let params = Params {
+        m: dims.m as u32,
+        n: dims.n as u32,
+        k: dims.k as u32,
+        m_tiles: dims.m.div_ceil(TILE) as u32,
+        batches: dims.batches as u32,
+        a_batch_stride: dims.a_batch_stride as u32,
+        b_batch_stride: dims.b_batch_stride as u32,
+        act_a,
+        act_b,
+        pad: [0; 3],
+    };
+    let out = gpu.empty(&dims.out_shape, DType::F32)?;
+    let mut bindings = vec![(a, Access::Read), (b, Access::Read)];
+    bindings.extend(opts.bias.map(|bias| (bias, Access::Read)));
+    bindings.push((&out, Access::ReadWrite));
+    let key = variant.key();
+    gpu.launch(Launch {
+        shader: key.shader,
+        entry: key.entry,
+        defines: key.defines,
+        params: bytemuck::bytes_of(&params),
+        bindings: &bindings,
+        workgroups: workgroups(gpu, dims.m, dims.n, dims.batches)?,
+    })?;
+    Ok(out)
+}
+
+/// PyTorch's `Linear`: `x` is `[.., in]` with any leading dimensions, `weight` is
+/// `[out, in]` (f32 or f16), `bias` `[out]`; the result is `[.., out]`.
+pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (&features, leading) = x.shape().split_last().ok_or_else(|| Error::shape("linear", "x needs at least one dimension"))?;
+    if weight.shape().len() != 2 {
+        return Err(Error::shape("linear", format!("weight must be [out, in], got {:?}", weight.shape())));
+    }
+    let rows: usize = leading.iter().product();
+    let opts = MatmulOptions { transpose_b: true, bias, ..Default::default() };
+    let out = matmul(gpu, &x.reshape(&[rows, features])?, weight, &opts)?;
+    out.reshape(&[leading, &[weight.shape()[0]]].concat())
+}
+
+/// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    Vec::new()
+    let fused = [Unary::Silu, Unary::GeluErf, Unary::GeluTanh, Unary::QuickGelu, Unary::Affine { a: 1.0, b: 0.0 }];
+    let activations: Vec<Option<&'static str>> = [None].into_iter().chain(fused.map(fused_name)).collect();
+    let mut keys = Vec::new();
+    for bits in 0..16u32 {
+        let on = |bit: u32| bits & (1 << bit) != 0;
+        for bias in [None, Some(DType::F32), Some(DType::F16)] {
+            for &activation in &activations {
+                let variant = Variant { transpose_a: on(0), transpose_b: on(1), b_f16: on(2), bias, activation, f16_math: on(3) };
+                keys.push(variant.key());
+            }
+        }
+    }
+    keys
 }

@@ -1,0 +1,78 @@
+//! Argument parsing and dispatch. Every failure is a message and a non-zero exit.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use webdiffusion::gpu::Gpu;
+
+#[derive(Parser)]
+#[command(name = "webdiffusion", version, about = "Text-to-image diffusion on WebGPU, natively")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the GPU adapter, its features and its limits.
+    Info,
+    /// Time the kernels.
+    Bench {
+        #[command(subcommand)]
+        what: BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Every kernel family at a few sizes: time per launch and GFLOP/s or GB/s.
+    Kernels {
+        /// Use full Stable Diffusion shapes (slow without a real GPU).
+        #[arg(long)]
+        full: bool,
+        /// Launches timed per row (after one warm-up launch).
+        #[arg(long, default_value_t = 5)]
+        iterations: u32,
+    },
+}
+
+pub fn main() -> ExitCode {
+    env_logger_init();
+    let cli = Cli::parse();
+    let result = pollster::block_on(async {
+        let gpu = Gpu::new().await?;
+        match cli.command {
+            Command::Info => {
+                println!("{}", gpu.info());
+                Ok(())
+            }
+            Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// wgpu logs through `log`; without a logger its messages would vanish, so
+/// print warnings and errors to stderr.
+fn env_logger_init() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                eprintln!("{}: {}", record.level(), record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
+}

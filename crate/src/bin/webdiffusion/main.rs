@@ -1,0 +1,16 @@
+//! The native command-line tool: adapter information, kernel benchmarks, and
+//! (as the models land) image generation.
+
+#[cfg(not(target_arch = "wasm32"))]
+mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+mod cli;
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+// The browser uses the library through wasm-bindgen, not this binary.
+#[cfg(target_arch = "wasm32")]
+fn main() {}
