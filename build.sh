@@ -37,7 +37,7 @@ run_main() {
 
 run_tests() {
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p webdiffusion --target wasm32-unknown-unknown --lib --tests -- -D warnings
+    cargo clippy -p webdiffusion --target wasm32-unknown-unknown --lib --test web -- -D warnings
     cargo test --workspace
     (
         cd crate

@@ -80,11 +80,11 @@ fn stage(keys: bool, batch: u32, head: u32, k0: u32, lid: u32) {
 // Step 2: this invocation's share of q . k for every key of the staged block.
 fn partial_dots(qs: ptr<function, array<f32, SLOTS>>, row: u32, t: u32) {
     for (var j = 0u; j < KEY_BLOCK; j++) {
-        var dot = 0.0;
+        var share = 0.0;
         for (var i = 0u; i < SLOTS; i++) {
-            dot += (*qs)[i] * kv[j * PADDED + t + i * ROW_THREADS];
+            share += (*qs)[i] * kv[j * PADDED + t + i * ROW_THREADS];
         }
-        partial[(row * KEY_BLOCK + j) * ROW_THREADS + t] = dot;
+        partial[(row * KEY_BLOCK + j) * ROW_THREADS + t] = share;
     }
 }
 
@@ -92,13 +92,13 @@ fn partial_dots(qs: ptr<function, array<f32, SLOTS>>, row: u32, t: u32) {
 fn finish_scores(row: u32, t: u32, query: u32, k0: u32) {
     for (var j = t; j < KEY_BLOCK; j += ROW_THREADS) {
         let first = (row * KEY_BLOCK + j) * ROW_THREADS;
-        var dot = 0.0;
+        var score = 0.0;
         for (var s = 0u; s < ROW_THREADS; s++) {
-            dot += partial[first + s];
+            score += partial[first + s];
         }
         let key = k0 + j;
         let hidden = key >= p.kv_len || (p.causal != 0u && key > query);
-        scores[row * KEY_BLOCK + j] = select(dot, MASKED, hidden);
+        scores[row * KEY_BLOCK + j] = select(score, MASKED, hidden);
     }
 }
 

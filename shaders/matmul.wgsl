@@ -109,7 +109,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // Consecutive invocations read consecutive addresses of each operand's layout.
-        for (var e = tid; e < BM * BK; e += THREADS) {
+        // Fixed trip counts keep the barriers below in uniform control flow for Tint.
+        for (var i = 0u; i < BM * BK / THREADS; i++) {
+            let e = tid + i * THREADS;
 #ifdef TRANS_A
             let m = e % BM;
             let k = e / BM;
@@ -119,7 +121,8 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 #endif
             a_tile[k * (BM / 4u) + m / 4u][m % 4u] = tile_t(load_a(a_base, row0 + m, k0 + k, rows));
         }
-        for (var e = tid; e < BK * BN; e += THREADS) {
+        for (var i = 0u; i < BK * BN / THREADS; i++) {
+            let e = tid + i * THREADS;
 #ifdef TRANS_B
             let k = e % BK;
             let n = e / BK;

@@ -5,7 +5,7 @@
 
 const WG: u32 = THREADS;
 // The most negative finite f32, the identity of max (WGSL has no infinity literal).
-const LOWEST: f32 = -3.40282347e38;
+const LOWEST: f32 = -0x1.fffffep+127f;
 
 struct Params {
     rows: u32,

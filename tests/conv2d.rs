@@ -143,20 +143,3 @@ fn bad_inputs_are_shape_errors() {
         assert!(matches!(result, Err(Error::Shape { .. })), "{what}: {result:?}");
     }
 }
-
-#[test]
-fn zz_timing() {
-    let gpu = gpu();
-    println!("{}", "info");
-    for (c, oc, hw, b) in [(320usize, 320usize, 64usize, 1usize), (128, 128, 512, 1), (2560, 1280, 8, 2), (128, 3, 512, 1)] {
-        let x = gpu.upload_f32(&[b, c, hw, hw], &random(b * c * hw * hw, 1, 1.0)).unwrap();
-        let w = gpu.upload_f32_as_f16(&[oc, c, 3, 3], &random(oc * c * 9, 2, 0.1)).unwrap();
-        let _ = read(&conv2d(gpu, &x, &w, &Conv2dOptions::new(1, 1)).unwrap()); // warm
-        let t = std::time::Instant::now();
-        let out = conv2d(gpu, &x, &w, &Conv2dOptions::new(1, 1)).unwrap();
-        let v = read(&out);
-        let s = t.elapsed().as_secs_f64();
-        let flops = 2.0 * (b * oc * c * 9 * hw * hw) as f64;
-        println!("{c}->{oc} {hw}x{hw} b{b}: {s:.3}s {:.2} GFLOP/s  sample {}", flops / s / 1e9, v[v.len() / 2]);
-    }
-}

@@ -4,9 +4,9 @@
 mod common;
 
 use common::{gpu, random, read};
-use webdiffusion::gpu::{DType, Tensor};
+use webdiffusion::gpu::Tensor;
 use webdiffusion::kernels::embedding::timestep_embedding;
-use webdiffusion::kernels::layout::{self, chunk, concat, narrow, permute, upsample_nearest_2x};
+use webdiffusion::kernels::layout::{chunk, concat, narrow, permute, upsample_nearest_2x};
 use webdiffusion::reference::{embedding as cpu_embedding, layout as cpu};
 use webdiffusion::Error;
 
@@ -197,22 +197,25 @@ fn upsample_matches_reference() {
     assert_shape_error("rank 3", upsample_nearest_2x(gpu, &flat));
 }
 
-/// Past 65535 x 256 elements the grid folds into y; these run at full VAE size.
+/// Past 65535 x 256 elements the grid folds into y; these run at full VAE size
+/// (128 MiB of f32, exactly lavapipe's and WebGPU's default storage binding limit).
 #[test]
 fn folded_grids_cover_vae_sized_tensors() {
     let gpu = gpu();
     let max_flat = gpu.info().max_workgroups_per_dim as usize * 256;
-    // The VAE decoder's last upsample input at 512x512 output with 128 channels: 33.5M outputs.
+    // 512x512x128 VAE activations: 33.5M outputs, 131072 workgroups folded into [43691, 3].
+    // Distinct values (exact in f32 below 2^24) so any misplaced element shows.
     let shape = [1, 128, 256, 256];
     let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| i as f32).collect();
     let t = gpu.upload_f32(&shape, &x).unwrap();
     let up = upsample_nearest_2x(gpu, &t).unwrap();
     assert!(up.numel() > max_flat);
-    assert_eq!(read(&up), cpu::upsample_nearest_2x(&x, shape), "upsample at VAE size");
+    // assert! rather than assert_eq!: a failure should not print 33.5M values.
+    let up_cpu = cpu::upsample_nearest_2x(&x, shape);
+    assert!(read(&up) == up_cpu, "upsample at VAE size");
     // The strided copy with a folded grid: swap H and W of the upsampled tensor.
     let swapped = permute(gpu, &up, &[0, 1, 3, 2]).unwrap();
-    let up_cpu = cpu::upsample_nearest_2x(&x, shape);
-    assert_eq!(read(&swapped), cpu::permute(&up_cpu, up.shape(), &[0, 1, 3, 2]).0, "permute at VAE size");
+    assert!(read(&swapped) == cpu::permute(&up_cpu, up.shape(), &[0, 1, 3, 2]).0, "permute at VAE size");
 }
 
 /// A per-element bound for the f32 embedding against the f64 reference. With
@@ -275,10 +278,4 @@ fn timestep_embedding_rejects_bad_inputs() {
     assert_shape_error("dim 0", embed(&t, 0, 0.0, 10000.0));
     assert_shape_error("zero divisor", embed(&t, 8, 4.0, 10000.0));
     assert_shape_error("max_period 0", embed(&t, 8, 0.0, 0.0));
-    assert!(gpu.empty(&[2], DType::F32).is_ok());
-}
-
-#[test]
-fn every_layout_variant_is_listed() {
-    assert_eq!(layout::variants().len(), 4);
 }

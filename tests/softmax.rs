@@ -56,3 +56,4 @@ fn bad_inputs_are_shape_errors() {
         assert!(matches!(result, Err(Error::Shape { .. })), "{what}: {result:?}");
     }
 }
+

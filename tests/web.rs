@@ -54,3 +54,86 @@ async fn elementwise_in_browser() {
     let tx = gpu.upload_f32(&[205, 5], &x[..205 * 5]).unwrap();
     assert_close("broadcast add", &read(&ew::add(&gpu, &tx, &ty).unwrap()).await, &want, 1e-6, 1e-6);
 }
+
+#[wasm_bindgen_test]
+async fn matmul_in_browser() {
+    use webdiffusion::kernels::matmul::{matmul, MatmulOptions};
+    use webdiffusion::reference::matmul::{self as cpu, Operand};
+    let gpu = Gpu::new().await.unwrap();
+    // Batch 2, sizes off the 64-wide tile, transposed f16 weights, fused bias and GELU.
+    let (m, k, n) = (70, 33, 67);
+    let a = random(2 * m * k, 3, 1.0);
+    let b: Vec<f32> = random(n * k, 4, 1.0).iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    let bias = random(n, 5, 1.0);
+    let (ta, tb, tbias) = (gpu.upload_f32(&[2, m, k], &a).unwrap(), gpu.upload_f32_as_f16(&[n, k], &b).unwrap(), gpu.upload_f32(&[n], &bias).unwrap());
+    let opts = MatmulOptions { transpose_b: true, bias: Some(&tbias), activation: Some(Unary::GeluErf), ..Default::default() };
+    let got = read(&matmul(&gpu, &ta, &tb, &opts).unwrap()).await;
+    let (want, _) = cpu::matmul(
+        Operand { values: &a, shape: &[2, m, k], transposed: false },
+        Operand { values: &b, shape: &[n, k], transposed: true },
+        Some(&bias),
+        Some(Unary::GeluErf),
+    );
+    assert_close("matmul", &got, &want, 1e-4, 1e-4);
+}
+
+#[wasm_bindgen_test]
+async fn conv2d_in_browser() {
+    use webdiffusion::kernels::conv2d::{conv2d, Conv2dOptions};
+    let gpu = Gpu::new().await.unwrap();
+    let (xs, ws) = ([2, 7, 9, 11], [13, 7, 3, 3]);
+    let x = random(xs.iter().product(), 6, 1.0);
+    let w = random(ws.iter().product(), 7, 0.3);
+    let bias = random(13, 8, 1.0);
+    let (tx, tw, tb) = (gpu.upload_f32(&xs, &x).unwrap(), gpu.upload_f32(&ws, &w).unwrap(), gpu.upload_f32(&[13], &bias).unwrap());
+    for (stride, padding) in [(1, [1, 1, 1, 1]), (2, [0, 1, 0, 1])] {
+        let opts = Conv2dOptions { stride, padding, bias: Some(&tb) };
+        let got = conv2d(&gpu, &tx, &tw, &opts).unwrap();
+        let (want, shape) = webdiffusion::reference::conv2d::conv2d(&x, xs, &w, ws, Some(&bias), stride, padding);
+        assert_eq!(got.shape(), shape.as_slice());
+        assert_close(&format!("conv2d stride {stride}"), &read(&got).await, &want, 1e-4, 1e-4);
+    }
+}
+
+#[wasm_bindgen_test]
+async fn attention_in_browser() {
+    use webdiffusion::kernels::attention::{attention, AttentionOptions};
+    use webdiffusion::reference::attention::{self as cpu, AttentionShape};
+    let gpu = Gpu::new().await.unwrap();
+    // Causal self-attention like CLIP, and cross-attention with the VAE's head size.
+    for (shape, causal) in [
+        (AttentionShape { batch: 2, q_len: 77, kv_len: 77, heads: 2, head_dim: 64 }, true),
+        (AttentionShape { batch: 1, q_len: 40, kv_len: 13, heads: 1, head_dim: 512 }, false),
+    ] {
+        let width = shape.heads * shape.head_dim;
+        let q = random(shape.batch * shape.q_len * width, 9, 1.0);
+        let k = random(shape.batch * shape.kv_len * width, 10, 1.0);
+        let v = random(shape.batch * shape.kv_len * width, 11, 1.0);
+        let tq = gpu.upload_f32(&[shape.batch, shape.q_len, width], &q).unwrap();
+        let tk = gpu.upload_f32(&[shape.batch, shape.kv_len, width], &k).unwrap();
+        let tv = gpu.upload_f32(&[shape.batch, shape.kv_len, width], &v).unwrap();
+        let got = attention(&gpu, &tq, &tk, &tv, &AttentionOptions { heads: shape.heads, scale: None, causal }).unwrap();
+        let want = cpu::attention(&q, &k, &v, &shape, 1.0 / (shape.head_dim as f32).sqrt(), causal);
+        assert_close(&format!("attention d={}", shape.head_dim), &read(&got).await, &want, 1e-4, 1e-4);
+    }
+}
+
+#[wasm_bindgen_test]
+async fn layout_and_embedding_in_browser() {
+    use webdiffusion::kernels::{embedding, layout};
+    use webdiffusion::reference::{embedding as cpu_emb, layout as cpu};
+    let gpu = Gpu::new().await.unwrap();
+    let (a, b) = (random(2 * 3 * 5 * 4, 12, 1.0), random(2 * 2 * 5 * 4, 13, 1.0));
+    let (ta, tb) = (gpu.upload_f32(&[2, 3, 5, 4], &a).unwrap(), gpu.upload_f32(&[2, 2, 5, 4], &b).unwrap());
+    let (want, _) = cpu::concat(&[(&a, &[2, 3, 5, 4]), (&b, &[2, 2, 5, 4])], 1);
+    assert_eq!(read(&layout::concat(&gpu, &[&ta, &tb], 1).unwrap()).await, want, "concat");
+    let (want, _) = cpu::permute(&a, &[2, 3, 5, 4], &[0, 2, 3, 1]);
+    assert_eq!(read(&layout::permute(&gpu, &ta, &[0, 2, 3, 1]).unwrap()).await, want, "permute");
+    let want = cpu::upsample_nearest_2x(&a, [2, 3, 5, 4]);
+    assert_eq!(read(&layout::upsample_nearest_2x(&gpu, &ta).unwrap()).await, want, "upsample");
+    let t = [0.0, 1.0, 261.0, 999.0];
+    let got = embedding::timestep_embedding(&gpu, &gpu.upload_f32(&[4], &t).unwrap(), 320, true, 0.0, 1.0, 10000.0).unwrap();
+    let want = cpu_emb::timestep_embedding(&t, 320, true, 0.0, 1.0, 10000.0);
+    // sin/cos of f32 angles up to 999 carry ~1 ulp of the angle (see tests/layout.rs).
+    assert_close("timestep embedding", &read(&got).await, &want, 5e-4, 0.0);
+}

@@ -60,7 +60,7 @@ pub(super) struct Inner {
     /// every later operation returns it instead of touching the device.
     pub fault: Arc<Mutex<Option<Error>>>,
     pub kernels: Mutex<KernelCache>,
-    pub pool: Arc<Mutex<BufferPool>>,
+    pub pool: Mutex<BufferPool>,
     pub batch: Mutex<Batch>,
 }
 
@@ -148,7 +148,7 @@ impl Gpu {
             subgroups: device.features().contains(wgpu::Features::SUBGROUP),
             timestamp_query: device.features().contains(wgpu::Features::TIMESTAMP_QUERY),
             max_buffer_size: limits.max_buffer_size,
-            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -178,7 +178,7 @@ impl Gpu {
                 info,
                 fault,
                 kernels: Mutex::new(KernelCache::default()),
-                pool: Arc::new(Mutex::new(BufferPool::default())),
+                pool: Mutex::new(BufferPool::default()),
                 batch: Mutex::new(Batch::default()),
             }),
         })

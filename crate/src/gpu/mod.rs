@@ -1,6 +1,10 @@
 //! The GPU runtime: device, tensors, buffer pool, kernel cache and the batch
 //! that records every dispatch into one compute pass. It knows nothing of models.
 
+// wgpu handles are not Send in the browser, where everything runs on one thread;
+// the same Arc-based sharing serves native threads and costs nothing there.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 mod batch;
 mod context;
 mod kernel;

@@ -52,7 +52,7 @@ mod tests {
         for bytes in [1u64, 4, 255, 256, 257, 4096, 4097, 5000, 65536, 65537, 1 << 20, 123_456_789] {
             let class = BufferPool::size_class(bytes);
             assert!(class >= bytes, "{bytes} -> {class}");
-            assert!(class % 4 == 0);
+            assert!(class.is_multiple_of(4));
             assert!((class - bytes) as f64 <= bytes.max(256) as f64 * 0.125 + 256.0, "{bytes} -> {class}");
         }
         assert_eq!(BufferPool::size_class(4097), BufferPool::size_class(4600));

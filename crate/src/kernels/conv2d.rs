@@ -65,7 +65,11 @@ pub fn output_size(height: usize, width: usize, kernel: [usize; 2], stride: usiz
         return Err(Error::shape(OP, "stride must be at least 1"));
     }
     let [top, bottom, left, right] = padding;
-    let (padded_h, padded_w) = (height + top + bottom, width + left + right);
+    let (padded_h, padded_w) = (height.saturating_add(top).saturating_add(bottom), width.saturating_add(left).saturating_add(right));
+    // The shader computes input coordinates as i32.
+    if padded_h.max(padded_w).saturating_mul(stride) > i32::MAX as usize {
+        return Err(Error::shape(OP, format!("padded size {padded_h}x{padded_w} with stride {stride} is too large")));
+    }
     if kernel[0] == 0 || kernel[1] == 0 || padded_h < kernel[0] || padded_w < kernel[1] {
         return Err(Error::shape(OP, format!("a {}x{} kernel does not fit the padded {padded_h}x{padded_w} input", kernel[0], kernel[1])));
     }
@@ -192,5 +196,6 @@ mod tests {
         assert_eq!(output_size(512, 512, [3, 3], 2, [0, 1, 0, 1]).unwrap(), [256, 256]);
         assert!(output_size(2, 2, [3, 3], 1, [0; 4]).is_err());
         assert!(output_size(9, 9, [3, 3], 0, [1; 4]).is_err());
+        assert!(output_size(9, 9, [3, 3], 1, [usize::MAX; 4]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Launcher for `timestep_embedding.wgsl`: diffusers' sinusoidal timestep embedding
-//! (also LCM's guidance-scale embedding, which feeds `w * 1000` through the same formula).
+//! (also LCM's guidance-scale embedding: `(w - 1) * 1000` with no flip and shift 1).
 
 use bytemuck::{Pod, Zeroable};
 

@@ -52,7 +52,7 @@ fn x_defines(x: &Tensor) -> Vec<(&'static str, String)> {
 }
 
 /// The shaders index elements with u32.
-fn index(what: &str, t: &Tensor, value: usize) -> Result<u32> {
+fn u32_index(what: &str, t: &Tensor, value: usize) -> Result<u32> {
     u32::try_from(value).map_err(|_| Error::TooLarge {
         what: format!("indexing a {:?} tensor in {what} with 32-bit offsets", t.shape()),
         needed: value as u64,
@@ -73,8 +73,8 @@ fn launch_elementwise(gpu: &Gpu, shader: &'static str, entry: &'static str, x: &
 
 fn copy_region(gpu: &Gpu, x: &Tensor, out: &Tensor, region: Region) -> Result<()> {
     // Offsets stay inside the tensors, so bounding the element counts bounds them all.
-    index("copy_strided", x, x.numel())?;
-    index("copy_strided", out, out.numel())?;
+    u32_index("copy_strided", x, x.numel())?;
+    u32_index("copy_strided", out, out.numel())?;
     let u32s = |v: [usize; 4]| v.map(|d| d as u32);
     let n: usize = region.shape.iter().product();
     let params = CopyParams {
@@ -217,7 +217,7 @@ pub fn upsample_nearest_2x(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         return Err(Error::shape("upsample_nearest_2x", format!("expects [N, C, H, W], got {:?}", x.shape())));
     };
     let out = gpu.empty(&[n, c, 2 * h, 2 * w], DType::F32)?;
-    let params = UpsampleParams { n: index("upsample_nearest_2x", &out, out.numel())?, h: h as u32, w: w as u32, _pad: 0 };
+    let params = UpsampleParams { n: u32_index("upsample_nearest_2x", &out, out.numel())?, h: h as u32, w: w as u32, _pad: 0 };
     launch_elementwise(gpu, UPSAMPLE_SHADER, "upsample_nearest_2x", x, &out, bytemuck::bytes_of(&params), out.numel())?;
     Ok(out)
 }

@@ -114,7 +114,7 @@ pub fn group_norm(gpu: &Gpu, x: &Tensor, groups: usize, weight: &Tensor, bias: &
     }
     check_f32_input(OP, x)?;
     let channels = shape[1];
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(Error::shape(OP, format!("{channels} channels do not split into {groups} groups")));
     }
     let affine_f16 = affine_is_f16(OP, weight, bias, channels)?;

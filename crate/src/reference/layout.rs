@@ -9,17 +9,28 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     out
 }
 
-/// Every multi-index of `shape` in row-major order.
-fn coordinates(shape: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
-    let n: usize = shape.iter().product();
-    (0..n).map(move |mut i| {
-        let mut coords = vec![0; shape.len()];
-        for d in (0..shape.len()).rev() {
-            coords[d] = i % shape[d];
-            i /= shape[d];
+/// Calls `f` with every multi-index of `shape` in row-major order.
+fn for_each_coordinate(shape: &[usize], mut f: impl FnMut(&[usize])) {
+    if shape.contains(&0) {
+        return;
+    }
+    let mut coords = vec![0; shape.len()];
+    loop {
+        f(&coords);
+        // Advance like an odometer; done when every digit wrapped.
+        let mut d = shape.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            coords[d] += 1;
+            if coords[d] < shape[d] {
+                break;
+            }
+            coords[d] = 0;
         }
-        coords
-    })
+    }
 }
 
 fn offset(coords: &[usize], strides: &[usize]) -> usize {
@@ -32,14 +43,14 @@ pub fn concat(inputs: &[(&[f32], &[usize])], axis: usize) -> (Vec<f32>, Vec<usiz
     shape[axis] = inputs.iter().map(|(_, s)| s[axis]).sum();
     // For every output position along `axis`, which input and which index in it.
     let sources: Vec<(usize, usize)> = inputs.iter().enumerate().flat_map(|(k, (_, s))| (0..s[axis]).map(move |j| (k, j))).collect();
-    let out = coordinates(&shape)
-        .map(|mut coords| {
-            let (k, j) = sources[coords[axis]];
-            coords[axis] = j;
-            let (data, in_shape) = inputs[k];
-            data[offset(&coords, &strides(in_shape))]
-        })
-        .collect();
+    let in_strides: Vec<Vec<usize>> = inputs.iter().map(|(_, s)| strides(s)).collect();
+    let mut out = Vec::new();
+    for_each_coordinate(&shape, |coords| {
+        let (k, j) = sources[coords[axis]];
+        let mut in_coords = coords.to_vec();
+        in_coords[axis] = j;
+        out.push(inputs[k].0[offset(&in_coords, &in_strides[k])]);
+    });
     (out, shape)
 }
 
@@ -48,12 +59,12 @@ pub fn narrow(x: &[f32], shape: &[usize], axis: usize, start: usize, len: usize)
     let mut out_shape = shape.to_vec();
     out_shape[axis] = len;
     let in_strides = strides(shape);
-    let out = coordinates(&out_shape)
-        .map(|mut coords| {
-            coords[axis] += start;
-            x[offset(&coords, &in_strides)]
-        })
-        .collect();
+    let mut out = Vec::new();
+    for_each_coordinate(&out_shape, |coords| {
+        let mut in_coords = coords.to_vec();
+        in_coords[axis] += start;
+        out.push(x[offset(&in_coords, &in_strides)]);
+    });
     (out, out_shape)
 }
 
@@ -61,15 +72,10 @@ pub fn narrow(x: &[f32], shape: &[usize], axis: usize, start: usize, len: usize)
 pub fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<usize>) {
     let out_shape: Vec<usize> = perm.iter().map(|&d| shape[d]).collect();
     let in_strides = strides(shape);
-    let out = coordinates(&out_shape)
-        .map(|coords| {
-            let mut in_coords = vec![0; shape.len()];
-            for (k, &d) in perm.iter().enumerate() {
-                in_coords[d] = coords[k];
-            }
-            x[offset(&in_coords, &in_strides)]
-        })
-        .collect();
+    // Output coordinate k walks input dimension perm[k].
+    let walked_strides: Vec<usize> = perm.iter().map(|&d| in_strides[d]).collect();
+    let mut out = Vec::new();
+    for_each_coordinate(&out_shape, |coords| out.push(x[offset(coords, &walked_strides)]));
     (out, out_shape)
 }
 

@@ -21,7 +21,7 @@ fn silu(v: f64) -> f64 {
 /// SiLU when `fused_silu`. Panics when `C` is not a multiple of `groups`.
 pub fn group_norm(x: &[f32], shape: &[usize], groups: usize, weight: &[f32], bias: &[f32], eps: f32, fused_silu: bool) -> Vec<f32> {
     let channels = shape[1];
-    assert!(channels % groups == 0, "{channels} channels do not split into {groups} groups");
+    assert!(channels.is_multiple_of(groups), "{channels} channels do not split into {groups} groups");
     let spatial: usize = shape[2..].iter().product();
     let group_len = channels / groups * spatial;
     let mut out = Vec::with_capacity(x.len());
