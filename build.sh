@@ -36,6 +36,7 @@ run_main() {
 }
 
 run_tests() {
+    cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p webdiffusion --target wasm32-unknown-unknown --lib --test web -- -D warnings
     cargo test --workspace

@@ -3,8 +3,18 @@
 // with k = (c, ky, kx) flattened like the weight's [OC, C, KH, KW] layout. The patch
 // (im2col) matrix is never stored: each K step gathers its BK x BN slice straight from
 // the input into workgroup memory, zero outside the image (that is the padding).
-// Defines: W_F16 (weight stored as packed f16), BIAS (a bias binding), BIAS_F16 (it is packed f16).
+// Defines: W_F16 (weight stored as packed f16), BIAS (a bias binding), BIAS_F16 (it is packed f16),
+//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16).
+#ifdef F16_MATH
+enable f16;
+#endif
 #include "common.wgsl"
+
+#ifdef F16_MATH
+alias tile_t = f16;
+#else
+alias tile_t = f32;
+#endif
 
 // A 16 x 16 workgroup computes a BM x BN output tile; each invocation a 4 x 4 register
 // block, strided by 16 so neighbouring invocations touch neighbouring pixels.
@@ -57,8 +67,8 @@ fn load_bias(i: u32) -> f32 { return 0.0; }
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
 
-var<workgroup> a_tile: array<f32, BK * A_STRIDE>; // weight slice, [k][oc]
-var<workgroup> b_tile: array<f32, BK * BN>;       // patch slice, [k][pixel]
+var<workgroup> a_tile: array<tile_t, BK * A_STRIDE>; // weight slice, [k][oc]
+var<workgroup> b_tile: array<tile_t, BK * BN>;       // patch slice, [k][pixel]
 
 // weight[oc, k], zero past the matrix edges.
 fn weight_at(oc: u32, k: u32) -> f32 {
@@ -107,20 +117,21 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var r = 0u; r < BM / THREADS; r++) {
             let m = a_row + r * (THREADS * THREADS / BK);
-            a_tile[a_k * A_STRIDE + m] = weight_at(oc0 + m, k0 + a_k);
+            a_tile[a_k * A_STRIDE + m] = tile_t(weight_at(oc0 + m, k0 + a_k));
         }
         for (var r = 0u; r < BK / (THREADS * THREADS / BN); r++) {
             let kk = b_row + r * (THREADS * THREADS / BN);
-            b_tile[kk * BN + b_pixel] = patch_at(image, k0 + kk, oy, ox, pixel_ok);
+            b_tile[kk * BN + b_pixel] = tile_t(patch_at(image, k0 + kk, oy, ox, pixel_ok));
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let a_base = kk * A_STRIDE + ty;
             let b_base = kk * BN + tx;
-            let b = vec4<f32>(b_tile[b_base], b_tile[b_base + THREADS],
-                              b_tile[b_base + 2u * THREADS], b_tile[b_base + 3u * THREADS]);
+            let b = vec4<tile_t>(b_tile[b_base], b_tile[b_base + THREADS],
+                                 b_tile[b_base + 2u * THREADS], b_tile[b_base + 3u * THREADS]);
             for (var i = 0u; i < BLOCK; i++) {
-                acc[i] += a_tile[a_base + i * THREADS] * b;
+                // The product in tile precision, the sum in f32.
+                acc[i] += vec4<f32>(a_tile[a_base + i * THREADS] * b);
             }
         }
         workgroupBarrier();

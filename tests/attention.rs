@@ -10,9 +10,9 @@
 mod common;
 
 use common::{assert_close, gpu, random, read};
-use webdiffusion::kernels::attention::{attention, variants, AttentionOptions, Tiling};
-use webdiffusion::reference::attention::{self as cpu, AttentionShape};
 use webdiffusion::Error;
+use webdiffusion::kernels::attention::{AttentionOptions, Tiling, attention, variants};
+use webdiffusion::reference::attention::{self as cpu, AttentionShape};
 
 const TOL: f32 = 1e-4;
 
@@ -114,7 +114,9 @@ fn full_size_dispatches_fit() {
     // SD at 512x512: 4096 latent tokens, batch 2 (classifier-free guidance), 8 heads of
     // 40..160; the VAE's single 512-wide head; 77-token text.
     let limit = 65535;
-    for (batch, q_len, heads, head_dim) in [(2, 4096, 8, 40), (2, 4096, 8, 64), (2, 1024, 8, 80), (2, 256, 8, 160), (1, 4096, 1, 512), (2, 77, 12, 64)] {
+    for (batch, q_len, heads, head_dim) in
+        [(2, 4096, 8, 40), (2, 4096, 8, 64), (2, 1024, 8, 80), (2, 256, 8, 160), (1, 4096, 1, 512), (2, 77, 12, 64)]
+    {
         let tiling = Tiling::for_head_dim(head_dim).unwrap();
         let grid = tiling.workgroups(batch, q_len, heads);
         assert!(grid.iter().all(|&n| (1..=limit).contains(&n)), "D={head_dim}: grid {grid:?}");

@@ -3,10 +3,10 @@
 mod common;
 
 use common::{gpu, random, read};
-use webdiffusion::gpu::DType;
-use webdiffusion::kernels::conv2d::{conv2d, Conv2dOptions};
-use webdiffusion::reference::conv2d as cpu;
 use webdiffusion::Error;
+use webdiffusion::gpu::DType;
+use webdiffusion::kernels::conv2d::{Conv2dOptions, conv2d};
+use webdiffusion::reference::conv2d as cpu;
 
 /// The GPU sums `C*KH*KW` products in f32 in its own order, so its error grows with the
 /// magnitude of the terms, not of the (possibly cancelling) result: at most about
@@ -14,6 +14,16 @@ use webdiffusion::Error;
 /// room for fused multiply-adds and reordering, and still catches any wrong or missing
 /// term, which is off by a whole product.
 const TOLERANCE: f32 = 1e-4;
+/// f16 math rounds the input, the weight (when f32) and each product to f16, 2^-11 =
+/// 4.9e-4 relative each, so a term errs by at most about 1.5e-3 of its size; with the
+/// f32 summation above that stays under 2e-3 of the same magnitude (as for matmul).
+const F16_TOLERANCE: f32 = 2e-3;
+/// Absolute slack per element: f32 rounding of tiny results.
+const ATOL: f32 = 1e-6;
+/// Extra absolute slack per term under f16 math: below 2^-14 f16 is subnormal, where
+/// rounding errs by up to 2^-25 absolute instead of relatively; for |x| < 2 and
+/// |w| < 0.5 the three roundings of a term add less than 2^-23.
+const F16_SUBNORMAL_PER_TERM: f32 = 1.0 / (1u32 << 23) as f32;
 
 struct Case {
     batch: usize,
@@ -25,17 +35,38 @@ struct Case {
     padding: [usize; 4],
     weight: DType,
     bias: Option<DType>,
+    f16_math: bool,
 }
 
 impl Case {
     fn new(channels: usize, out_channels: usize, size: [usize; 2], kernel: usize, stride: usize, padding: usize) -> Case {
-        Case { batch: 2, channels, out_channels, size, kernel: [kernel; 2], stride, padding: [padding; 4], weight: DType::F32, bias: None }
+        Case {
+            batch: 2,
+            channels,
+            out_channels,
+            size,
+            kernel: [kernel; 2],
+            stride,
+            padding: [padding; 4],
+            weight: DType::F32,
+            bias: None,
+            f16_math: false,
+        }
     }
 
     fn name(&self) -> String {
         format!(
-            "{}x{}x{:?} -> {} kernel {:?} stride {} padding {:?} weight {:?} bias {:?}",
-            self.batch, self.channels, self.size, self.out_channels, self.kernel, self.stride, self.padding, self.weight, self.bias
+            "{}x{}x{:?} -> {} kernel {:?} stride {} padding {:?} weight {:?} bias {:?} f16_math {}",
+            self.batch,
+            self.channels,
+            self.size,
+            self.out_channels,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.weight,
+            self.bias,
+            self.f16_math
         )
     }
 
@@ -48,7 +79,8 @@ impl Case {
         let (w, w_gpu) = upload(self.weight, &w_shape, random(w_shape.iter().product(), seed + 1, 0.5));
         let bias = self.bias.map(|dtype| upload(dtype, &[self.out_channels], random(self.out_channels, seed + 2, 1.0)));
         let x_gpu = gpu.upload_f32(&x_shape, &x).unwrap();
-        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: bias.as_ref().map(|(_, t)| t) };
+        let opts =
+            Conv2dOptions { stride: self.stride, padding: self.padding, bias: bias.as_ref().map(|(_, t)| t), f16_math: self.f16_math };
         let got = conv2d(gpu, &x_gpu, &w_gpu, &opts).unwrap();
 
         let bias_values = bias.as_ref().map(|(values, _)| values.as_slice());
@@ -58,7 +90,22 @@ impl Case {
         let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
         let abs_bias = bias_values.map(abs);
         let (magnitude, _) = cpu::conv2d(&abs(&x), x_shape, &abs(&w), w_shape, abs_bias.as_deref(), self.stride, self.padding);
-        assert_within(&self.name(), &read(&got), &want, &magnitude);
+        let bound: Vec<f32> = magnitude.iter().map(|m| self.tolerance() * m + self.atol()).collect();
+        assert_within(&self.name(), &read(&got), &want, &bound);
+    }
+
+    /// f16 math only runs where the device has shader-f16; elsewhere the f32 kernel does.
+    fn uses_f16_math(&self) -> bool {
+        self.f16_math && gpu().has_shader_f16()
+    }
+
+    fn tolerance(&self) -> f32 {
+        if self.uses_f16_math() { F16_TOLERANCE } else { TOLERANCE }
+    }
+
+    fn atol(&self) -> f32 {
+        let terms = self.channels * self.kernel[0] * self.kernel[1];
+        if self.uses_f16_math() { ATOL + terms as f32 * F16_SUBNORMAL_PER_TERM } else { ATOL }
     }
 }
 
@@ -77,11 +124,17 @@ fn upload(dtype: DType, shape: &[usize], values: Vec<f32>) -> (Vec<f32>, webdiff
     }
 }
 
-fn assert_within(what: &str, got: &[f32], want: &[f32], magnitude: &[f32]) {
+/// Asserts `|got - want| <= bound` element by element.
+fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for i in 0..got.len() {
-        let allowed = TOLERANCE * magnitude[i] + 1e-6;
-        assert!((got[i] - want[i]).abs() <= allowed, "{what}: element {i} is {} but the reference says {} (allowed error {allowed})", got[i], want[i]);
+        let allowed = bound[i];
+        assert!(
+            (got[i] - want[i]).abs() <= allowed,
+            "{what}: element {i} is {} but the reference says {} (allowed error {allowed})",
+            got[i],
+            want[i]
+        );
     }
 }
 
@@ -121,6 +174,36 @@ fn larger_than_one_tile() {
     // 18 reduction steps, 4 pixel tiles; the second case spans two channel tiles.
     Case { bias: Some(DType::F32), ..Case::new(32, 40, [16, 16], 3, 1, 1) }.check(40);
     Case { weight: DType::F16, bias: Some(DType::F16), ..Case::new(32, 72, [16, 16], 3, 1, 1) }.check(41);
+}
+
+#[test]
+fn f16_math() {
+    // Checked against the f16 tolerance where the device has shader-f16, and against the
+    // f32 one where f16_math falls back to the f32 kernel.
+    Case { bias: Some(DType::F32), f16_math: true, ..Case::new(3, 5, [9, 11], 3, 1, 1) }.check(50);
+    Case { batch: 1, f16_math: true, ..Case::new(1, 1, [1, 1], 3, 1, 1) }.check(51);
+    let downsampler = Case::new(5, 6, [10, 12], 3, 2, 0);
+    Case { padding: [0, 1, 0, 1], weight: DType::F16, bias: Some(DType::F16), f16_math: true, ..downsampler }.check(52);
+    // 18 reduction steps, two channel tiles, four pixel tiles.
+    Case { weight: DType::F16, bias: Some(DType::F32), f16_math: true, ..Case::new(32, 72, [16, 16], 3, 1, 1) }.check(53);
+}
+
+#[test]
+fn f16_math_runs_only_with_shader_f16() {
+    let gpu = gpu();
+    let (x_shape, w_shape) = ([1, 32, 12, 12], [24, 32, 3, 3]);
+    let x = gpu.upload_f32(&x_shape, &random(x_shape.iter().product(), 60, 2.0)).unwrap();
+    let w = gpu.upload_f32(&w_shape, &random(w_shape.iter().product(), 61, 0.5)).unwrap();
+    let run = |f16_math| read(&conv2d(gpu, &x, &w, &Conv2dOptions::new(1, 1).with_f16_math(f16_math)).unwrap());
+    let (f16, f32) = (run(true), run(false));
+    if gpu.has_shader_f16() {
+        // Rounding to f16 moves sums of 288 terms of size ~0.5 by ~1e-3; the f32 kernel's
+        // own error is ~1e-5.
+        let differs = f16.iter().zip(&f32).any(|(a, b)| (a - b).abs() > 1e-3);
+        assert!(differs, "f16_math gave the f32 kernel's result");
+    } else {
+        assert_eq!(f16, f32, "without shader-f16, f16_math must run the f32 kernel");
+    }
 }
 
 #[test]

@@ -81,7 +81,8 @@ fn geglu_and_sampler_update() {
 
     let n = 4 * 9 * 11;
     let (x, y, z) = (random(n, 11, 2.0), random(n, 12, 2.0), random(n, 13, 2.0));
-    let (tx, ty, tz) = (gpu.upload_f32(&[4, 9, 11], &x).unwrap(), gpu.upload_f32(&[4, 9, 11], &y).unwrap(), gpu.upload_f32(&[4, 9, 11], &z).unwrap());
+    let (tx, ty, tz) =
+        (gpu.upload_f32(&[4, 9, 11], &x).unwrap(), gpu.upload_f32(&[4, 9, 11], &y).unwrap(), gpu.upload_f32(&[4, 9, 11], &z).unwrap());
     let two: Vec<f32> = (0..n).map(|i| 0.9 * x[i] - 0.3 * y[i]).collect();
     assert_close("a*x+b*y", &read(&ew::axpby(gpu, 0.9, &tx, -0.3, &ty, None).unwrap()), &two, 1e-6, 1e-6);
     let three: Vec<f32> = (0..n).map(|i| 0.9 * x[i] - 0.3 * y[i] + 1.7 * z[i]).collect();

@@ -4,11 +4,11 @@
 mod common;
 
 use common::{gpu, random, read};
+use webdiffusion::Error;
 use webdiffusion::gpu::Tensor;
 use webdiffusion::kernels::embedding::timestep_embedding;
 use webdiffusion::kernels::layout::{chunk, concat, narrow, permute, upsample_nearest_2x};
 use webdiffusion::reference::{embedding as cpu_embedding, layout as cpu};
-use webdiffusion::Error;
 
 // Data movement does no arithmetic, so every layout result must be bit-exact.
 

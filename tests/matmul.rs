@@ -15,11 +15,11 @@
 mod common;
 
 use common::{gpu, random, read};
+use webdiffusion::Error;
 use webdiffusion::gpu::{DType, Gpu, Tensor};
 use webdiffusion::kernels::elementwise::Unary;
 use webdiffusion::kernels::matmul::{self, MatmulOptions};
 use webdiffusion::reference::matmul::{self as cpu, Operand};
-use webdiffusion::Error;
 
 const F32_TOL: f32 = 1e-4;
 const F16_TOL: f32 = 2e-3;
@@ -204,7 +204,14 @@ fn f16_math_variant() {
         let b = if tb { [33, 67] } else { [67, 33] };
         check(Case { f16_math: true, ..Case::new(&a, &b).transposed(ta, tb) }, 90 + i as u64);
     }
-    let weight = Case { transpose_b: true, b_dtype: DType::F16, bias: Some(DType::F16), activation: Some(Unary::GeluErf), f16_math: true, ..Case::new(&[3, 50, 96], &[3, 130, 96]) };
+    let weight = Case {
+        transpose_b: true,
+        b_dtype: DType::F16,
+        bias: Some(DType::F16),
+        activation: Some(Unary::GeluErf),
+        f16_math: true,
+        ..Case::new(&[3, 50, 96], &[3, 130, 96])
+    };
     check(weight, 95);
 
     // The variant really ran: rounding to f16 moves the result away from the f32 kernel's.
@@ -232,13 +239,13 @@ fn stable_diffusion_shapes_fit_the_dispatch_limits() {
     let limit = gpu.info().max_workgroups_per_dim;
     // (rows, cols, batches) per batch of the output, for a batch of 2 images (CFG).
     let shapes = [
-        (2 * 77, 3072, 1),       // CLIP MLP
-        (2 * 4096, 1280, 1),     // UNet projections at 64x64 latents, rows folded
-        (4096, 4096, 2 * 8),     // attention scores, 8 heads
-        (4096, 40, 2 * 8),       // attention values
-        (2 * 4096, 77, 2 * 8),   // cross-attention scores
-        (2 * 262_144, 512, 1),   // VAE at 512x512 pixels, channels as columns
-        (262_144, 128, 2),       // the same with the batch in the grid
+        (2 * 77, 3072, 1),     // CLIP MLP
+        (2 * 4096, 1280, 1),   // UNet projections at 64x64 latents, rows folded
+        (4096, 4096, 2 * 8),   // attention scores, 8 heads
+        (4096, 40, 2 * 8),     // attention values
+        (2 * 4096, 77, 2 * 8), // cross-attention scores
+        (2 * 262_144, 512, 1), // VAE at 512x512 pixels, channels as columns
+        (262_144, 128, 2),     // the same with the batch in the grid
     ];
     for (rows, cols, batches) in shapes {
         let grid = matmul::workgroups(gpu, rows, cols, batches).unwrap();

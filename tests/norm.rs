@@ -8,10 +8,10 @@
 mod common;
 
 use common::{assert_close, gpu, random, read};
+use webdiffusion::Error;
 use webdiffusion::gpu::Tensor;
 use webdiffusion::kernels::norm;
 use webdiffusion::reference::norm as cpu;
-use webdiffusion::Error;
 
 const EPS: f32 = 1e-5;
 const ATOL: f32 = 1e-5;
@@ -105,21 +105,21 @@ fn layer_norm_matches_reference() {
     let gpu = gpu();
     // CLIP (77 tokens, 768), UNet transformer widths, a single value, and a width past
     // 2048 that takes the 256-invocation variant with a partial last sweep.
-    let cases: [(&[usize], bool); 6] = [
-        (&[2, 77, 768], false),
-        (&[3, 320], true),
-        (&[1, 1], false),
-        (&[2, 5, 1280], true),
-        (&[4, 1024], false),
-        (&[3, 2500], false),
-    ];
+    let cases: [(&[usize], bool); 6] =
+        [(&[2, 77, 768], false), (&[3, 320], true), (&[1, 1], false), (&[2, 5, 1280], true), (&[4, 1024], false), (&[3, 2500], false)];
     for (i, (shape, f16_affine)) in cases.into_iter().enumerate() {
         let dim = *shape.last().unwrap();
         let x = random(shape.iter().product(), 70 + i as u64, 3.0);
         let (w, b, wv, bv) = affine(dim, 80 + i as u64, f16_affine);
         let got = norm::layer_norm(gpu, &gpu.upload_f32(shape, &x).unwrap(), &w, &b, EPS).unwrap();
         assert_eq!(got.shape(), shape);
-        assert_close(&format!("layer_norm {shape:?} f16_affine={f16_affine}"), &read(&got), &cpu::layer_norm(&x, dim, &wv, &bv, EPS), ATOL, RTOL);
+        assert_close(
+            &format!("layer_norm {shape:?} f16_affine={f16_affine}"),
+            &read(&got),
+            &cpu::layer_norm(&x, dim, &wv, &bv, EPS),
+            ATOL,
+            RTOL,
+        );
     }
 }
 

@@ -3,9 +3,9 @@
 mod common;
 
 use common::{gpu, read};
-use webdiffusion::gpu::{DType, Gpu};
-use webdiffusion::kernels::elementwise as ew;
 use webdiffusion::Error;
+use webdiffusion::gpu::{Access, DType, Gpu, Launch};
+use webdiffusion::kernels::elementwise as ew;
 
 #[test]
 fn freed_buffers_are_reused() {
@@ -69,4 +69,21 @@ fn lost_device_is_an_error_not_a_panic() {
     assert!(matches!(ew::scale(&gpu, &x, 2.0), Err(Error::DeviceLost(_))));
     assert!(matches!(pollster::block_on(x.to_vec()), Err(Error::DeviceLost(_))));
     assert!(matches!(gpu.upload_f32(&[1], &[0.0]), Err(Error::DeviceLost(_))));
+}
+
+#[test]
+fn a_pipeline_the_device_rejects_is_an_error() {
+    // Its own device: the failure is sticky for the context it happened on.
+    let gpu = pollster::block_on(Gpu::new()).unwrap();
+    let x = gpu.upload_f32(&[4], &[1.0; 4]).unwrap();
+    // The unary kernel writes binding 2; a layout without it cannot make a pipeline.
+    let result = gpu.launch(Launch {
+        shader: "elementwise.wgsl",
+        entry: "unary",
+        defines: vec![("UNARY", String::new()), ("OP", "silu".into())],
+        params: &[0u8; 64],
+        bindings: &[(&x, Access::Read)],
+        workgroups: [1, 1, 1],
+    });
+    assert!(matches!(result, Err(Error::Gpu(_))), "{result:?}");
 }

@@ -7,9 +7,9 @@
 mod common;
 
 use common::{assert_close, gpu, random, read};
+use webdiffusion::Error;
 use webdiffusion::kernels::softmax::{scaled_softmax, softmax};
 use webdiffusion::reference::softmax as cpu;
-use webdiffusion::Error;
 
 const ATOL: f32 = 1e-6;
 const RTOL: f32 = 1e-4;
@@ -56,4 +56,3 @@ fn bad_inputs_are_shape_errors() {
         assert!(matches!(result, Err(Error::Shape { .. })), "{what}: {result:?}");
     }
 }
-

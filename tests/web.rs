@@ -57,7 +57,7 @@ async fn elementwise_in_browser() {
 
 #[wasm_bindgen_test]
 async fn matmul_in_browser() {
-    use webdiffusion::kernels::matmul::{matmul, MatmulOptions};
+    use webdiffusion::kernels::matmul::{MatmulOptions, matmul};
     use webdiffusion::reference::matmul::{self as cpu, Operand};
     let gpu = Gpu::new().await.unwrap();
     // Batch 2, sizes off the 64-wide tile, transposed f16 weights, fused bias and GELU.
@@ -65,7 +65,8 @@ async fn matmul_in_browser() {
     let a = random(2 * m * k, 3, 1.0);
     let b: Vec<f32> = random(n * k, 4, 1.0).iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
     let bias = random(n, 5, 1.0);
-    let (ta, tb, tbias) = (gpu.upload_f32(&[2, m, k], &a).unwrap(), gpu.upload_f32_as_f16(&[n, k], &b).unwrap(), gpu.upload_f32(&[n], &bias).unwrap());
+    let (ta, tb, tbias) =
+        (gpu.upload_f32(&[2, m, k], &a).unwrap(), gpu.upload_f32_as_f16(&[n, k], &b).unwrap(), gpu.upload_f32(&[n], &bias).unwrap());
     let opts = MatmulOptions { transpose_b: true, bias: Some(&tbias), activation: Some(Unary::GeluErf), ..Default::default() };
     let got = read(&matmul(&gpu, &ta, &tb, &opts).unwrap()).await;
     let (want, _) = cpu::matmul(
@@ -79,7 +80,7 @@ async fn matmul_in_browser() {
 
 #[wasm_bindgen_test]
 async fn conv2d_in_browser() {
-    use webdiffusion::kernels::conv2d::{conv2d, Conv2dOptions};
+    use webdiffusion::kernels::conv2d::{Conv2dOptions, conv2d};
     let gpu = Gpu::new().await.unwrap();
     let (xs, ws) = ([2, 7, 9, 11], [13, 7, 3, 3]);
     let x = random(xs.iter().product(), 6, 1.0);
@@ -87,7 +88,7 @@ async fn conv2d_in_browser() {
     let bias = random(13, 8, 1.0);
     let (tx, tw, tb) = (gpu.upload_f32(&xs, &x).unwrap(), gpu.upload_f32(&ws, &w).unwrap(), gpu.upload_f32(&[13], &bias).unwrap());
     for (stride, padding) in [(1, [1, 1, 1, 1]), (2, [0, 1, 0, 1])] {
-        let opts = Conv2dOptions { stride, padding, bias: Some(&tb) };
+        let opts = Conv2dOptions { stride, padding, bias: Some(&tb), f16_math: false };
         let got = conv2d(&gpu, &tx, &tw, &opts).unwrap();
         let (want, shape) = webdiffusion::reference::conv2d::conv2d(&x, xs, &w, ws, Some(&bias), stride, padding);
         assert_eq!(got.shape(), shape.as_slice());
@@ -97,7 +98,7 @@ async fn conv2d_in_browser() {
 
 #[wasm_bindgen_test]
 async fn attention_in_browser() {
-    use webdiffusion::kernels::attention::{attention, AttentionOptions};
+    use webdiffusion::kernels::attention::{AttentionOptions, attention};
     use webdiffusion::reference::attention::{self as cpu, AttentionShape};
     let gpu = Gpu::new().await.unwrap();
     // Causal self-attention like CLIP, and cross-attention with the VAE's head size.
@@ -136,4 +137,29 @@ async fn layout_and_embedding_in_browser() {
     let want = cpu_emb::timestep_embedding(&t, 320, true, 0.0, 1.0, 10000.0);
     // sin/cos of f32 angles up to 999 carry ~1 ulp of the angle (see tests/layout.rs).
     assert_close("timestep embedding", &read(&got).await, &want, 5e-4, 0.0);
+}
+
+#[wasm_bindgen_test]
+async fn norms_and_softmax_in_browser() {
+    use webdiffusion::kernels::{norm, softmax};
+    use webdiffusion::reference::{norm as cpu_norm, softmax as cpu_softmax};
+    let gpu = Gpu::new().await.unwrap();
+    // A group larger than one 4096-element chunk, with an offset mean and fused SiLU.
+    let shape = [2, 6, 50, 50];
+    let x: Vec<f32> = random(shape.iter().product(), 14, 1.0).iter().map(|v| v + 30.0).collect();
+    let (w, b) = (random(6, 15, 1.0), random(6, 16, 1.0));
+    let tx = gpu.upload_f32(&shape, &x).unwrap();
+    let (tw, tb) = (gpu.upload_f32(&[6], &w).unwrap(), gpu.upload_f32(&[6], &b).unwrap());
+    let got = norm::group_norm(&gpu, &tx, 3, &tw, &tb, 1e-5, true).unwrap();
+    let want = cpu_norm::group_norm(&x, &shape, 3, &w, &b, 1e-5, true);
+    assert_close("group_norm", &read(&got).await, &want, 1e-4, 1e-4);
+
+    let x = random(5 * 77, 17, 3.0);
+    let (w, b) = (random(77, 18, 1.0), random(77, 19, 1.0));
+    let tx = gpu.upload_f32(&[5, 77], &x).unwrap();
+    let (tw, tb) = (gpu.upload_f32(&[77], &w).unwrap(), gpu.upload_f32(&[77], &b).unwrap());
+    let got = norm::layer_norm(&gpu, &tx, &tw, &tb, 1e-5).unwrap();
+    assert_close("layer_norm", &read(&got).await, &cpu_norm::layer_norm(&x, 77, &w, &b, 1e-5), 1e-5, 1e-5);
+    let got = softmax::scaled_softmax(&gpu, &tx, 0.5).unwrap();
+    assert_close("softmax", &read(&got).await, &cpu_softmax::softmax(&x, 77, 0.5), 1e-6, 1e-4);
 }

@@ -4,7 +4,7 @@
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use super::context::{lock, Gpu};
+use super::context::{Gpu, lock};
 use super::kernel::{Compiled, KernelKey};
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
@@ -79,6 +79,7 @@ impl Gpu {
             bindings: launch.bindings.iter().map(|(_, access)| *access).collect(),
         };
         let kernel = lock(&self.inner.kernels).get(&self.inner.device, &key)?;
+        self.check()?; // a pipeline the device rejected is reported here
         if launch.workgroups.contains(&0) {
             return Ok(()); // nothing to compute
         }
@@ -114,18 +115,38 @@ impl Gpu {
     /// Submits everything recorded so far.
     pub fn flush(&self) -> Result<()> {
         self.check()?;
-        let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
-        if self.encode_pending(&mut encoder) {
-            self.inner.queue.submit([encoder.finish()]);
-        }
+        self.submit_with(|_| {});
         self.check()
     }
 
-    /// Encodes the pending batch as one compute pass into `encoder`; false when empty.
-    pub(super) fn encode_pending(&self, encoder: &mut wgpu::CommandEncoder) -> bool {
+    /// Encodes the pending batch, then whatever `then` adds, and submits it all, holding
+    /// the batch lock until the queue has it: another thread's queue write or submit
+    /// must not land between this batch's encoding and its submission.
+    pub(super) fn submit_with<R>(&self, then: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut batch = lock(&self.inner.batch);
+        let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        self.encode_pending(&mut batch, &mut encoder);
+        let result = then(&mut encoder);
+        self.inner.queue.submit([encoder.finish()]);
+        result
+    }
+
+    /// Runs `write` (a queue write) after everything recorded so far, holding the
+    /// batch lock so no launch from another thread slips in between.
+    pub(super) fn write_after_pending(&self, write: impl FnOnce(&wgpu::Queue)) {
+        let mut batch = lock(&self.inner.batch);
+        if !batch.dispatches.is_empty() {
+            let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+            self.encode_pending(&mut batch, &mut encoder);
+            self.inner.queue.submit([encoder.finish()]);
+        }
+        write(&self.inner.queue);
+    }
+
+    /// Encodes the pending batch as one compute pass into `encoder` and empties it.
+    fn encode_pending(&self, batch: &mut Batch, encoder: &mut wgpu::CommandEncoder) {
         if batch.dispatches.is_empty() {
-            return false;
+            return;
         }
         let device = &self.inner.device;
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
@@ -138,7 +159,7 @@ impl Gpu {
             Ok(mut view) => view.copy_from_slice(&batch.arena),
             // Only a lost device refuses a fresh mapped-at-creation buffer; the fault
             // handler has recorded that, and the caller's next check reports it.
-            Err(_) => return false,
+            Err(_) => return,
         }
         uniforms.unmap();
         let bind_groups: Vec<wgpu::BindGroup> = batch
@@ -156,11 +177,7 @@ impl Gpu {
                 for (i, (buffer, bytes)) in d.buffers.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
                         binding: i as u32 + 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer,
-                            offset: 0,
-                            size: NonZeroU64::new(*bytes),
-                        }),
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset: 0, size: NonZeroU64::new(*bytes) }),
                     });
                 }
                 device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })
@@ -175,6 +192,5 @@ impl Gpu {
             }
         }
         batch.clear();
-        true
     }
 }

@@ -93,10 +93,8 @@ fn instance() -> wgpu::Instance {
     #[cfg(not(target_arch = "wasm32"))]
     let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     #[cfg(target_arch = "wasm32")]
-    let desc = wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::BROWSER_WEBGPU,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    };
+    let desc =
+        wgpu::InstanceDescriptor { backends: wgpu::Backends::BROWSER_WEBGPU, ..wgpu::InstanceDescriptor::new_without_display_handle() };
     wgpu::Instance::new(desc)
 }
 
@@ -110,8 +108,7 @@ impl Gpu {
         let instance = instance();
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::from_env()
-                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
                 force_fallback_adapter: false,
                 compatible_surface: None,
                 apply_limit_buckets: false,
@@ -162,14 +159,7 @@ impl Gpu {
             record_fault(&lost, Error::DeviceLost(format!("{reason:?}: {message}")));
         });
         let uncaptured = fault.clone();
-        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-            let error = match error {
-                wgpu::Error::OutOfMemory { source } => Error::OutOfMemory(source.to_string()),
-                wgpu::Error::Validation { description, .. } => Error::Gpu(description),
-                wgpu::Error::Internal { description, .. } => Error::Gpu(description),
-            };
-            record_fault(&uncaptured, error);
-        }));
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| record_fault(&uncaptured, Error::from(error))));
 
         Ok(Gpu {
             inner: Arc::new(Inner {
@@ -221,6 +211,16 @@ impl Gpu {
     }
 }
 
+impl From<wgpu::Error> for Error {
+    fn from(error: wgpu::Error) -> Self {
+        match error {
+            wgpu::Error::OutOfMemory { source } => Error::OutOfMemory(source.to_string()),
+            wgpu::Error::Validation { description, .. } => Error::Gpu(description),
+            wgpu::Error::Internal { description, .. } => Error::Gpu(description),
+        }
+    }
+}
+
 fn record_fault(fault: &Mutex<Option<Error>>, error: Error) {
     let mut slot = lock(fault);
     if slot.is_none() {
@@ -233,4 +233,17 @@ fn record_fault(fault: &Mutex<Option<Error>>, error: Error) {
 /// because no operation leaves it half-written before a panic.
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn wgpu_out_of_memory_becomes_a_typed_error() {
+        let source: Box<dyn std::error::Error + Send + Sync> = "allocation of 3 GiB failed".into();
+        let error = Error::from(wgpu::Error::OutOfMemory { source });
+        assert_eq!(error, Error::OutOfMemory("allocation of 3 GiB failed".into()));
+        assert!(error.to_string().contains("out of memory"), "{error}");
+    }
 }

@@ -21,12 +21,7 @@ fn err(shader: &str, detail: impl Into<String>) -> Error {
     Error::Shader { shader: shader.to_string(), detail: detail.into() }
 }
 
-fn expand<'a>(
-    name: &'a str,
-    defines: &BTreeMap<&str, &str>,
-    included: &mut BTreeSet<&'a str>,
-    out: &mut String,
-) -> Result<()> {
+fn expand<'a>(name: &'a str, defines: &BTreeMap<&str, &str>, included: &mut BTreeSet<&'a str>, out: &mut String) -> Result<()> {
     if !included.insert(name) {
         return Ok(()); // each file once, like #pragma once
     }
@@ -50,7 +45,8 @@ fn expand<'a>(
             stack.pop().ok_or_else(|| err(name, format!("line {}: #endif without #ifdef", number + 1)))?;
         } else if let Some(file) = directive("#include ") {
             if active(&stack) {
-                let file = shaders::name_of(file.trim_matches('"')).ok_or_else(|| err(name, format!("line {}: unknown include {file}", number + 1)))?;
+                let file = shaders::name_of(file.trim_matches('"'))
+                    .ok_or_else(|| err(name, format!("line {}: unknown include {file}", number + 1)))?;
                 expand(file, defines, included, out)?;
             }
         } else if trimmed.starts_with('#') {
@@ -72,9 +68,7 @@ fn substitute(source: &str, defines: &BTreeMap<&str, &str>) -> String {
     let mut rest = source;
     while let Some(start) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
         out.push_str(&rest[..start]);
-        let word_len = rest[start..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len() - start);
+        let word_len = rest[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len() - start);
         let word = &rest[start..start + word_len];
         match defines.get(word) {
             Some(value) if !value.is_empty() => out.push_str(value),

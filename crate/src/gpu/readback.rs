@@ -18,10 +18,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
-        self.encode_pending(&mut encoder);
-        encoder.copy_buffer_to_buffer(tensor.buffer(), 0, &staging, 0, len);
-        self.inner.queue.submit([encoder.finish()]);
+        self.submit_with(|encoder| encoder.copy_buffer_to_buffer(tensor.buffer(), 0, &staging, 0, len));
 
         let (sender, receiver) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
@@ -59,7 +56,8 @@ impl Gpu {
     /// Submits pending work and waits until the GPU has finished all of it
     /// (for timing; results are read with `Tensor::to_vec`).
     pub async fn finish(&self) -> Result<()> {
-        self.flush()?;
+        self.check()?;
+        self.submit_with(|_| {});
         let (sender, receiver) = futures_channel::oneshot::channel();
         self.inner.queue.on_submitted_work_done(move || {
             let _ = sender.send(());

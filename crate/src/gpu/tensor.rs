@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::context::{lock, Gpu};
+use super::context::{Gpu, lock};
 use super::pool::BufferPool;
 use crate::error::{Error, Result};
 
@@ -91,11 +91,7 @@ impl Gpu {
         let bytes = dtype.storage_bytes(shape.iter().product());
         let info = &self.inner.info;
         if bytes > info.max_buffer_size {
-            return Err(Error::TooLarge {
-                what: format!("a tensor of shape {shape:?}"),
-                needed: bytes,
-                limit: info.max_buffer_size,
-            });
+            return Err(Error::TooLarge { what: format!("a tensor of shape {shape:?}"), needed: bytes, limit: info.max_buffer_size });
         }
         let class = BufferPool::size_class(bytes).min(info.max_buffer_size);
         let pooled = lock(&self.inner.pool).take(class);
@@ -109,11 +105,7 @@ impl Gpu {
             }),
         };
         self.check()?;
-        Ok(Tensor {
-            storage: Arc::new(Storage { buffer, class, gpu: self.clone() }),
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(Tensor { storage: Arc::new(Storage { buffer, class, gpu: self.clone() }), shape: shape.to_vec(), dtype })
     }
 
     pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
@@ -142,9 +134,8 @@ impl Gpu {
         let tensor = self.empty(shape, dtype)?;
         // Pending dispatches may still read the recycled buffer; a queue write would
         // land before them, so they go first.
-        self.flush()?;
         if !bytes.is_empty() {
-            self.inner.queue.write_buffer(tensor.buffer(), 0, bytes);
+            self.write_after_pending(|queue| queue.write_buffer(tensor.buffer(), 0, bytes));
         }
         self.check()?;
         Ok(tensor)

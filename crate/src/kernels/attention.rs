@@ -16,8 +16,7 @@ const WORKGROUP_BYTES: usize = 16 * 1024;
 /// (invocations per query row, head-dim elements each), by padded head dim. Ten slots make
 /// SD's 40, 80 and 160 exact, sixteen make 64 and 512 exact; any other head dim up to
 /// 1024 pads to the next one.
-const TILINGS: [(usize, usize); 10] =
-    [(4, 10), (4, 16), (8, 10), (8, 16), (16, 10), (16, 16), (32, 10), (32, 16), (64, 10), (64, 16)];
+const TILINGS: [(usize, usize); 10] = [(4, 10), (4, 16), (8, 10), (8, 16), (16, 10), (16, 16), (32, 10), (32, 16), (64, 10), (64, 16)];
 
 /// The largest head dim any tiling covers.
 pub const MAX_HEAD_DIM: usize = 64 * 16;

@@ -1,5 +1,6 @@
 //! Launcher for `conv2d.wgsl`: 2-d convolution of NCHW f32 activations by f32 or
-//! packed-f16 weights, as an implicit GEMM (no im2col buffer).
+//! packed-f16 weights, as an implicit GEMM (no im2col buffer), with an f16-math variant
+//! for devices with shader-f16.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -29,7 +30,7 @@ struct Params {
     k: u32,
 }
 
-/// How to convolve: stride, zero padding and an optional bias.
+/// How to convolve: stride, zero padding, an optional bias and the multiply precision.
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dOptions<'a> {
     /// The same stride in both directions (SD uses 1, and 2 for downsampling).
@@ -40,16 +41,23 @@ pub struct Conv2dOptions<'a> {
     pub padding: [usize; 4],
     /// `[out_channels]`, f32 or packed f16.
     pub bias: Option<&'a Tensor>,
+    /// Tiles and products in f16 (sums stay f32); honoured only when the device has
+    /// shader-f16, otherwise the f32 kernel runs.
+    pub f16_math: bool,
 }
 
 impl<'a> Conv2dOptions<'a> {
     /// `stride`, `padding` on every side, no bias.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride, padding: [padding; 4], bias: None }
+        Self { stride, padding: [padding; 4], bias: None, f16_math: false }
     }
 
     pub fn with_bias(self, bias: &'a Tensor) -> Self {
         Self { bias: Some(bias), ..self }
+    }
+
+    pub fn with_f16_math(self, on: bool) -> Self {
+        Self { f16_math: on, ..self }
     }
 }
 
@@ -102,7 +110,10 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
         return Err(Error::shape(OP, format!("input must be f32, got {:?}", x.dtype())));
     }
     if weight_channels != channels {
-        return Err(Error::shape(OP, format!("weight {:?} expects {weight_channels} input channels, input {:?} has {channels}", weight.shape(), x.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("weight {:?} expects {weight_channels} input channels, input {:?} has {channels}", weight.shape(), x.shape()),
+        ));
     }
     if let Some(bias) = opts.bias.filter(|b| b.shape() != [out_channels]) {
         return Err(Error::shape(OP, format!("bias must be [{out_channels}], got {:?}", bias.shape())));
@@ -133,7 +144,7 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
     gpu.launch(Launch {
         shader: SHADER,
         entry: "conv2d",
-        defines: defines(weight.dtype(), opts.bias.map(Tensor::dtype)),
+        defines: defines(weight.dtype(), opts.bias.map(Tensor::dtype), opts.f16_math && gpu.has_shader_f16()),
         params: bytemuck::bytes_of(&params),
         bindings: &bindings,
         workgroups: workgroups(batch, out_channels, out_h * out_w),
@@ -141,7 +152,7 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
     Ok(out)
 }
 
-fn defines(weight: DType, bias: Option<DType>) -> Vec<(&'static str, String)> {
+fn defines(weight: DType, bias: Option<DType>, f16_math: bool) -> Vec<(&'static str, String)> {
     let mut defines = Vec::new();
     if weight == DType::F16 {
         defines.push(("W_F16", String::new()));
@@ -152,18 +163,23 @@ fn defines(weight: DType, bias: Option<DType>) -> Vec<(&'static str, String)> {
             defines.push(("BIAS_F16", String::new()));
         }
     }
+    if f16_math {
+        defines.push(("F16_MATH", String::new()));
+    }
     defines
 }
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
     let mut keys = Vec::new();
-    for weight in [DType::F32, DType::F16] {
-        for bias in [None, Some(DType::F32), Some(DType::F16)] {
-            let reads = if bias.is_some() { 3 } else { 2 };
-            let mut bindings = vec![Access::Read; reads];
-            bindings.push(Access::ReadWrite);
-            keys.push(KernelKey { shader: SHADER, entry: "conv2d", defines: defines(weight, bias), bindings });
+    for f16_math in [false, true] {
+        for weight in [DType::F32, DType::F16] {
+            for bias in [None, Some(DType::F32), Some(DType::F16)] {
+                let reads = if bias.is_some() { 3 } else { 2 };
+                let mut bindings = vec![Access::Read; reads];
+                bindings.push(Access::ReadWrite);
+                keys.push(KernelKey { shader: SHADER, entry: "conv2d", defines: defines(weight, bias, f16_math), bindings });
+            }
         }
     }
     keys

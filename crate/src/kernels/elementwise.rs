@@ -67,7 +67,14 @@ fn require_f32(op: &'static str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn run(gpu: &Gpu, entry: &'static str, defines: Vec<(&'static str, String)>, params: Params, threads: usize, bindings: &[(&Tensor, Access)]) -> Result<()> {
+fn run(
+    gpu: &Gpu,
+    entry: &'static str,
+    defines: Vec<(&'static str, String)>,
+    params: Params,
+    threads: usize,
+    bindings: &[(&Tensor, Access)],
+) -> Result<()> {
     gpu.launch(Launch {
         shader: SHADER,
         entry,
@@ -184,7 +191,14 @@ pub fn axpby(gpu: &Gpu, a: f32, x: &Tensor, b: f32, y: &Tensor, cz: Option<(f32,
         Some((c, z)) => {
             params.c = c;
             defines.push(("THREE", String::new()));
-            run(gpu, "axpby", defines, params, x.numel(), &[(x, Access::Read), (y, Access::Read), (z, Access::Read), (&out, Access::ReadWrite)])?;
+            run(
+                gpu,
+                "axpby",
+                defines,
+                params,
+                x.numel(),
+                &[(x, Access::Read), (y, Access::Read), (z, Access::Read), (&out, Access::ReadWrite)],
+            )?;
         }
         None => run(gpu, "axpby", defines, params, x.numel(), &[(x, Access::Read), (y, Access::Read), (&out, Access::ReadWrite)])?,
     }

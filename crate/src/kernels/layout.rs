@@ -60,7 +60,15 @@ fn u32_index(what: &str, t: &Tensor, value: usize) -> Result<u32> {
     })
 }
 
-fn launch_elementwise(gpu: &Gpu, shader: &'static str, entry: &'static str, x: &Tensor, out: &Tensor, params: &[u8], threads: usize) -> Result<()> {
+fn launch_elementwise(
+    gpu: &Gpu,
+    shader: &'static str,
+    entry: &'static str,
+    x: &Tensor,
+    out: &Tensor,
+    params: &[u8],
+    threads: usize,
+) -> Result<()> {
     gpu.launch(Launch {
         shader,
         entry,

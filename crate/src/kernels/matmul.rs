@@ -65,8 +65,7 @@ impl Variant {
             (self.bias == Some(DType::F16), "BIAS_F16"),
             (self.f16_math, "F16_MATH"),
         ];
-        let mut defines: Vec<(&'static str, String)> =
-            flags.iter().filter(|(on, _)| *on).map(|(_, name)| (*name, String::new())).collect();
+        let mut defines: Vec<(&'static str, String)> = flags.iter().filter(|(on, _)| *on).map(|(_, name)| (*name, String::new())).collect();
         if let Some(act) = self.activation {
             defines.push(("ACT", act.to_string()));
         }
@@ -142,11 +141,7 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
     };
     // A shared 2-D b (the linear layer) and a row-major a: the batches stack into one
     // tall matrix, so partial row tiles are paid once, not per batch.
-    Ok(if b_batch.is_none() && !opts.transpose_a {
-        Dims { batches: 1, m: dims.batches * m, a_batch_stride: 0, ..dims }
-    } else {
-        dims
-    })
+    Ok(if b_batch.is_none() && !opts.transpose_a { Dims { batches: 1, m: dims.batches * m, a_batch_stride: 0, ..dims } } else { dims })
 }
 
 /// The dispatch of a product with `rows` x `cols` outputs per batch: column tiles in

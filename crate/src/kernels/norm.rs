@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::softmax::{check_f32_input, row_threads, rows_of, ROW_THREADS};
+use super::softmax::{ROW_THREADS, check_f32_input, row_threads, rows_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
 

@@ -1,7 +1,14 @@
 //! CPU reference for the sinusoidal timestep embedding, in f64.
 
 /// diffusers' `get_timestep_embedding` for `timesteps`, row-major `[B, dim]`.
-pub fn timestep_embedding(timesteps: &[f32], dim: usize, flip_sin_to_cos: bool, downscale_freq_shift: f32, scale: f32, max_period: f32) -> Vec<f32> {
+pub fn timestep_embedding(
+    timesteps: &[f32],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    downscale_freq_shift: f32,
+    scale: f32,
+    max_period: f32,
+) -> Vec<f32> {
     let half = dim / 2;
     let mut out = Vec::with_capacity(timesteps.len() * dim);
     for &t in timesteps {

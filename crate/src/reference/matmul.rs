@@ -20,9 +20,7 @@ impl Operand<'_> {
 
     /// (rows, cols) of the logical matrix.
     fn dims(&self) -> (usize, usize) {
-        let [rows, cols] = self.shape[self.shape.len() - 2..] else {
-            panic!("operand shape {:?} must have rank 2 or 3", self.shape)
-        };
+        let [rows, cols] = self.shape[self.shape.len() - 2..] else { panic!("operand shape {:?} must have rank 2 or 3", self.shape) };
         if self.transposed { (cols, rows) } else { (rows, cols) }
     }
 
