@@ -23,6 +23,16 @@ pub enum Error {
     Readback(String),
     #[error("shader {shader}: {detail}")]
     Shader { shader: String, detail: String },
+    #[error("cannot read {path}: {detail}")]
+    Io { path: String, detail: String },
+    #[error("{file} is not valid: {detail}")]
+    Format { file: String, detail: String },
+    #[error("{file} has no tensor named {name}")]
+    MissingTensor { file: String, name: String },
+    #[error("{file}: tensor {name} has shape {found:?}, the config needs {expected:?}")]
+    WeightShape { file: String, name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{file}: {detail} is not supported")]
+    Unsupported { file: String, detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

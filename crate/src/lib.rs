@@ -4,7 +4,10 @@
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod loader;
+pub mod models;
 pub mod reference;
 pub mod shaders;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

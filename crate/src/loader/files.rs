@@ -1,0 +1,52 @@
+//! Where a model's files come from.
+
+use crate::error::Result;
+
+/// Read access to the files of one model folder, by path relative to its root
+/// (`unet/config.json`). Native code reads a directory; the browser fetches.
+pub trait ModelFiles {
+    fn read(&self, path: &str) -> Result<Vec<u8>>;
+    fn exists(&self, path: &str) -> bool;
+    /// How to name `path` in an error message (the full path or URL).
+    fn describe(&self, path: &str) -> String;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::DirFiles;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::path::PathBuf;
+
+    use super::ModelFiles;
+    use crate::error::{Error, Result};
+
+    /// A model folder on disk.
+    pub struct DirFiles {
+        root: PathBuf,
+    }
+
+    impl DirFiles {
+        pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+            let root = root.into();
+            if !root.is_dir() {
+                return Err(Error::Io { path: root.display().to_string(), detail: "not a directory".into() });
+            }
+            Ok(Self { root })
+        }
+    }
+
+    impl ModelFiles for DirFiles {
+        fn read(&self, path: &str) -> Result<Vec<u8>> {
+            std::fs::read(self.root.join(path)).map_err(|e| Error::Io { path: self.describe(path), detail: e.to_string() })
+        }
+
+        fn exists(&self, path: &str) -> bool {
+            self.root.join(path).is_file()
+        }
+
+        fn describe(&self, path: &str) -> String {
+            self.root.join(path).display().to_string()
+        }
+    }
+}

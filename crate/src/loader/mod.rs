@@ -1,0 +1,20 @@
+//! Reading a diffusers model folder: its files (from disk natively, from the
+//! network in the browser), its JSON configs and its safetensors weights.
+
+mod files;
+mod weights;
+
+pub use files::ModelFiles;
+#[cfg(not(target_arch = "wasm32"))]
+pub use files::DirFiles;
+pub use weights::{WeightPrecision, Weights};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Parses the JSON config at `path` inside the model.
+pub fn read_config<T: DeserializeOwned>(files: &dyn ModelFiles, path: &str) -> Result<T> {
+    let bytes = files.read(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Format { file: files.describe(path), detail: e.to_string() })
+}

@@ -1,0 +1,113 @@
+//! diffusers' `Attention` module (models/attention_processor.py) as the SD UNet's
+//! transformer blocks and the VAE's mid block use it: q/k/v projections, fused
+//! multi-head attention, the output projection; optionally a group norm before and a
+//! residual connection after (the VAE's spatial form on `[B, C, H, W]`).
+
+use super::nn::{join, GroupNorm, Linear};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::kernels::attention::{attention, AttentionOptions};
+use crate::kernels::elementwise as ew;
+use crate::kernels::layout;
+use crate::loader::Weights;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionConfig {
+    pub query_dim: usize,
+    /// Width of the context for cross-attention; `None` for self-attention.
+    pub cross_attention_dim: Option<usize>,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Whether to_q/to_k/to_v have biases (the VAE's do, the UNet's do not).
+    pub qkv_bias: bool,
+    /// A group norm before the projections: `(groups, eps)` (the VAE).
+    pub group_norm: Option<(usize, f32)>,
+    /// Add the input to the output (the VAE).
+    pub residual_connection: bool,
+    /// The output is divided by this.
+    pub rescale_output_factor: f32,
+}
+
+pub struct Attention {
+    group_norm: Option<GroupNorm>,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    residual_connection: bool,
+    rescale_output_factor: f32,
+}
+
+impl Attention {
+    pub fn load(w: &Weights, prefix: &str, c: &AttentionConfig) -> Result<Self> {
+        let p = |name: &str| join(prefix, name);
+        let inner = c.heads * c.head_dim;
+        let context = c.cross_attention_dim.unwrap_or(c.query_dim);
+        Ok(Self {
+            group_norm: c.group_norm.map(|(groups, eps)| GroupNorm::load(w, &p("group_norm"), groups, c.query_dim, eps)).transpose()?,
+            to_q: Linear::load(w, &p("to_q"), c.query_dim, inner, c.qkv_bias)?,
+            to_k: Linear::load(w, &p("to_k"), context, inner, c.qkv_bias)?,
+            to_v: Linear::load(w, &p("to_v"), context, inner, c.qkv_bias)?,
+            to_out: Linear::load(w, &p("to_out.0"), inner, c.query_dim, true)?,
+            heads: c.heads,
+            residual_connection: c.residual_connection,
+            rescale_output_factor: c.rescale_output_factor,
+        })
+    }
+
+    /// `x [B, S, query_dim]` attending to `context [B, S', cross_dim]` (or to itself).
+    /// Upcasting (`upcast_attention`) needs nothing: the scores are always f32.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let normed = match &self.group_norm {
+            // Group norm over channels wants [B, C, S]; the projections want [B, S, C].
+            Some(norm) => {
+                let channels_first = layout::permute(gpu, x, &[0, 2, 1])?;
+                layout::permute(gpu, &norm.forward(&channels_first, false)?, &[0, 2, 1])?
+            }
+            None => x.clone(),
+        };
+        let out = self.attend(&normed, context)?;
+        self.finish(out, x)
+    }
+
+    /// The spatial form: `x [B, C, H, W]` attends over its `H*W` positions.
+    pub fn forward_spatial(&self, x: &Tensor) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let &[b, c, h, w] = x.shape() else {
+            return Err(Error::shape("Attention", format!("spatial attention needs [B, C, H, W], got {:?}", x.shape())));
+        };
+        // NCHW already is the [B, C, S] layout group norm wants.
+        let normed = match &self.group_norm {
+            Some(norm) => norm.forward(x, false)?,
+            None => x.clone(),
+        };
+        let tokens = layout::permute(gpu, &normed.reshape(&[b, c, h * w])?, &[0, 2, 1])?;
+        let out = self.attend(&tokens, None)?;
+        let out = layout::permute(gpu, &out, &[0, 2, 1])?.reshape(&[b, c, h, w])?;
+        self.finish(out, x)
+    }
+
+    /// Projections, attention and the output projection on `[B, S, C]` tokens.
+    fn attend(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let context = context.unwrap_or(tokens);
+        let q = self.to_q.forward(tokens)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let attended = attention(tokens.gpu(), &q, &k, &v, &AttentionOptions { heads: self.heads, scale: None, causal: false })?;
+        self.to_out.forward(&attended)
+    }
+
+    /// The residual connection and output rescaling, in the input's layout.
+    fn finish(&self, mut out: Tensor, input: &Tensor) -> Result<Tensor> {
+        let gpu = input.gpu();
+        if self.residual_connection {
+            out = ew::add(gpu, &out, input)?;
+        }
+        if self.rescale_output_factor != 1.0 {
+            out = ew::scale(gpu, &out, 1.0 / self.rescale_output_factor)?;
+        }
+        Ok(out)
+    }
+}

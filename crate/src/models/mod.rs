@@ -1,0 +1,13 @@
+//! The networks of a diffusers Stable Diffusion checkpoint, composed from kernels.
+//! Module names follow diffusers (and candle's stable_diffusion split).
+
+pub mod attention;
+pub mod clip;
+pub mod embeddings;
+pub mod nn;
+pub mod resnet;
+pub mod taesd;
+pub mod transformer_2d;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;

@@ -1,0 +1,115 @@
+//! The layers every network is made of, loaded by their diffusers/PyTorch names
+//! (`<prefix>.weight`, `<prefix>.bias`) and run with the kernels.
+
+use crate::error::Result;
+use crate::gpu::Tensor;
+use crate::kernels::conv2d::{conv2d, Conv2dOptions};
+use crate::kernels::elementwise::Unary;
+use crate::kernels::matmul::{matmul, MatmulOptions};
+use crate::kernels::norm;
+use crate::loader::Weights;
+
+/// `prefix.name`, or `name` when the prefix is empty.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+/// `torch.nn.Linear`: weight `[out, in]`, optional bias `[out]`.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
+        let weight = w.get(&join(prefix, "weight"), &[out_features, in_features])?;
+        let bias = if bias { Some(w.get(&join(prefix, "bias"), &[out_features])?) } else { None };
+        Ok(Self { weight, bias, in_features, out_features })
+    }
+
+    /// `x [.., in] -> [.., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+
+    /// With an activation fused after the bias.
+    pub fn forward_with(&self, x: &Tensor, activation: Option<Unary>) -> Result<Tensor> {
+        let shape = x.shape();
+        let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+        let flat = x.reshape(&[rows, *shape.last().unwrap_or(&0)])?;
+        let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation, ..Default::default() };
+        let out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
+        let mut out_shape = shape.to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = self.out_features;
+        }
+        out.reshape(&out_shape)
+    }
+}
+
+/// `torch.nn.Conv2d` with square kernels: weight `[out, in, k, k]`, bias `[out]`.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: [usize; 4],
+    pub out_channels: usize,
+}
+
+impl Conv2d {
+    /// A conv with the same `padding` on all sides.
+    pub fn load(w: &Weights, prefix: &str, in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        Self::load_padded(w, prefix, [in_channels, out_channels, kernel, stride], [padding; 4])
+    }
+
+    /// `dims` is `[in, out, kernel, stride]`; `padding` is `[top, bottom, left, right]`.
+    pub fn load_padded(w: &Weights, prefix: &str, dims: [usize; 4], padding: [usize; 4]) -> Result<Self> {
+        let [in_channels, out_channels, kernel, stride] = dims;
+        let weight = w.get(&join(prefix, "weight"), &[out_channels, in_channels, kernel, kernel])?;
+        let bias = Some(w.get(&join(prefix, "bias"), &[out_channels])?);
+        Ok(Self { weight, bias, stride, padding, out_channels })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), f16_math: false };
+        conv2d(x.gpu(), x, &self.weight, &opts)
+    }
+}
+
+/// `torch.nn.GroupNorm` with affine parameters.
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f32,
+}
+
+impl GroupNorm {
+    pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f32) -> Result<Self> {
+        Ok(Self { weight: w.get(&join(prefix, "weight"), &[channels])?, bias: w.get(&join(prefix, "bias"), &[channels])?, groups, eps })
+    }
+
+    /// Normalises `x [N, C, ...]`, then applies SiLU when `silu` (fused).
+    pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        norm::group_norm(x.gpu(), x, self.groups, &self.weight, &self.bias, self.eps, silu)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
+        Ok(Self { weight: w.get(&join(prefix, "weight"), &[dim])?, bias: w.get(&join(prefix, "bias"), &[dim])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        norm::layer_norm(x.gpu(), x, &self.weight, &self.bias, self.eps)
+    }
+}

@@ -1,0 +1,106 @@
+//! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D` (models/resnet.py,
+//! models/downsampling.py, models/upsampling.py), shared by the UNet and the VAE.
+
+use super::nn::{join, Conv2d, GroupNorm, Linear};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::kernels::elementwise::{self as ew, Unary};
+use crate::kernels::layout;
+use crate::loader::Weights;
+
+/// What a `ResnetBlock2D` is built with (the arguments diffusers passes).
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the time embedding, or `None` (the VAE) for no time projection.
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f32,
+    /// The block's output is divided by this (1 in SD).
+    pub output_scale_factor: f32,
+}
+
+/// `silu(norm1(x)) -> conv1 (+ time projection) -> silu(norm2) -> conv2`, plus a
+/// shortcut (a 1x1 conv when the channel count changes).
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f32,
+}
+
+impl ResnetBlock2D {
+    pub fn load(w: &Weights, prefix: &str, c: &ResnetConfig) -> Result<Self> {
+        let p = |name: &str| join(prefix, name);
+        Ok(Self {
+            norm1: GroupNorm::load(w, &p("norm1"), c.groups, c.in_channels, c.eps)?,
+            conv1: Conv2d::load(w, &p("conv1"), c.in_channels, c.out_channels, 3, 1, 1)?,
+            time_emb_proj: c.temb_channels.map(|t| Linear::load(w, &p("time_emb_proj"), t, c.out_channels, true)).transpose()?,
+            norm2: GroupNorm::load(w, &p("norm2"), c.groups, c.out_channels, c.eps)?,
+            conv2: Conv2d::load(w, &p("conv2"), c.out_channels, c.out_channels, 3, 1, 1)?,
+            conv_shortcut: (c.in_channels != c.out_channels)
+                .then(|| Conv2d::load(w, &p("conv_shortcut"), c.in_channels, c.out_channels, 1, 1, 0))
+                .transpose()?,
+            output_scale_factor: c.output_scale_factor,
+        })
+    }
+
+    /// `x [B, C, H, W]`; `temb [B, T]` is the time embedding before its activation.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let mut h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
+        match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let t = proj.forward(&ew::unary(gpu, temb, Unary::Silu)?)?;
+                let [batch, channels] = [t.shape()[0], t.shape()[1]];
+                h = ew::add(gpu, &h, &t.reshape(&[batch, channels, 1, 1])?)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(Error::shape("ResnetBlock2D", "this block needs a time embedding")),
+            (None, Some(_)) => return Err(Error::shape("ResnetBlock2D", "this block takes no time embedding")),
+        }
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        let sum = ew::add(gpu, &shortcut, &h)?;
+        if self.output_scale_factor == 1.0 { Ok(sum) } else { ew::scale(gpu, &sum, 1.0 / self.output_scale_factor) }
+    }
+}
+
+/// A 3x3 stride-2 conv. diffusers pads 1 on every side, or with `padding = 0`
+/// pads only bottom and right by one (the VAE encoder) before a padding-0 conv.
+pub struct Downsample2D {
+    conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn load(w: &Weights, prefix: &str, channels: usize, padding: usize) -> Result<Self> {
+        let pad = if padding == 0 { [0, 1, 0, 1] } else { [padding; 4] };
+        Ok(Self { conv: Conv2d::load_padded(w, &join(prefix, "conv"), [channels, channels, 3, 2], pad)? })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x)
+    }
+}
+
+/// Nearest-neighbour 2x upsampling followed by a 3x3 conv.
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn load(w: &Weights, prefix: &str, channels: usize) -> Result<Self> {
+        Ok(Self { conv: Conv2d::load(w, &join(prefix, "conv"), channels, channels, 3, 1, 1)? })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(&layout::upsample_nearest_2x(x.gpu(), x)?)
+    }
+}
