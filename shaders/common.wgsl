@@ -26,12 +26,18 @@ fn gelu_erf(x: f32) -> f32 {
     return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
 }
 
+// tanh through exp so large |x| saturates instead of producing NaN on some drivers.
+fn tanh_saturating(x: f32) -> f32 {
+    let e = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
 fn gelu_tanh(x: f32) -> f32 {
-    // tanh through exp so large |x| saturates instead of producing NaN on some drivers.
-    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    let e = exp(-2.0 * abs(u));
-    let t = sign(u) * (1.0 - e) / (1.0 + e);
-    return 0.5 * x * (1.0 + t);
+    return 0.5 * x * (1.0 + tanh_saturating(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+
+fn relu(x: f32) -> f32 {
+    return max(x, 0.0);
 }
 
 fn silu(x: f32) -> f32 {

@@ -87,3 +87,14 @@ fn a_pipeline_the_device_rejects_is_an_error() {
     });
     assert!(matches!(result, Err(Error::Gpu(_))), "{result:?}");
 }
+
+#[test]
+fn index_tensors_are_refused_where_floats_are_read() {
+    let gpu = gpu();
+    let ids = gpu.upload_u32(&[2, 3], &[0, 1, 2, 49405, 49406, 49407]).unwrap();
+    assert_eq!(read(&ids), vec![0.0, 1.0, 2.0, 49405.0, 49406.0, 49407.0]);
+    assert!(matches!(ew::unary(gpu, &ids, ew::Unary::Silu), Err(Error::Shape { .. })));
+    let x = gpu.upload_f32(&[3, 3], &[1.0; 9]).unwrap();
+    let result = webdiffusion::kernels::matmul::matmul(gpu, &x, &ids.reshape(&[3, 2]).unwrap(), &Default::default());
+    assert!(matches!(result, Err(Error::Shape { .. })), "{result:?}");
+}

@@ -39,11 +39,12 @@ impl Gpu {
 }
 
 impl Tensor {
-    /// The values as f32 (f16 storage is widened exactly).
+    /// The values as f32 (f16 storage is widened exactly; u32 indices are converted).
     pub async fn to_vec(&self) -> Result<Vec<f32>> {
         let bytes = self.gpu().read_bytes(self).await?;
         Ok(match self.dtype() {
             DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::U32 => bytemuck::pod_collect_to_vec::<u8, u32>(&bytes).into_iter().map(|i| i as f32).collect(),
             DType::F16 => {
                 let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
                 halves[..self.numel()].iter().map(|h| h.to_f32()).collect()

@@ -12,13 +12,15 @@ use crate::error::{Error, Result};
 pub enum DType {
     F32,
     F16,
+    /// Indices (token ids).
+    U32,
 }
 
 impl DType {
     /// Bytes of storage for `n` elements, always a whole number of `u32` words.
     pub fn storage_bytes(self, n: usize) -> u64 {
         match self {
-            DType::F32 => 4 * n as u64,
+            DType::F32 | DType::U32 => 4 * n as u64,
             DType::F16 => 4 * n.div_ceil(2) as u64,
         }
     }
@@ -71,6 +73,16 @@ impl Tensor {
         self.dtype.storage_bytes(self.numel())
     }
 
+    /// For kernels that read f32 or packed f16: whether this is f16. Index tensors
+    /// (u32) are refused, since their bits would be read as floats.
+    pub fn is_f16_float(&self, op: &'static str) -> Result<bool> {
+        match self.dtype {
+            DType::F32 => Ok(false),
+            DType::F16 => Ok(true),
+            DType::U32 => Err(Error::shape(op, format!("expects f32 or f16 values, got u32 indices of shape {:?}", self.shape))),
+        }
+    }
+
     pub(super) fn buffer(&self) -> &wgpu::Buffer {
         &self.storage.buffer
     }
@@ -118,6 +130,11 @@ impl Gpu {
             words.push(half::f16::ZERO);
         }
         self.upload_bytes(shape, DType::F16, data.len(), bytemuck::cast_slice(&words))
+    }
+
+    /// Indices, such as token ids for an embedding lookup.
+    pub fn upload_u32(&self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::U32, data.len(), bytemuck::cast_slice(data))
     }
 
     /// Rounds f32 values to f16 and stores them packed.

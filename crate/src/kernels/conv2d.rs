@@ -109,6 +109,10 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
     if x.dtype() != DType::F32 {
         return Err(Error::shape(OP, format!("input must be f32, got {:?}", x.dtype())));
     }
+    weight.is_f16_float(OP)?;
+    if let Some(bias) = opts.bias {
+        bias.is_f16_float(OP)?;
+    }
     if weight_channels != channels {
         return Err(Error::shape(
             OP,

@@ -28,11 +28,25 @@ pub enum Unary {
     GeluErf,
     GeluTanh,
     QuickGelu,
+    Relu,
+    Tanh,
     Affine { a: f32, b: f32 },
     Identity,
 }
 
 impl Unary {
+    /// Every operation, with placeholder constants for `Affine`.
+    pub const ALL: [Unary; 8] = [
+        Unary::Silu,
+        Unary::GeluErf,
+        Unary::GeluTanh,
+        Unary::QuickGelu,
+        Unary::Relu,
+        Unary::Tanh,
+        Unary::Affine { a: 1.0, b: 0.0 },
+        Unary::Identity,
+    ];
+
     /// The WGSL function name in `common.wgsl` (used as the `OP` define).
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +54,8 @@ impl Unary {
             Unary::GeluErf => "gelu_erf",
             Unary::GeluTanh => "gelu_tanh",
             Unary::QuickGelu => "quick_gelu",
+            Unary::Relu => "relu",
+            Unary::Tanh => "tanh_saturating",
             Unary::Affine { .. } => "affine",
             Unary::Identity => "identity",
         }
@@ -53,11 +69,11 @@ pub enum Binary {
     Mul,
 }
 
-fn x_defines(x: &Tensor, mut defines: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
-    if x.dtype() == DType::F16 {
+fn x_defines(op: &'static str, x: &Tensor, mut defines: Vec<(&'static str, String)>) -> Result<Vec<(&'static str, String)>> {
+    if x.is_f16_float(op)? {
         defines.push(("X_F16", String::new()));
     }
-    defines
+    Ok(defines)
 }
 
 fn require_f32(op: &'static str, t: &Tensor) -> Result<()> {
@@ -93,7 +109,7 @@ pub fn unary(gpu: &Gpu, x: &Tensor, op: Unary) -> Result<Tensor> {
         _ => (1.0, 0.0),
     };
     let params = Params { n: x.numel() as u32, a, b, ..Default::default() };
-    let defines = x_defines(x, vec![("UNARY", String::new()), ("OP", op.name().into())]);
+    let defines = x_defines("unary", x, vec![("UNARY", String::new()), ("OP", op.name().into())])?;
     run(gpu, "unary", defines, params, x.numel(), &[(x, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -143,7 +159,7 @@ pub fn binary(gpu: &Gpu, x: &Tensor, y: &Tensor, op: Binary) -> Result<Tensor> {
         Binary::Add => "add",
         Binary::Mul => "mul",
     };
-    let defines = x_defines(x, vec![("BINARY", String::new()), ("OP", name.into())]);
+    let defines = x_defines("binary", x, vec![("BINARY", String::new()), ("OP", name.into())])?;
     run(gpu, "binary", defines, params, out.numel(), &[(x, Access::Read), (y, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -171,7 +187,7 @@ pub fn geglu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     *shape.last_mut().unwrap() = last / 2;
     let out = gpu.empty(&shape, DType::F32)?;
     let params = Params { n: out.numel() as u32, shape: [(last / 2) as u32, 0, 0, 0], ..Default::default() };
-    let defines = x_defines(x, vec![("GEGLU", String::new())]);
+    let defines = x_defines("geglu", x, vec![("GEGLU", String::new())])?;
     run(gpu, "geglu", defines, params, out.numel(), &[(x, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -186,7 +202,7 @@ pub fn axpby(gpu: &Gpu, a: f32, x: &Tensor, b: f32, y: &Tensor, cz: Option<(f32,
     }
     let out = gpu.empty(x.shape(), DType::F32)?;
     let mut params = Params { n: x.numel() as u32, a, b, ..Default::default() };
-    let mut defines = x_defines(x, vec![("AXPBY", String::new())]);
+    let mut defines = x_defines("axpby", x, vec![("AXPBY", String::new())])?;
     match cz {
         Some((c, z)) => {
             params.c = c;
@@ -209,7 +225,7 @@ pub fn axpby(gpu: &Gpu, a: f32, x: &Tensor, b: f32, y: &Tensor, cz: Option<(f32,
 pub fn to_f16(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let out = gpu.empty(x.shape(), DType::F16)?;
     let params = Params { n: x.numel() as u32, ..Default::default() };
-    let defines = x_defines(x, vec![("TO_F16", String::new())]);
+    let defines = x_defines("to_f16", x, vec![("TO_F16", String::new())])?;
     run(gpu, "to_f16", defines, params, x.numel().div_ceil(2), &[(x, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -225,8 +241,8 @@ pub fn variants() -> Vec<KernelKey> {
     let mut keys = Vec::new();
     for x16 in [false, true] {
         let with = |d: Vec<(&'static str, String)>| if x16 { [d, vec![("X_F16", String::new())]].concat() } else { d };
-        for op in ["silu", "gelu_erf", "gelu_tanh", "quick_gelu", "affine", "identity"] {
-            keys.push(key("unary", with(vec![("UNARY", String::new()), ("OP", op.into())]), 2));
+        for op in Unary::ALL {
+            keys.push(key("unary", with(vec![("UNARY", String::new()), ("OP", op.name().into())]), 2));
         }
         for op in ["add", "mul"] {
             keys.push(key("binary", with(vec![("BINARY", String::new()), ("OP", op.into())]), 3));

@@ -44,11 +44,8 @@ struct Region {
     dst_offset: usize,
 }
 
-fn x_defines(x: &Tensor) -> Vec<(&'static str, String)> {
-    match x.dtype() {
-        DType::F16 => vec![("X_F16", String::new())],
-        DType::F32 => Vec::new(),
-    }
+fn x_defines(x: &Tensor) -> Result<Vec<(&'static str, String)>> {
+    Ok(if x.is_f16_float("layout")? { vec![("X_F16", String::new())] } else { Vec::new() })
 }
 
 /// The shaders index elements with u32.
@@ -72,7 +69,7 @@ fn launch_elementwise(
     gpu.launch(Launch {
         shader,
         entry,
-        defines: x_defines(x),
+        defines: x_defines(x)?,
         params,
         bindings: &[(x, Access::Read), (out, Access::ReadWrite)],
         workgroups: gpu.grid(threads.div_ceil(WG) as u32),

@@ -106,6 +106,10 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
     if a.dtype() != DType::F32 {
         return Err(Error::shape(OP, format!("a must be f32, got {:?}", a.dtype())));
     }
+    b.is_f16_float(OP)?;
+    if let Some(bias) = opts.bias {
+        bias.is_f16_float(OP)?;
+    }
     let (a_batch, a_rows, a_cols) = matrix(OP, "a", a)?;
     let (b_batch, b_rows, b_cols) = matrix(OP, "b", b)?;
     let (m, k) = if opts.transpose_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
@@ -216,7 +220,7 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    let fused = [Unary::Silu, Unary::GeluErf, Unary::GeluTanh, Unary::QuickGelu, Unary::Affine { a: 1.0, b: 0.0 }];
+    let fused = Unary::ALL.into_iter().filter(|&op| op != Unary::Identity);
     let activations: Vec<Option<&'static str>> = [None].into_iter().chain(fused.map(fused_name)).collect();
     let mut keys = Vec::new();
     for bits in 0..16u32 {

@@ -100,7 +100,7 @@ fn affine_is_f16(op: &'static str, weight: &Tensor, bias: &Tensor, len: usize) -
     if weight.dtype() != bias.dtype() {
         return Err(Error::shape(op, format!("weight is {:?} but bias is {:?}; they must match", weight.dtype(), bias.dtype())));
     }
-    Ok(weight.dtype() == DType::F16)
+    weight.is_f16_float(op)
 }
 
 /// Group normalisation of `x` `[N, C, *spatial]` (f32) over `groups` groups of

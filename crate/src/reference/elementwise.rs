@@ -1,5 +1,21 @@
 //! CPU references for the elementwise kernels (f64 math, exact erf from libm).
 
+use crate::kernels::elementwise::Unary;
+
+/// Any pointwise activation of the kernels, in f64 math.
+pub fn unary(op: Unary, x: f32) -> f32 {
+    match op {
+        Unary::Silu => silu(x),
+        Unary::GeluErf => gelu_erf(x),
+        Unary::GeluTanh => gelu_tanh(x),
+        Unary::QuickGelu => quick_gelu(x),
+        Unary::Relu => x.max(0.0),
+        Unary::Tanh => (x as f64).tanh() as f32,
+        Unary::Affine { a, b } => (a as f64 * x as f64 + b as f64) as f32,
+        Unary::Identity => x,
+    }
+}
+
 pub fn silu(x: f32) -> f32 {
     let x = x as f64;
     (x / (1.0 + (-x).exp())) as f32

@@ -1,6 +1,6 @@
 //! CPU reference for the matmul kernels: straightforward triple loops with f64 sums.
 
-use super::elementwise::{gelu_erf, gelu_tanh, quick_gelu, silu};
+use super::elementwise::unary;
 use crate::kernels::elementwise::Unary;
 
 /// A matrix operand as stored: row-major values and a `[rows, cols]` or
@@ -33,18 +33,6 @@ impl Operand<'_> {
     }
 }
 
-/// A pointwise activation in f64 math (Identity and Affine included).
-pub fn activate(op: Unary, x: f32) -> f32 {
-    match op {
-        Unary::Silu => silu(x),
-        Unary::GeluErf => gelu_erf(x),
-        Unary::GeluTanh => gelu_tanh(x),
-        Unary::QuickGelu => quick_gelu(x),
-        Unary::Affine { a, b } => (a as f64 * x as f64 + b as f64) as f32,
-        Unary::Identity => x,
-    }
-}
-
 /// `act(a @ b + bias)` with the same shape rules as `kernels::matmul::matmul`;
 /// returns the values and the output shape. Panics on inconsistent shapes.
 pub fn matmul(a: Operand, b: Operand, bias: Option<&[f32]>, activation: Option<Unary>) -> (Vec<f32>, Vec<usize>) {
@@ -62,7 +50,7 @@ pub fn matmul(a: Operand, b: Operand, bias: Option<&[f32]>, activation: Option<U
                 for l in 0..k {
                     sum += a.at(t, i, l) * b.at(t, l, j);
                 }
-                out.push(activation.map_or(sum as f32, |op| activate(op, sum as f32)));
+                out.push(activation.map_or(sum as f32, |op| unary(op, sum as f32)));
             }
         }
     }
