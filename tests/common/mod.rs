@@ -2,6 +2,8 @@
 //! random data, and closeness checks that name the worst element.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod fixtures;
+
 use std::sync::OnceLock;
 
 use rand::rngs::SmallRng;

@@ -1,0 +1,77 @@
+//! DDIM (Song et al. 2021) as diffusers' `DDIMScheduler` with eta 0: a deterministic
+//! step whose update is `c_x * sample + c_m * model_output`, the coefficients plain
+//! Rust math, the combination one GPU launch.
+
+use super::config::{Prediction, SchedulerConfig, unsupported};
+use super::{Scheduler, spaced_timesteps};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::kernels::elementwise as ew;
+
+pub struct Ddim {
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    timesteps: Vec<f64>,
+    step_ratio: usize,
+    prediction: Prediction,
+}
+
+impl Ddim {
+    /// `file` names the config in errors.
+    pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
+        if config.thresholding {
+            return Err(unsupported(file, "thresholding with DDIM".into()));
+        }
+        if config.clip_sample {
+            return Err(unsupported(file, "clip_sample with DDIM".into()));
+        }
+        let alphas_cumprod = config.alphas_cumprod(file)?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        Ok(Self {
+            timesteps: spaced_timesteps(config, file, steps)?,
+            step_ratio: config.num_train_timesteps / steps,
+            prediction: config.prediction(file)?,
+            alphas_cumprod,
+            final_alpha_cumprod,
+        })
+    }
+
+    /// `(c_x, c_m)` with `prev = c_x * sample + c_m * model_output` at `timestep`.
+    pub fn coefficients(&self, timestep: usize) -> Result<(f32, f32)> {
+        let alpha = *self
+            .alphas_cumprod
+            .get(timestep)
+            .ok_or_else(|| Error::shape("DDIM step", format!("timestep {timestep} is past the schedule")))? as f64;
+        let prev = timestep.checked_sub(self.step_ratio).map_or(self.final_alpha_cumprod, |t| self.alphas_cumprod[t]) as f64;
+        let (sa, sb) = (alpha.sqrt(), (1.0 - alpha).sqrt());
+        let (sp, sq) = (prev.sqrt(), (1.0 - prev).sqrt());
+        // prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps, with x0 and eps from the prediction.
+        let (cx, cm) = match self.prediction {
+            Prediction::Epsilon => (sp / sa, sq - sp * sb / sa),
+            Prediction::VPrediction => (sp * sa + sq * sb, sq * sa - sp * sb),
+            Prediction::Sample => (sq / sb, sp - sq * sa / sb),
+        };
+        Ok((cx as f32, cm as f32))
+    }
+}
+
+impl Scheduler for Ddim {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
+
+    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor) -> Result<Tensor> {
+        let timestep =
+            *self.timesteps.get(step).ok_or_else(|| Error::shape("DDIM step", format!("step {step} of {}", self.timesteps.len())))?;
+        let (cx, cm) = self.coefficients(timestep as usize)?;
+        ew::axpby(sample.gpu(), cx, sample, cm, model_output, None)
+    }
+}

@@ -1,0 +1,50 @@
+//! Samplers: the scalar math of diffusers' schedulers in plain Rust, the per-step
+//! latent update on the GPU.
+
+pub mod config;
+pub mod ddim;
+
+pub use config::{Prediction, SchedulerConfig};
+pub use ddim::Ddim;
+
+use config::unsupported;
+
+use crate::error::Result;
+use crate::gpu::Tensor;
+
+/// A sampling run over a fixed list of timesteps.
+pub trait Scheduler {
+    /// The model's timesteps, first to last.
+    fn timesteps(&self) -> &[f64];
+    /// The standard deviation of the initial noise.
+    fn init_noise_sigma(&self) -> f32;
+    /// The UNet's input at `step` (some samplers scale the latents).
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
+    /// The latents after `step`, given the model's output there.
+    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor) -> Result<Tensor>;
+}
+
+/// diffusers' `timestep_spacing` ("leading", "trailing", "linspace"; Table 2 of
+/// Lin et al. 2023) for `steps` of the `num_train_timesteps` training steps.
+pub fn spaced_timesteps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Vec<f64>> {
+    let n = config.num_train_timesteps;
+    if steps == 0 || steps > n {
+        return Err(unsupported(file, format!("{steps} inference steps with {n} training timesteps")));
+    }
+    let timesteps: Vec<f64> = match config.timestep_spacing.as_str() {
+        "leading" => {
+            let ratio = n / steps;
+            (0..steps).rev().map(|i| (i * ratio + config.steps_offset) as f64).collect()
+        }
+        "trailing" => {
+            let ratio = n as f64 / steps as f64;
+            (0..steps).map(|i| (n as f64 - i as f64 * ratio).round_ties_even() - 1.0).collect()
+        }
+        "linspace" => {
+            let last = (n - 1) as f64;
+            (0..steps).rev().map(|i| if steps == 1 { 0.0 } else { (last * i as f64 / (steps - 1) as f64).round_ties_even() }).collect()
+        }
+        other => return Err(unsupported(file, format!("timestep_spacing {other:?}"))),
+    };
+    Ok(timesteps)
+}

@@ -1,0 +1,48 @@
+//! Reading the diffusers fixtures in tests/fixtures (written by tests/fixtures/generate.py).
+
+use std::path::PathBuf;
+
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+
+/// `tests/fixtures/<relative>`.
+pub fn path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(relative)
+}
+
+/// The reference outputs of one fixture model (`outputs/<model>.safetensors`).
+pub struct Outputs {
+    bytes: Vec<u8>,
+}
+
+impl Outputs {
+    pub fn load(model: &str) -> Self {
+        let file = path(&format!("outputs/{model}.safetensors"));
+        Self { bytes: std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())) }
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("fixture safetensors")
+    }
+
+    /// An f32 tensor's values and shape.
+    pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let tensors = self.tensors();
+        let view = tensors.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+        assert_eq!(view.dtype(), Dtype::F32, "{name}");
+        (bytemuck::pod_collect_to_vec(view.data()), view.shape().to_vec())
+    }
+
+    /// An i64 tensor's values (token ids, timesteps).
+    pub fn i64(&self, name: &str) -> Vec<i64> {
+        let tensors = self.tensors();
+        let view = tensors.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+        assert_eq!(view.dtype(), Dtype::I64, "{name}");
+        bytemuck::pod_collect_to_vec(view.data())
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        let (_, metadata) = SafeTensors::read_metadata(&self.bytes).ok()?;
+        metadata.metadata().as_ref()?.get(key).cloned()
+    }
+}
