@@ -4,9 +4,9 @@
 mod files;
 mod weights;
 
-pub use files::ModelFiles;
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::DirFiles;
+pub use files::ModelFiles;
 pub use weights::{WeightPrecision, Weights};
 
 use serde::de::DeserializeOwned;

@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorInfo};
 
 use super::files::ModelFiles;
 use crate::error::{Error, Result};
@@ -111,7 +111,12 @@ impl Weights {
     fn raw(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, &[u8])> {
         let info = self.index.get(name).ok_or_else(|| Error::MissingTensor { file: self.file.clone(), name: name.to_string() })?;
         if info.shape != shape {
-            return Err(Error::WeightShape { file: self.file.clone(), name: name.to_string(), expected: shape.to_vec(), found: info.shape.clone() });
+            return Err(Error::WeightShape {
+                file: self.file.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
         }
         self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         let (start, end) = info.data_offsets;

@@ -3,10 +3,10 @@
 //! multi-head attention, the output projection; optionally a group norm before and a
 //! residual connection after (the VAE's spatial form on `[B, C, H, W]`).
 
-use super::nn::{join, GroupNorm, Linear};
+use super::nn::{GroupNorm, Linear, join};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
-use crate::kernels::attention::{attention, AttentionOptions};
+use crate::kernels::attention::{AttentionOptions, attention};
 use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
 use crate::loader::Weights;

@@ -3,9 +3,9 @@
 
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::kernels::conv2d::{conv2d, Conv2dOptions};
+use crate::kernels::conv2d::{Conv2dOptions, conv2d};
 use crate::kernels::elementwise::Unary;
-use crate::kernels::matmul::{matmul, MatmulOptions};
+use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
 use crate::loader::Weights;
 
@@ -60,7 +60,15 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A conv with the same `padding` on all sides.
-    pub fn load(w: &Weights, prefix: &str, in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         Self::load_padded(w, prefix, [in_channels, out_channels, kernel, stride], [padding; 4])
     }
 

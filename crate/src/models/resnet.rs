@@ -1,7 +1,7 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D` (models/resnet.py,
 //! models/downsampling.py, models/upsampling.py), shared by the UNet and the VAE.
 
-use super::nn::{join, Conv2d, GroupNorm, Linear};
+use super::nn::{Conv2d, GroupNorm, Linear, join};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise::{self as ew, Unary};
