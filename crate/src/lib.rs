@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod loader;
 pub mod models;
 pub mod reference;
+pub mod rng;
 pub mod schedulers;
 pub mod shaders;
 pub mod tokenizer;
