@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod image;
 pub mod kernels;
 pub mod loader;
 pub mod models;
