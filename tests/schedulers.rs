@@ -40,8 +40,7 @@ fn ddim_v_prediction_run_matches_diffusers() {
 
 #[test]
 fn spacing_rules_and_bad_configs() {
-    let mut config = SchedulerConfig::default();
-    config.timestep_spacing = "trailing".into();
+    let mut config = SchedulerConfig { timestep_spacing: "trailing".into(), ..Default::default() };
     assert_eq!(spaced_timesteps(&config, "c", 4).unwrap(), vec![999.0, 749.0, 499.0, 249.0]);
     config.timestep_spacing = "linspace".into();
     assert_eq!(spaced_timesteps(&config, "c", 4).unwrap(), vec![999.0, 666.0, 333.0, 0.0]);

@@ -52,7 +52,7 @@ impl TorchGenerator {
         for chunk in data.chunks_exact_mut(16) {
             box_muller_16(chunk);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // torch redraws the last 16 values, overlapping the full chunks.
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {

@@ -12,6 +12,7 @@ const FILES: &[(&str, &str)] = &[
     ("concat.wgsl", include_str!("../../shaders/concat.wgsl")),
     ("upsample.wgsl", include_str!("../../shaders/upsample.wgsl")),
     ("timestep_embedding.wgsl", include_str!("../../shaders/timestep_embedding.wgsl")),
+    ("gather.wgsl", include_str!("../../shaders/gather.wgsl")),
 ];
 
 /// The source of a shader file by its file name.

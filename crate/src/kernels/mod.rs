@@ -5,6 +5,7 @@ pub mod attention;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
+pub mod gather;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
@@ -19,6 +20,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     keys.extend(conv2d::variants());
     keys.extend(elementwise::variants());
     keys.extend(embedding::variants());
+    keys.extend(gather::variants());
     keys.extend(layout::variants());
     keys.extend(matmul::variants());
     keys.extend(norm::variants());

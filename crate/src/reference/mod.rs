@@ -5,6 +5,7 @@ pub mod attention;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
+pub mod gather;
 pub mod layout;
 pub mod matmul;
 pub mod norm;

@@ -1,0 +1,38 @@
+// Row gather: out[r, c] = table[ids[r], c], the token embedding lookup. One
+// invocation per output element. Defines: TABLE_F16 (table stored as packed f16).
+#include "common.wgsl"
+
+const WG: u32 = 256u;
+
+struct Params {
+    n: u32,           // output elements: ids * dim
+    dim: u32,         // row width
+    table_rows: u32,  // at least 1
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+#ifdef TABLE_F16
+@group(0) @binding(1) var<storage, read> table: array<u32>;
+fn load_table(i: u32) -> f32 { return f16_word(table[i >> 1u], i); }
+#else
+@group(0) @binding(1) var<storage, read> table: array<f32>;
+fn load_table(i: u32) -> f32 { return table[i]; }
+#endif
+
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_workgroup(wid, nwg) * WG + lid.x;
+    if (i >= p.n) { return; }
+    let row = i / p.dim;
+    let col = i % p.dim;
+    // Callers reject out-of-range ids on the CPU; the clamp only keeps a bad id
+    // from reading past the table.
+    let id = min(ids[row], p.table_rows - 1u);
+    out[i] = load_table(id * p.dim + col);
+}
