@@ -1,6 +1,6 @@
 // Elementwise kernels: activations, broadcasting binary ops, GEGLU, the sampler
 // update a*x + b*y (+ c*z), and f32 -> packed f16 conversion.
-// Defines: OP (unary: silu | gelu_erf | gelu_tanh | quick_gelu | affine | identity;
+// Defines: OP (unary: an activation of common.wgsl, exp, affine, clamp_ab or identity;
 //          binary: add | mul), X_F16 (input x stored as packed f16), THREE (axpby with z).
 #include "common.wgsl"
 
@@ -32,6 +32,7 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 }
 
 fn affine(v: f32) -> f32 { return p.a * v + p.b; }
+fn clamp_ab(v: f32) -> f32 { return clamp(v, p.a, p.b); }
 fn identity(v: f32) -> f32 { return v; }
 fn add(u: f32, v: f32) -> f32 { return u + v; }
 fn mul(u: f32, v: f32) -> f32 { return u * v; }

@@ -61,6 +61,7 @@ fn bias_at(i: u32) -> f32 { return bias[i]; }
 #endif
 
 fn affine(v: f32) -> f32 { return p.act_a * v + p.act_b; }
+fn clamp_ab(v: f32) -> f32 { return clamp(v, p.act_a, p.act_b); }
 
 // Tiles are k-major: entry [k][i / 4] holds columns (or rows) i..i+3 at step k.
 var<workgroup> a_tile: array<vec4<tile_t>, BK * BM / 4u>;

@@ -68,7 +68,7 @@ impl ClipTokenizer {
     /// come from `tokenizer_config.json` and `special_tokens_map.json` when present (the
     /// latter wins, as in transformers), else CLIPTokenizer's defaults.
     pub fn load(files: &dyn ModelFiles, component: &str) -> Result<Self> {
-        let path = |name: &str| format!("{component}/{name}");
+        let path = |name: &str| crate::loader::component_file(component, name);
         let mut pad = END_OF_TEXT.to_string();
         let mut max_len = DEFAULT_MAX_LEN;
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {

@@ -30,20 +30,24 @@ pub enum Unary {
     QuickGelu,
     Relu,
     Tanh,
+    Exp,
     Affine { a: f32, b: f32 },
+    Clamp { min: f32, max: f32 },
     Identity,
 }
 
 impl Unary {
     /// Every operation, with placeholder constants for `Affine`.
-    pub const ALL: [Unary; 8] = [
+    pub const ALL: [Unary; 10] = [
         Unary::Silu,
         Unary::GeluErf,
         Unary::GeluTanh,
         Unary::QuickGelu,
         Unary::Relu,
         Unary::Tanh,
+        Unary::Exp,
         Unary::Affine { a: 1.0, b: 0.0 },
+        Unary::Clamp { min: -1.0, max: 1.0 },
         Unary::Identity,
     ];
 
@@ -56,6 +60,8 @@ impl Unary {
             Unary::QuickGelu => "quick_gelu",
             Unary::Relu => "relu",
             Unary::Tanh => "tanh_saturating",
+            Unary::Exp => "exp",
+            Unary::Clamp { .. } => "clamp_ab",
             Unary::Affine { .. } => "affine",
             Unary::Identity => "identity",
         }
@@ -106,6 +112,7 @@ pub fn unary(gpu: &Gpu, x: &Tensor, op: Unary) -> Result<Tensor> {
     let out = gpu.empty(x.shape(), DType::F32)?;
     let (a, b) = match op {
         Unary::Affine { a, b } => (a, b),
+        Unary::Clamp { min, max } => (min, max),
         _ => (1.0, 0.0),
     };
     let params = Params { n: x.numel() as u32, a, b, ..Default::default() };

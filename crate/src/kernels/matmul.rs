@@ -167,6 +167,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
     let dims = dims(a, b, opts)?;
     let (act_a, act_b) = match opts.activation {
         Some(Unary::Affine { a, b }) => (a, b),
+        Some(Unary::Clamp { min, max }) => (min, max),
         _ => (1.0, 0.0),
     };
     let variant = Variant {

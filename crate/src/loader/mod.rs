@@ -13,6 +13,12 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// The path of `name` inside a component folder (`unet`); an empty component is
+/// the root, as in standalone VAE and TAESD repositories.
+pub fn component_file(component: &str, name: &str) -> String {
+    if component.is_empty() { name.to_string() } else { format!("{component}/{name}") }
+}
+
 /// Parses the JSON config at `path` inside the model.
 pub fn read_config<T: DeserializeOwned>(files: &dyn ModelFiles, path: &str) -> Result<T> {
     let bytes = files.read(path)?;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorInfo};
 
+use super::component_file;
 use super::files::ModelFiles;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -38,7 +39,7 @@ const FILE_NAMES: [&str; 4] =
 impl Weights {
     /// The weights of one component folder (`unet`, `vae`, `text_encoder`).
     pub fn load(gpu: &Gpu, files: &dyn ModelFiles, component: &str, precision: WeightPrecision) -> Result<Self> {
-        let path = FILE_NAMES.iter().map(|name| format!("{component}/{name}")).find(|path| files.exists(path)).ok_or_else(|| {
+        let path = FILE_NAMES.iter().map(|name| component_file(component, name)).find(|path| files.exists(path)).ok_or_else(|| {
             Error::Io { path: files.describe(component), detail: format!("no weights file (looked for {})", FILE_NAMES.join(", ")) }
         })?;
         Self::from_bytes(gpu, files.describe(&path), files.read(&path)?, precision)

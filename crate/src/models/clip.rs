@@ -133,7 +133,7 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Loads `<component>/config.json` and the weights (`model.safetensors` or its fp16 variant).
     pub fn load(gpu: &Gpu, files: &dyn ModelFiles, component: &str, precision: WeightPrecision) -> Result<Self> {
-        let config_path = format!("{component}/config.json");
+        let config_path = crate::loader::component_file(component, "config.json");
         let config: ClipTextConfig = read_config(files, &config_path)?;
         let activation = config.check(&files.describe(&config_path))?;
         let w = Weights::load(gpu, files, component, precision)?;

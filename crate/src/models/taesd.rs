@@ -1,0 +1,316 @@
+//! diffusers' `AutoencoderTiny` (models/autoencoders/autoencoder_tiny.py and vae.py's
+//! `EncoderTiny`/`DecoderTiny`): TAESD, a small conv-only VAE that decodes SD latents
+//! approximately at a fraction of the cost.
+
+use serde::Deserialize;
+
+use super::vae::{ActivationLimit, dims4};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::conv2d::{Conv2dOptions, conv2d, output_size};
+use crate::kernels::elementwise::{self as ew, Unary};
+use crate::kernels::layout;
+use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+
+/// The tiny VAE's `config.json`; absent fields take diffusers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AutoencoderTinyConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub encoder_block_out_channels: Vec<usize>,
+    pub decoder_block_out_channels: Vec<usize>,
+    pub act_fn: String,
+    pub upsample_fn: String,
+    pub latent_channels: usize,
+    pub upsampling_scaling_factor: usize,
+    pub num_encoder_blocks: Vec<usize>,
+    pub num_decoder_blocks: Vec<usize>,
+    /// Only `AutoencoderTiny.forward`'s 8-bit latent round trip uses these two, not
+    /// `encode`/`decode` (the decoder's input clamp is a fixed `3 * tanh(x / 3)`).
+    pub latent_magnitude: f32,
+    pub latent_shift: f32,
+    /// Run in f32: activations always are here, so it needs nothing.
+    pub force_upcast: bool,
+    pub scaling_factor: f32,
+    pub shift_factor: f32,
+}
+
+impl Default for AutoencoderTinyConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            encoder_block_out_channels: vec![64; 4],
+            decoder_block_out_channels: vec![64; 4],
+            act_fn: "relu".into(),
+            upsample_fn: "nearest".into(),
+            latent_channels: 4,
+            upsampling_scaling_factor: 2,
+            num_encoder_blocks: vec![1, 3, 3, 3],
+            num_decoder_blocks: vec![3, 3, 3, 1],
+            latent_magnitude: 3.0,
+            latent_shift: 0.5,
+            force_upcast: false,
+            scaling_factor: 1.0,
+            shift_factor: 0.0,
+        }
+    }
+}
+
+/// diffusers' `get_activation` names.
+fn activation(name: &str) -> Option<Unary> {
+    match name {
+        "relu" => Some(Unary::Relu),
+        "silu" | "swish" => Some(Unary::Silu),
+        "gelu" => Some(Unary::GeluErf),
+        _ => None,
+    }
+}
+
+impl AutoencoderTinyConfig {
+    /// Rejects what this implementation does not compute (or what diffusers could not run).
+    fn validate(&self, file: &str) -> Result<Unary> {
+        let unsupported = |detail: String| Err(Error::Unsupported { file: file.to_string(), detail });
+        let Some(act) = activation(&self.act_fn) else {
+            return unsupported(format!("act_fn {:?} (relu, silu or gelu)", self.act_fn));
+        };
+        if self.upsample_fn != "nearest" || self.upsampling_scaling_factor != 2 {
+            return unsupported(format!("upsampling {:?} by {} (only nearest by 2)", self.upsample_fn, self.upsampling_scaling_factor));
+        }
+        // The pipeline only divides latents by scaling_factor.
+        if self.shift_factor != 0.0 {
+            return unsupported(format!("shift_factor {} (only 0)", self.shift_factor));
+        }
+        for (side, channels, blocks) in [
+            ("encoder", &self.encoder_block_out_channels, &self.num_encoder_blocks),
+            ("decoder", &self.decoder_block_out_channels, &self.num_decoder_blocks),
+        ] {
+            if channels.is_empty() || channels.len() != blocks.len() {
+                return unsupported(format!("{} {side} block widths for {} block counts", channels.len(), blocks.len()));
+            }
+            // Each stage's first layer takes its own width as input, so widths must agree
+            // for diffusers' model to run at all.
+            if channels.iter().any(|&c| c != channels[0]) {
+                return unsupported(format!("{side}_block_out_channels {channels:?} of differing widths"));
+            }
+        }
+        Ok(act)
+    }
+}
+
+/// A 3x3 conv with padding 1 and an optional bias (`models::nn::Conv2d` always has one).
+struct TinyConv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    out_channels: usize,
+}
+
+impl TinyConv {
+    fn load(w: &Weights, name: &str, [in_channels, out_channels]: [usize; 2], stride: usize, bias: bool) -> Result<Self> {
+        let weight = w.get(&format!("{name}.weight"), &[out_channels, in_channels, 3, 3])?;
+        let bias = bias.then(|| w.get(&format!("{name}.bias"), &[out_channels])).transpose()?;
+        Ok(Self { weight, bias, stride, out_channels })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let opts = Conv2dOptions { stride: self.stride, padding: [1; 4], bias: self.bias.as_ref(), f16_math: false };
+        conv2d(x.gpu(), x, &self.weight, &opts)
+    }
+
+    fn output_shape(&self, [b, _, h, w]: [usize; 4]) -> Result<[usize; 4]> {
+        let [out_h, out_w] = output_size(h, w, [3, 3], self.stride, [1; 4])?;
+        Ok([b, self.out_channels, out_h, out_w])
+    }
+}
+
+/// diffusers' `AutoencoderTinyBlock` with equal input and output widths (the only kind
+/// the tiny VAE builds, so the skip is the identity): `relu(convs(x) + x)`.
+struct TinyBlock {
+    convs: [TinyConv; 3],
+    act: Unary,
+}
+
+impl TinyBlock {
+    fn load(w: &Weights, name: &str, channels: usize, act: Unary) -> Result<Self> {
+        // Positions 1 and 3 of the inner `nn.Sequential` are the activations.
+        let conv = |i: usize| TinyConv::load(w, &format!("{name}.conv.{i}"), [channels, channels], 1, true);
+        Ok(Self { convs: [conv(0)?, conv(2)?, conv(4)?], act })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let [first, second, third] = &self.convs;
+        let h = ew::unary(gpu, &first.forward(x)?, self.act)?;
+        let h = ew::unary(gpu, &second.forward(&h)?, self.act)?;
+        ew::unary(gpu, &ew::add(gpu, &third.forward(&h)?, x)?, Unary::Relu)
+    }
+}
+
+enum Layer {
+    Conv(TinyConv),
+    Activation(Unary),
+    // Boxed: a block is three convs, far larger than the other layers.
+    Block(Box<TinyBlock>),
+    Upsample,
+}
+
+/// An `nn.Sequential`: weights are named `<prefix>.layers.<position>`, and the
+/// parameter-free activations and upsamplers take positions too.
+struct Layers {
+    prefix: &'static str,
+    layers: Vec<Layer>,
+}
+
+impl Layers {
+    fn new(prefix: &'static str) -> Self {
+        Self { prefix, layers: Vec::new() }
+    }
+
+    fn name(&self, position: usize) -> String {
+        format!("{}.layers.{position}", self.prefix)
+    }
+
+    fn conv(&mut self, w: &Weights, channels: [usize; 2], stride: usize, bias: bool) -> Result<()> {
+        let conv = TinyConv::load(w, &self.name(self.layers.len()), channels, stride, bias)?;
+        self.layers.push(Layer::Conv(conv));
+        Ok(())
+    }
+
+    fn block(&mut self, w: &Weights, channels: usize, act: Unary) -> Result<()> {
+        let block = TinyBlock::load(w, &self.name(self.layers.len()), channels, act)?;
+        self.layers.push(Layer::Block(Box::new(block)));
+        Ok(())
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = match layer {
+                Layer::Conv(conv) => conv.forward(&h)?,
+                Layer::Activation(act) => ew::unary(gpu, &h, *act)?,
+                Layer::Block(block) => block.forward(&h)?,
+                Layer::Upsample => layout::upsample_nearest_2x(gpu, &h)?,
+            };
+        }
+        Ok(h)
+    }
+
+    /// Walks the shapes `forward` would create, failing at the first one over `limit`.
+    fn check_sizes(&self, mut shape: [usize; 4], limit: &ActivationLimit) -> Result<[usize; 4]> {
+        for (position, layer) in self.layers.iter().enumerate() {
+            shape = match layer {
+                Layer::Conv(conv) => conv.output_shape(shape)?,
+                Layer::Upsample => {
+                    let [b, c, h, w] = shape;
+                    [b, c, 2 * h, 2 * w]
+                }
+                Layer::Activation(_) | Layer::Block(_) => shape,
+            };
+            limit.check(&self.name(position), shape)?;
+        }
+        Ok(shape)
+    }
+}
+
+/// `EncoderTiny`: a conv, then per stage a stride-2 conv (from the second stage on) and
+/// tiny blocks, then a conv to the latent channels.
+fn load_encoder(w: &Weights, c: &AutoencoderTinyConfig, act: Unary) -> Result<Layers> {
+    let mut layers = Layers::new("encoder");
+    let width = c.encoder_block_out_channels[0];
+    for (stage, &blocks) in c.num_encoder_blocks.iter().enumerate() {
+        match stage {
+            0 => layers.conv(w, [c.in_channels, width], 1, true)?,
+            _ => layers.conv(w, [width, width], 2, false)?,
+        }
+        for _ in 0..blocks {
+            layers.block(w, width, act)?;
+        }
+    }
+    layers.conv(w, [width, c.latent_channels], 1, true)?;
+    Ok(layers)
+}
+
+/// `DecoderTiny`: a conv and activation, then per stage tiny blocks, a nearest 2x
+/// upsample (all but the last stage) and a conv, bias-free except the last (to the image).
+fn load_decoder(w: &Weights, c: &AutoencoderTinyConfig, act: Unary) -> Result<Layers> {
+    let mut layers = Layers::new("decoder");
+    let width = c.decoder_block_out_channels[0];
+    layers.conv(w, [c.latent_channels, width], 1, true)?;
+    layers.layers.push(Layer::Activation(act));
+    let stages = c.num_decoder_blocks.len();
+    for (stage, &blocks) in c.num_decoder_blocks.iter().enumerate() {
+        for _ in 0..blocks {
+            layers.block(w, width, act)?;
+        }
+        let last = stage + 1 == stages;
+        if !last {
+            layers.layers.push(Layer::Upsample);
+        }
+        layers.conv(w, [width, if last { c.out_channels } else { width }], 1, last)?;
+    }
+    Ok(layers)
+}
+
+pub struct AutoencoderTiny {
+    config: AutoencoderTinyConfig,
+    encoder: Layers,
+    decoder: Layers,
+}
+
+impl AutoencoderTiny {
+    /// Loads `component/config.json` and the component's weights.
+    pub fn load(gpu: &Gpu, files: &dyn ModelFiles, component: &str, precision: WeightPrecision) -> Result<Self> {
+        let config_path = crate::loader::component_file(component, "config.json");
+        let config: AutoencoderTinyConfig = read_config(files, &config_path)?;
+        let act = config.validate(&files.describe(&config_path))?;
+        let weights = Weights::load(gpu, files, component, precision)?;
+        let model = Self { encoder: load_encoder(&weights, &config, act)?, decoder: load_decoder(&weights, &config, act)?, config };
+        weights.ensure_all_used()?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &AutoencoderTinyConfig {
+        &self.config
+    }
+
+    /// The pipeline multiplies encoded latents by this and divides latents by it before `decode`.
+    pub fn scaling_factor(&self) -> f32 {
+        self.config.scaling_factor
+    }
+
+    /// How many image pixels one latent pixel spans in each direction.
+    pub fn downsampling_factor(&self) -> usize {
+        1 << (self.config.num_decoder_blocks.len() - 1)
+    }
+
+    /// `image [B, in_channels, H, W]` in [-1, 1] to latents `[B, latent_channels, h, w]`
+    /// (`AutoencoderTiny.encode(image).latents`).
+    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+        let shape = dims4("AutoencoderTiny::encode", "image", image, self.config.in_channels)?;
+        self.encoder.check_sizes(shape, &ActivationLimit::of(image.gpu()))?;
+        // EncoderTiny works on images in [0, 1].
+        self.encoder.forward(&ew::unary(image.gpu(), image, Unary::Affine { a: 0.5, b: 0.5 })?)
+    }
+
+    /// `latents [B, latent_channels, h, w]` to the image `[B, out_channels, H, W]` in
+    /// [-1, 1] (`AutoencoderTiny.decode(latents).sample`).
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let shape = dims4("AutoencoderTiny::decode", "latents", latents, self.config.latent_channels)?;
+        self.check_decode_size(latents.gpu(), shape)?;
+        let gpu = latents.gpu();
+        // DecoderTiny first soft-clamps its input to (-3, 3): 3 * tanh(x / 3).
+        let squashed = ew::unary(gpu, &ew::unary(gpu, latents, Unary::Affine { a: 1.0 / 3.0, b: 0.0 })?, Unary::Tanh)?;
+        let image = self.decoder.forward(&ew::scale(gpu, &squashed, 3.0)?)?;
+        // ... and ends in [0, 1], which diffusers maps to [-1, 1].
+        ew::unary(gpu, &image, Unary::Affine { a: 2.0, b: -1.0 })
+    }
+
+    /// Fails with `Error::TooLarge`, naming the first layer concerned, when decoding latents
+    /// of `latent_shape` would create an activation larger than one storage binding may be.
+    pub fn check_decode_size(&self, gpu: &Gpu, latent_shape: [usize; 4]) -> Result<()> {
+        self.decoder.check_sizes(latent_shape, &ActivationLimit::of(gpu)).map(|_| ())
+    }
+}

@@ -1,0 +1,172 @@
+//! diffusers' `Transformer2DModel` on continuous inputs (models/transformers/transformer_2d.py)
+//! with `BasicTransformerBlock` and its GEGLU `FeedForward` (models/attention.py), as the
+//! Stable Diffusion UNet's cross-attention blocks build them: layer norms, no attention
+//! biases, `activation_fn = "geglu"`.
+
+use super::attention::{Attention, AttentionConfig};
+use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, join};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::kernels::elementwise as ew;
+use crate::kernels::layout;
+use crate::loader::Weights;
+
+/// The group norm before `proj_in` (fixed in diffusers, not from the config).
+const GROUP_NORM_EPS: f32 = 1e-6;
+/// The blocks' layer norms: `norm_eps`'s default, which the UNet's blocks never override.
+const LAYER_NORM_EPS: f32 = 1e-5;
+/// `FeedForward`'s `mult`: the GEGLU's inner width is four times the model width.
+const FF_MULT: usize = 4;
+
+/// What the UNet's blocks pass to `Transformer2DModel`.
+#[derive(Debug, Clone, Copy)]
+pub struct Transformer2DConfig {
+    pub in_channels: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Transformer blocks (`num_layers`).
+    pub layers: usize,
+    pub cross_attention_dim: usize,
+    pub norm_groups: usize,
+    /// `proj_in`/`proj_out` are Linear layers on tokens instead of 1x1 convs.
+    pub use_linear_projection: bool,
+    /// `attn1` attends to the text too instead of to the image.
+    pub only_cross_attention: bool,
+}
+
+/// `GEGLU(dim, 4*dim)` then `Linear(4*dim, dim)`: `ff.net.0.proj` and `ff.net.2`.
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn load(w: &Weights, prefix: &str, dim: usize) -> Result<Self> {
+        let inner = dim * FF_MULT;
+        Ok(Self {
+            proj: Linear::load(w, &join(prefix, "net.0.proj"), dim, 2 * inner, true)?,
+            out: Linear::load(w, &join(prefix, "net.2"), inner, dim, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gated = ew::geglu(x.gpu(), &self.proj.forward(x)?)?;
+        self.out.forward(&gated)
+    }
+}
+
+/// Pre-norm self-attention, cross-attention and feed-forward, each added to the residual stream.
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+    only_cross_attention: bool,
+}
+
+impl BasicTransformerBlock {
+    pub fn load(w: &Weights, prefix: &str, c: &Transformer2DConfig) -> Result<Self> {
+        let p = |name: &str| join(prefix, name);
+        let dim = c.heads * c.head_dim;
+        let attention = |cross_attention_dim| AttentionConfig {
+            query_dim: dim,
+            cross_attention_dim,
+            heads: c.heads,
+            head_dim: c.head_dim,
+            qkv_bias: false,
+            group_norm: None,
+            residual_connection: false,
+            rescale_output_factor: 1.0,
+        };
+        let attn1_context = c.only_cross_attention.then_some(c.cross_attention_dim);
+        Ok(Self {
+            norm1: LayerNorm::load(w, &p("norm1"), dim, LAYER_NORM_EPS)?,
+            attn1: Attention::load(w, &p("attn1"), &attention(attn1_context))?,
+            norm2: LayerNorm::load(w, &p("norm2"), dim, LAYER_NORM_EPS)?,
+            attn2: Attention::load(w, &p("attn2"), &attention(Some(c.cross_attention_dim)))?,
+            norm3: LayerNorm::load(w, &p("norm3"), dim, LAYER_NORM_EPS)?,
+            ff: FeedForward::load(w, &p("ff"), dim)?,
+            only_cross_attention: c.only_cross_attention,
+        })
+    }
+
+    /// `x [B, S, dim]` with the text `context [B, S', cross_attention_dim]`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let attn1_context = self.only_cross_attention.then_some(context);
+        let x = ew::add(gpu, &self.attn1.forward(&self.norm1.forward(x)?, attn1_context)?, x)?;
+        let x = ew::add(gpu, &self.attn2.forward(&self.norm2.forward(&x)?, Some(context))?, &x)?;
+        ew::add(gpu, &self.ff.forward(&self.norm3.forward(&x)?)?, &x)
+    }
+}
+
+/// `proj_in` / `proj_out`: a 1x1 conv on `[B, C, H, W]` or a Linear on `[B, HW, C]` tokens.
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl Projection {
+    fn load(w: &Weights, prefix: &str, linear: bool, in_features: usize, out_features: usize) -> Result<Self> {
+        Ok(if linear {
+            Projection::Linear(Linear::load(w, prefix, in_features, out_features, true)?)
+        } else {
+            Projection::Conv(Conv2d::load(w, prefix, in_features, out_features, 1, 1, 0)?)
+        })
+    }
+}
+
+/// Group norm, `proj_in`, the transformer blocks over the `H*W` positions, `proj_out`, plus the input.
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2DModel {
+    pub fn load(w: &Weights, prefix: &str, c: &Transformer2DConfig) -> Result<Self> {
+        let p = |name: &str| join(prefix, name);
+        let inner_dim = c.heads * c.head_dim;
+        Ok(Self {
+            norm: GroupNorm::load(w, &p("norm"), c.norm_groups, c.in_channels, GROUP_NORM_EPS)?,
+            proj_in: Projection::load(w, &p("proj_in"), c.use_linear_projection, c.in_channels, inner_dim)?,
+            blocks: (0..c.layers)
+                .map(|i| BasicTransformerBlock::load(w, &p(&format!("transformer_blocks.{i}")), c))
+                .collect::<Result<_>>()?,
+            proj_out: Projection::load(w, &p("proj_out"), c.use_linear_projection, inner_dim, c.in_channels)?,
+        })
+    }
+
+    /// `x [B, C, H, W]` attending to `context [B, S, cross_attention_dim]`; the result has `x`'s shape.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let gpu = x.gpu();
+        let &[batch, _, height, width] = x.shape() else {
+            return Err(Error::shape("Transformer2DModel", format!("expects [B, C, H, W], got {:?}", x.shape())));
+        };
+        let normed = self.norm.forward(x, false)?;
+        // NCHW -> [B, H*W, C] tokens, before or after proj_in as the projection kind needs.
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            let channels = t.shape()[1];
+            layout::permute(gpu, t, &[0, 2, 3, 1])?.reshape(&[batch, height * width, channels])
+        };
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(linear) => linear.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let to_image = |t: &Tensor| -> Result<Tensor> {
+            let channels = t.shape()[2];
+            layout::permute(gpu, &t.reshape(&[batch, height, width, channels])?, &[0, 3, 1, 2])
+        };
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
+            Projection::Linear(linear) => to_image(&linear.forward(&tokens)?)?,
+        };
+        ew::add(gpu, &out, x)
+    }
+}

@@ -11,7 +11,9 @@ pub fn unary(op: Unary, x: f32) -> f32 {
         Unary::QuickGelu => quick_gelu(x),
         Unary::Relu => x.max(0.0),
         Unary::Tanh => (x as f64).tanh() as f32,
+        Unary::Exp => (x as f64).exp() as f32,
         Unary::Affine { a, b } => (a as f64 * x as f64 + b as f64) as f32,
+        Unary::Clamp { min, max } => x.clamp(min, max),
         Unary::Identity => x,
     }
 }
