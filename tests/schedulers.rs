@@ -4,7 +4,7 @@ mod common;
 
 use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu, read};
-use webdiffusion::schedulers::{Ddim, Scheduler, SchedulerConfig, spaced_timesteps};
+use webdiffusion::schedulers::{Ddim, Noise, Scheduler, SchedulerConfig, spaced_timesteps};
 
 fn config(model: &str) -> SchedulerConfig {
     let file = path(&format!("models/{model}/scheduler/scheduler_config.json"));
@@ -32,7 +32,7 @@ fn ddim_v_prediction_run_matches_diffusers() {
     let mut sample = gpu.upload_f32(&latent, &samples[..n]).unwrap();
     for step in 0..4 {
         let output = gpu.upload_f32(&latent, &model_outputs[step * n..(step + 1) * n]).unwrap();
-        sample = ddim.step(&output, step, &sample).unwrap();
+        sample = ddim.step(&output, step, &sample, &mut Noise::new(gpu, 0)).unwrap();
         // diffusers folds the same coefficients in another order in f32.
         assert_close(&format!("step {step}"), &read(&sample), &samples[(step + 1) * n..(step + 2) * n], 1e-5, 1e-5);
     }

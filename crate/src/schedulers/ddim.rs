@@ -3,7 +3,7 @@
 //! Rust math, the combination one GPU launch.
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
-use super::{Scheduler, spaced_timesteps};
+use super::{Noise, Scheduler, spaced_timesteps};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise as ew;
@@ -68,7 +68,7 @@ impl Scheduler for Ddim {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor) -> Result<Tensor> {
+    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
         let timestep =
             *self.timesteps.get(step).ok_or_else(|| Error::shape("DDIM step", format!("step {step} of {}", self.timesteps.len())))?;
         let (cx, cm) = self.coefficients(timestep as usize)?;

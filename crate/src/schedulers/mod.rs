@@ -9,8 +9,9 @@ pub use ddim::Ddim;
 
 use config::unsupported;
 
-use crate::error::Result;
-use crate::gpu::Tensor;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::rng::TorchGenerator;
 
 /// A sampling run over a fixed list of timesteps.
 pub trait Scheduler {
@@ -20,8 +21,38 @@ pub trait Scheduler {
     fn init_noise_sigma(&self) -> f32;
     /// The UNet's input at `step` (some samplers scale the latents).
     fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
-    /// The latents after `step`, given the model's output there.
-    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor) -> Result<Tensor>;
+    /// The latents after `step`, given the model's output there. Ancestral and SDE
+    /// samplers draw their fresh noise from `noise`, as diffusers does from its generator.
+    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor>;
+}
+
+/// Gaussian noise on the GPU drawn as `torch.randn(shape, generator=...)` would draw it
+/// from a CPU generator seeded with the same seed.
+pub struct Noise {
+    gpu: Gpu,
+    generator: TorchGenerator,
+}
+
+impl Noise {
+    pub fn new(gpu: &Gpu, seed: u64) -> Self {
+        Self { gpu: gpu.clone(), generator: TorchGenerator::new(seed) }
+    }
+
+    pub fn randn(&mut self, shape: &[usize]) -> Result<Tensor> {
+        self.gpu.upload_f32(shape, &self.generator.randn(shape.iter().product()))
+    }
+}
+
+/// The sampler names of the CLI and the web API.
+pub const NAMES: &[&str] = &["ddim"];
+
+/// The sampler called `name` (see [`NAMES`]) for `steps` steps, configured by the
+/// checkpoint's scheduler config (`file` names it in errors).
+pub fn by_name(name: &str, config: &SchedulerConfig, file: &str, steps: usize) -> Result<Box<dyn Scheduler>> {
+    match name {
+        "ddim" => Ok(Box::new(Ddim::new(config, file, steps)?)),
+        other => Err(Error::Unsupported { file: "--scheduler".into(), detail: format!("sampler {other:?} (known: {})", NAMES.join(", ")) }),
+    }
 }
 
 /// diffusers' `timestep_spacing` ("leading", "trailing", "linspace"; Table 2 of
