@@ -25,6 +25,9 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     pub thresholding: bool,
     pub rescale_betas_zero_snr: bool,
+    /// DPMSolverMultistepScheduler's variant ("dpmsolver++", "sde-dpmsolver++", ...).
+    pub algorithm_type: String,
+    pub use_karras_sigmas: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -44,6 +47,8 @@ impl Default for SchedulerConfig {
             clip_sample_range: 1.0,
             thresholding: false,
             rescale_betas_zero_snr: false,
+            algorithm_type: "dpmsolver++".into(),
+            use_karras_sigmas: false,
         }
     }
 }

@@ -46,6 +46,25 @@ impl Noise {
 /// The sampler names of the CLI and the web API.
 pub const NAMES: &[&str] = &["ddim"];
 
+/// Our name for the sampler a checkpoint's `scheduler_config.json` names by class
+/// (its default), when we have one.
+pub fn default_for(config: &SchedulerConfig) -> Option<&'static str> {
+    let karras = config.use_karras_sigmas;
+    Some(match (config.class_name.as_str(), config.algorithm_type.as_str()) {
+        ("DDIMScheduler", _) => "ddim",
+        ("PNDMScheduler", _) => "pndm",
+        ("EulerDiscreteScheduler", _) => "euler",
+        ("EulerAncestralDiscreteScheduler", _) => "euler-a",
+        ("HeunDiscreteScheduler", _) => "heun",
+        ("LMSDiscreteScheduler", _) => "lms",
+        ("DPMSolverMultistepScheduler", "sde-dpmsolver++") if karras => "dpm++2m-sde-karras",
+        ("DPMSolverMultistepScheduler", "dpmsolver++") => if karras { "dpm++2m-karras" } else { "dpm++2m" },
+        ("UniPCMultistepScheduler", _) => "unipc",
+        ("LCMScheduler", _) => "lcm",
+        _ => return None,
+    })
+}
+
 /// The sampler called `name` (see [`NAMES`]) for `steps` steps, configured by the
 /// checkpoint's scheduler config (`file` names it in errors).
 pub fn by_name(name: &str, config: &SchedulerConfig, file: &str, steps: usize) -> Result<Box<dyn Scheduler>> {
