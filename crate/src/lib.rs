@@ -7,6 +7,7 @@ pub mod image;
 pub mod kernels;
 pub mod loader;
 pub mod models;
+pub mod pipeline;
 pub mod reference;
 pub mod rng;
 pub mod schedulers;

@@ -46,6 +46,24 @@ impl Noise {
 /// The sampler names of the CLI and the web API.
 pub const NAMES: &[&str] = &["ddim"];
 
+/// The name AUTOMATIC1111 shows for a sampler (its PNG `parameters` use these).
+pub fn display_name(name: &str) -> &str {
+    match name {
+        "ddim" => "DDIM",
+        "pndm" => "PLMS",
+        "euler" => "Euler",
+        "euler-a" => "Euler a",
+        "heun" => "Heun",
+        "lms" => "LMS",
+        "dpm++2m" => "DPM++ 2M",
+        "dpm++2m-karras" => "DPM++ 2M Karras",
+        "dpm++2m-sde-karras" => "DPM++ 2M SDE Karras",
+        "unipc" => "UniPC",
+        "lcm" => "LCM",
+        other => other,
+    }
+}
+
 /// Our name for the sampler a checkpoint's `scheduler_config.json` names by class
 /// (its default), when we have one.
 pub fn default_for(config: &SchedulerConfig) -> Option<&'static str> {
@@ -58,7 +76,13 @@ pub fn default_for(config: &SchedulerConfig) -> Option<&'static str> {
         ("HeunDiscreteScheduler", _) => "heun",
         ("LMSDiscreteScheduler", _) => "lms",
         ("DPMSolverMultistepScheduler", "sde-dpmsolver++") if karras => "dpm++2m-sde-karras",
-        ("DPMSolverMultistepScheduler", "dpmsolver++") => if karras { "dpm++2m-karras" } else { "dpm++2m" },
+        ("DPMSolverMultistepScheduler", "dpmsolver++") => {
+            if karras {
+                "dpm++2m-karras"
+            } else {
+                "dpm++2m"
+            }
+        }
         ("UniPCMultistepScheduler", _) => "unipc",
         ("LCMScheduler", _) => "lcm",
         _ => return None,

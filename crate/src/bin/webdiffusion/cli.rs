@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Print the GPU adapter, its features and its limits.
     Info,
+    /// Generate an image from a prompt with a diffusers Stable Diffusion folder.
+    Generate(Box<crate::generate::GenerateArgs>),
     /// Time the kernels.
     Bench {
         #[command(subcommand)]
@@ -46,6 +48,7 @@ pub fn main() -> ExitCode {
                 println!("{}", gpu.info());
                 Ok(())
             }
+            Command::Generate(args) => crate::generate::run(&gpu, *args).await,
             Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
         }
     });

@@ -1,0 +1,117 @@
+//! `webdiffusion generate`: one image from a diffusers folder, written as PNG with
+//! its parameters; optional starting latents in and final latents out (safetensors).
+
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+use webdiffusion::gpu::Gpu;
+use webdiffusion::image::{encode_png, from_decoded};
+use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::{Error, Result};
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// A diffusers Stable Diffusion folder (model_index.json, unet/, vae/, ...).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale (1 or less: no guidance).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// Sampler; the checkpoint's own when omitted.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Seed of torch's CPU generator, as in diffusers; random when omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// Starting latents: a safetensors file with one f32 tensor `latents` [1, 4, H/8, W/8].
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// Write the final latents (before VAE decoding) here, as tensor `latents`.
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
+    /// Skip this many text-encoder layers from the end.
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
+    /// Store weights as f16 on the GPU (half the memory).
+    #[arg(long)]
+    f16_weights: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io { path: path.display().to_string(), detail: e.to_string() }
+}
+
+fn read_latents(path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let format = |detail: String| Error::Format { file: path.display().to_string(), detail };
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+    let view = tensors.tensor("latents").map_err(|_| format("it has no tensor named `latents`".into()))?;
+    if view.dtype() != Dtype::F32 || view.shape().len() != 4 || view.shape()[0] != 1 {
+        return Err(format(format!("`latents` must be f32 [1, C, H/f, W/f], got {:?} {:?}", view.dtype(), view.shape())));
+    }
+    Ok(bytemuck::pod_collect_to_vec(view.data()))
+}
+
+fn write_latents(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
+    let bytes: &[u8] = bytemuck::cast_slice(values);
+    let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(|e| io_error(path, e))?;
+    let file = safetensors::serialize([("latents", view)], None).map_err(|e| io_error(path, e))?;
+    std::fs::write(path, file).map_err(|e| io_error(path, e))
+}
+
+pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
+    let files = DirFiles::new(&args.model)?;
+    let precision = if args.f16_weights { WeightPrecision::F16 } else { WeightPrecision::AsStored };
+    let sd = StableDiffusion::load(gpu, &files, precision)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let request = Request {
+        prompt: args.prompt,
+        negative_prompt: args.negative_prompt,
+        steps: args.steps,
+        guidance_scale: args.guidance,
+        scheduler: args.scheduler,
+        seed,
+        width: args.width,
+        height: args.height,
+        latents: args.latents.as_deref().map(read_latents).transpose()?,
+        clip_skip: args.clip_skip,
+    };
+    let generation = sd.generate(&request)?;
+    if let Some(path) = &args.save_latents {
+        write_latents(path, generation.latents.shape(), &generation.latents.to_vec().await?)?;
+    }
+    let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
+    let model = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let png = encode_png(&image[0], Some(&generation.parameters(&request, &model)))?;
+    std::fs::write(&args.out, png).map_err(|e| io_error(&args.out, e))?;
+    let start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
+    eprintln!(
+        "wrote {} ({}x{}, {} {} steps, {start})",
+        args.out.display(),
+        generation.width,
+        generation.height,
+        generation.scheduler,
+        request.steps
+    );
+    Ok(())
+}
+
+/// A seed for runs that did not ask for one (printed, so the image can be repeated).
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64 ^ (nanos >> 64) as u64) % (1 << 32)
+}

@@ -1,0 +1,223 @@
+//! Text to image as diffusers' `StableDiffusionPipeline` does it: encode the prompt
+//! and the negative prompt, start from seeded (or given) latents, run the sampler
+//! with classifier-free guidance (or LCM's guidance embedding), decode with the VAE.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::{elementwise as ew, layout};
+use crate::loader::{ModelFiles, WeightPrecision, read_config};
+use crate::models::clip::ClipTextModel;
+use crate::models::embeddings::guidance_scale_embedding;
+use crate::models::unet_2d::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKl;
+use crate::schedulers::{self, Noise, SchedulerConfig};
+use crate::tokenizer::ClipTokenizer;
+
+/// What to generate. `Default` gives diffusers' defaults (50 steps, guidance 7.5,
+/// the checkpoint's sampler, its native size).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    /// A sampler name from `schedulers::NAMES`; `None` for the checkpoint's own.
+    pub scheduler: Option<String>,
+    pub seed: u64,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Starting latents `[1, C, H/f, W/f]` instead of seeded noise (diffusers' `latents=`).
+    pub latents: Option<Vec<f32>>,
+    /// Text-encoder layers to skip from the end (0: the last layer).
+    pub clip_skip: usize,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance_scale: 7.5,
+            scheduler: None,
+            seed: 0,
+            width: None,
+            height: None,
+            latents: None,
+            clip_skip: 0,
+        }
+    }
+}
+
+/// The result of one generation.
+pub struct Generation {
+    /// The final latents, before VAE decoding (diffusers' `output_type="latent"`).
+    pub latents: Tensor,
+    /// The decoded image `[1, 3, H, W]` in [-1, 1].
+    pub image: Tensor,
+    /// The sampler that ran.
+    pub scheduler: String,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Generation {
+    /// How the image was made, in the AUTOMATIC1111 `parameters` convention, so tools
+    /// that read those PNGs can show and repeat it.
+    pub fn parameters(&self, request: &Request, model: &str) -> String {
+        let mut text = request.prompt.clone();
+        if !request.negative_prompt.is_empty() {
+            text.push_str(&format!("\nNegative prompt: {}", request.negative_prompt));
+        }
+        let seed = if request.latents.is_some() { "given latents".to_string() } else { request.seed.to_string() };
+        text.push_str(&format!(
+            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}",
+            request.steps,
+            schedulers::display_name(&self.scheduler),
+            request.guidance_scale,
+            self.width,
+            self.height,
+        ));
+        if request.clip_skip > 0 {
+            text.push_str(&format!(", Clip skip: {}", request.clip_skip + 1));
+        }
+        text
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    class_name: String,
+}
+
+#[derive(Deserialize)]
+struct UNetSize {
+    sample_size: Option<usize>,
+}
+
+/// A loaded diffusers Stable Diffusion folder.
+pub struct StableDiffusion {
+    gpu: Gpu,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKl,
+    scheduler_config: SchedulerConfig,
+    scheduler_file: String,
+    sample_size: usize,
+}
+
+const PIPELINES: [&str; 3] = ["StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionImg2ImgPipeline"];
+
+impl StableDiffusion {
+    pub fn load(gpu: &Gpu, files: &dyn ModelFiles, precision: WeightPrecision) -> Result<Self> {
+        let index: ModelIndex = read_config(files, "model_index.json")?;
+        if !PIPELINES.contains(&index.class_name.as_str()) {
+            return Err(Error::Unsupported { file: files.describe("model_index.json"), detail: format!("pipeline {}", index.class_name) });
+        }
+        let unet_size: UNetSize = read_config(files, "unet/config.json")?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            tokenizer: ClipTokenizer::load(files, "tokenizer")?,
+            text_encoder: ClipTextModel::load(gpu, files, "text_encoder", precision)?,
+            unet: UNet2DConditionModel::load(gpu, files, "unet", precision)?,
+            vae: AutoencoderKl::load(gpu, files, "vae", precision)?,
+            scheduler_config: read_config(files, "scheduler/scheduler_config.json")?,
+            scheduler_file: files.describe("scheduler/scheduler_config.json"),
+            sample_size: unet_size.sample_size.unwrap_or(64),
+        })
+    }
+
+    /// The latent grid's downsampling factor (8 for SD).
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.downsampling_factor()
+    }
+
+    /// The image size the checkpoint was trained at.
+    pub fn default_size(&self) -> usize {
+        self.sample_size * self.vae_scale_factor()
+    }
+
+    /// The sampler `generate` uses when the request names none.
+    pub fn default_scheduler(&self) -> Result<&'static str> {
+        schedulers::default_for(&self.scheduler_config).ok_or_else(|| Error::Unsupported {
+            file: self.scheduler_file.clone(),
+            detail: format!("scheduler class {:?} (choose one with --scheduler)", self.scheduler_config.class_name),
+        })
+    }
+
+    pub fn generate(&self, request: &Request) -> Result<Generation> {
+        let gpu = &self.gpu;
+        let (width, height) = self.size(request)?;
+        let factor = self.vae_scale_factor();
+        let latent_shape = [1, self.unet.config().in_channels, height / factor, width / factor];
+        let scheduler_name = match &request.scheduler {
+            Some(name) => name.clone(),
+            None => self.default_scheduler()?.to_string(),
+        };
+        let mut scheduler = schedulers::by_name(&scheduler_name, &self.scheduler_config, &self.scheduler_file, request.steps)?;
+
+        // LCM-distilled UNets take the guidance as an embedding instead of a second pass.
+        let guidance_embedding = self.unet.config().time_cond_proj_dim;
+        let cfg = request.guidance_scale > 1.0 && guidance_embedding.is_none();
+        let context = self.encode_prompts(request, cfg)?;
+        let timestep_cond = match guidance_embedding {
+            Some(dim) => Some(guidance_scale_embedding(gpu, &[request.guidance_scale - 1.0], dim)?),
+            None => None,
+        };
+
+        // One generator serves the initial noise and then the sampler, as in diffusers.
+        let mut noise = Noise::new(gpu, request.seed);
+        let start = match &request.latents {
+            Some(values) if values.len() != latent_shape.iter().product::<usize>() => {
+                return Err(Error::shape("generate", format!("the given latents must be {latent_shape:?} for a {width}x{height} image")));
+            }
+            Some(values) => gpu.upload_f32(&latent_shape, values)?,
+            None => noise.randn(&latent_shape)?,
+        };
+        let mut latents = ew::scale(gpu, &start, scheduler.init_noise_sigma())?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (step, &t) in timesteps.iter().enumerate() {
+            let input = if cfg { layout::concat(gpu, &[&latents, &latents], 0)? } else { latents.clone() };
+            let input = scheduler.scale_model_input(&input, step)?;
+            let prediction = self.unet.forward(&input, t as f32, &context, timestep_cond.as_ref())?;
+            let prediction = if cfg {
+                let [uncond, text] = [0, 1].map(|i| layout::narrow(gpu, &prediction, 0, i, 1));
+                ew::axpby(gpu, 1.0 - request.guidance_scale, &uncond?, request.guidance_scale, &text?, None)?
+            } else {
+                prediction
+            };
+            latents = scheduler.step(&prediction, step, &latents, &mut noise)?;
+        }
+        let image = self.vae.decode(&ew::scale(gpu, &latents, 1.0 / self.vae.scaling_factor())?)?;
+        Ok(Generation { latents, image, scheduler: scheduler_name, width, height })
+    }
+
+    /// `[negative; positive]` embeddings with guidance, else the prompt's alone.
+    fn encode_prompts(&self, request: &Request, cfg: bool) -> Result<Tensor> {
+        let mut prompts = Vec::new();
+        if cfg {
+            prompts.push(self.tokenizer.encode(&request.negative_prompt)?);
+        }
+        prompts.push(self.tokenizer.encode(&request.prompt)?);
+        let ids = self.text_encoder.upload_ids(&prompts)?;
+        self.text_encoder.encode(&ids, request.clip_skip)
+    }
+
+    fn size(&self, request: &Request) -> Result<(usize, usize)> {
+        let default = self.default_size();
+        let (width, height) = (request.width.unwrap_or(default), request.height.unwrap_or(default));
+        // The UNet halves the latent grid once per down block after the first.
+        let multiple = self.vae_scale_factor() * (1 << (self.unet.config().block_out_channels.len() - 1));
+        if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {
+            return Err(Error::shape(
+                "generate",
+                format!("width and height must be positive multiples of {multiple}, got {width}x{height}"),
+            ));
+        }
+        Ok((width, height))
+    }
+}

@@ -1,0 +1,96 @@
+//! The `webdiffusion` command line as other tools drive it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::fixtures::{Outputs, path};
+use safetensors::tensor::{Dtype, TensorView};
+
+fn webdiffusion() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("webdiffusion-cli-{}-{name}", std::process::id()))
+}
+
+fn write_latents(file: &PathBuf, values: &[f32], shape: &[usize]) {
+    let view = TensorView::new(Dtype::F32, shape.to_vec(), bytemuck::cast_slice(values)).unwrap();
+    std::fs::write(file, safetensors::serialize([("latents", view)], None).unwrap()).unwrap();
+}
+
+#[test]
+fn generate_reproduces_the_diffusers_pipeline() {
+    let outputs = Outputs::load("sd2-tiny");
+    let (init, shape) = outputs.f32("pipeline.init_latents");
+    let (latents_in, latents_out, png) = (temp("in.safetensors"), temp("out.safetensors"), temp("image.png"));
+    write_latents(&latents_in, &init, &shape);
+    let model = path("models/sd2-tiny");
+    let status = webdiffusion()
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "a photograph of an astronaut riding a horse"])
+        .args(["--steps", "3", "--guidance", "7.5", "--width", "32", "--height", "32", "--scheduler", "ddim"])
+        .arg("--latents")
+        .arg(&latents_in)
+        .arg("--save-latents")
+        .arg(&latents_out)
+        .arg("--out")
+        .arg(&png)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let saved = std::fs::read(&latents_out).unwrap();
+    let saved = safetensors::SafeTensors::deserialize(&saved).unwrap();
+    let view = saved.tensor("latents").unwrap();
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+    let (want, want_shape) = outputs.f32("pipeline.latents");
+    assert_eq!(view.shape(), want_shape.as_slice());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * scale), "saved latents differ from diffusers");
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut pixels).unwrap();
+    let (image, _) = outputs.f32("pipeline.image"); // [1, 3, 32, 32] in [0, 1]
+    let plane = 32 * 32;
+    for (i, &p) in pixels.iter().enumerate() {
+        let want = (image[(i % 3) * plane + i / 3] * 255.0).round();
+        // Values within 1e-4 of a rounding edge may land on either side.
+        assert!((p as f32 - want).abs() <= 1.0, "pixel {i}: {p} vs {want}");
+    }
+    let text = &reader.info().uncompressed_latin1_text[0];
+    assert_eq!(text.keyword, "parameters");
+    assert!(text.text.starts_with("a photograph of an astronaut riding a horse\nSteps: 3, Sampler: DDIM, CFG scale: 7.5"), "{}", text.text);
+    for file in [latents_in, latents_out, png] {
+        std::fs::remove_file(file).unwrap();
+    }
+}
+
+#[test]
+fn bad_input_is_a_message_and_a_failure_never_a_panic() {
+    let model = path("models/sd2-tiny");
+    let model = model.to_str().unwrap();
+    let wrong_latents = temp("wrong.safetensors");
+    write_latents(&wrong_latents, &[0.0; 16], &[1, 4, 2, 2]);
+    let out = temp("never.png");
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["--model", model, "--scheduler", "warp-drive"], "warp-drive"),
+        (vec!["--model", "/no/such/model"], "/no/such/model"),
+        (vec!["--model", model, "--width", "33"], "multiples of"),
+        (vec!["--model", model, "--latents", wrong_latents.to_str().unwrap()], "latents must be"),
+        (vec!["--model", model, "--latents", "/no/such/file"], "/no/such/file"),
+    ];
+    for (args, needle) in cases {
+        let output =
+            webdiffusion().arg("generate").args(&args).args(["--prompt", "x", "--steps", "1"]).arg("--out").arg(&out).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!out.exists());
+    std::fs::remove_file(wrong_latents).unwrap();
+}
