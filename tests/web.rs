@@ -163,3 +163,56 @@ async fn norms_and_softmax_in_browser() {
     let got = softmax::scaled_softmax(&gpu, &tx, 0.5).unwrap();
     assert_close("softmax", &read(&got).await, &cpu_softmax::softmax(&x, 77, 0.5), 1e-6, 1e-4);
 }
+
+/// The sd2-tiny fixture model, compiled into the test (the browser has no file system).
+fn sd2_tiny_files() -> webdiffusion::loader::MemoryFiles {
+    macro_rules! files {
+        ($($path:literal),*) => {{
+            let mut files = webdiffusion::loader::MemoryFiles::new("sd2-tiny");
+            $(files.insert($path, include_bytes!(concat!("fixtures/models/sd2-tiny/", $path)).to_vec());)*
+            files
+        }};
+    }
+    files!(
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors"
+    )
+}
+
+#[wasm_bindgen_test]
+async fn whole_pipeline_in_browser_matches_diffusers() {
+    use safetensors::SafeTensors;
+    use webdiffusion::loader::WeightPrecision;
+    use webdiffusion::pipeline::{Request, StableDiffusion};
+    let gpu = Gpu::new().await.unwrap();
+    let sd = StableDiffusion::load(&gpu, &sd2_tiny_files(), WeightPrecision::AsStored).unwrap();
+    let outputs = include_bytes!("fixtures/outputs/sd2-tiny.safetensors");
+    let outputs = SafeTensors::deserialize(outputs).unwrap();
+    let f32s = |name: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(outputs.tensor(name).unwrap().data()) };
+    let request = Request {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        steps: 3,
+        guidance_scale: 7.5,
+        width: Some(32),
+        height: Some(32),
+        latents: Some(f32s("pipeline.init_latents")),
+        ..Default::default()
+    };
+    let generation = sd.generate(&request).unwrap();
+    let want = f32s("pipeline.latents");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // The same tolerance as the native pipeline test (tests/pipeline.rs).
+    assert_close("latents", &read(&generation.latents).await, &want, 1e-4 * scale, 0.0);
+    let image: Vec<f32> = read(&generation.image).await.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
+    assert_close("image", &image, &f32s("pipeline.image"), 1e-4, 0.0);
+}

@@ -11,6 +11,38 @@ pub trait ModelFiles {
     fn describe(&self, path: &str) -> String;
 }
 
+/// A model held in memory, file by file (what the browser has after fetching).
+#[derive(Default)]
+pub struct MemoryFiles {
+    files: std::collections::HashMap<String, Vec<u8>>,
+    name: String,
+}
+
+impl MemoryFiles {
+    /// An empty model; `name` prefixes paths in error messages.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { files: Default::default(), name: name.into() }
+    }
+
+    pub fn insert(&mut self, path: impl Into<String>, bytes: Vec<u8>) {
+        self.files.insert(path.into(), bytes);
+    }
+}
+
+impl ModelFiles for MemoryFiles {
+    fn read(&self, path: &str) -> Result<Vec<u8>> {
+        self.files.get(path).cloned().ok_or_else(|| crate::Error::Io { path: self.describe(path), detail: "no such file".into() })
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+
+    fn describe(&self, path: &str) -> String {
+        format!("{}/{path}", self.name)
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::DirFiles;
 

@@ -6,7 +6,7 @@ mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::DirFiles;
-pub use files::ModelFiles;
+pub use files::{MemoryFiles, ModelFiles};
 pub use weights::{WeightPrecision, Weights};
 
 use serde::de::DeserializeOwned;
