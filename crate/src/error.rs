@@ -33,6 +33,8 @@ pub enum Error {
     WeightShape { file: String, name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{file}: {detail} is not supported")]
     Unsupported { file: String, detail: String },
+    #[error("cancelled after step {done} of {total}")]
+    Cancelled { done: usize, total: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,6 +2,10 @@
 //! and the negative prompt, start from seeded (or given) latents, run the sampler
 //! with classifier-free guidance (or LCM's guidance embedding), decode with the VAE.
 
+mod preview;
+
+pub use preview::LatentPreview;
+
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -87,6 +91,22 @@ impl Generation {
     }
 }
 
+/// What a step callback sees: the latents after step `done` of `total`.
+pub struct Progress<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub timestep: f64,
+    pub latents: &'a Tensor,
+}
+
+/// A step callback's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Stop between steps; `generate_with` returns `Error::Cancelled`.
+    Cancel,
+}
+
 #[derive(Deserialize)]
 struct ModelIndex {
     #[serde(rename = "_class_name")]
@@ -149,7 +169,17 @@ impl StableDiffusion {
         })
     }
 
+    pub fn vae(&self) -> &AutoencoderKl {
+        &self.vae
+    }
+
     pub fn generate(&self, request: &Request) -> Result<Generation> {
+        self.generate_with(request, &mut |_| Ok(Control::Continue))
+    }
+
+    /// `generate`, calling `on_step` after every step (for previews and progress;
+    /// it may cancel).
+    pub fn generate_with(&self, request: &Request, on_step: &mut dyn FnMut(&Progress) -> Result<Control>) -> Result<Generation> {
         let gpu = &self.gpu;
         let (width, height) = self.size(request)?;
         let factor = self.vae_scale_factor();
@@ -191,6 +221,10 @@ impl StableDiffusion {
                 prediction
             };
             latents = scheduler.step(&prediction, step, &latents, &mut noise)?;
+            let progress = Progress { done: step + 1, total: timesteps.len(), timestep: t, latents: &latents };
+            if on_step(&progress)? == Control::Cancel {
+                return Err(Error::Cancelled { done: step + 1, total: timesteps.len() });
+            }
         }
         let image = self.vae.decode(&ew::scale(gpu, &latents, 1.0 / self.vae.scaling_factor())?)?;
         Ok(Generation { latents, image, scheduler: scheduler_name, width, height })
