@@ -94,3 +94,37 @@ fn bad_input_is_a_message_and_a_failure_never_a_panic() {
     assert!(!out.exists());
     std::fs::remove_file(wrong_latents).unwrap();
 }
+
+#[test]
+fn several_images_use_successive_seeds_and_previews_come_every_step() {
+    let model = path("models/sd2-tiny");
+    let dir = temp("multi");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let status = webdiffusion()
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "a red cube", "--steps", "3"])
+            .args(extra)
+            .arg("--out")
+            .arg(dir.join(out))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{extra:?}");
+    };
+    run(&["--seed", "7", "--count", "2", "--preview-dir", dir.join("previews").to_str().unwrap()], "many.png");
+    run(&["--seed", "8"], "single.png");
+    let pixels = |name: &str| {
+        let mut reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join(name)).unwrap())).read_info().unwrap();
+        let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buffer).unwrap();
+        (info.width, info.height, buffer)
+    };
+    assert_eq!(pixels("many-2.png"), pixels("single.png"), "the second image is seed 8");
+    assert_ne!(pixels("many-1.png").2, pixels("many-2.png").2);
+    for image in 1..=2 {
+        for step in 1..=3 {
+            let (w, h, _) = pixels(&format!("previews/step-{step:03}-{image}.png"));
+            assert_eq!((w, h), (8, 8), "previews are at latent resolution");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,7 +8,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::{encode_png, from_decoded};
 use webdiffusion::loader::{DirFiles, WeightPrecision};
-use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::pipeline::{Control, LatentPreview, Progress, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
 #[derive(clap::Args)]
@@ -47,6 +47,12 @@ pub struct GenerateArgs {
     /// Store weights as f16 on the GPU (half the memory).
     #[arg(long)]
     f16_weights: bool,
+    /// Images to make, with seeds seed, seed+1, ... (files OUT-1.png, OUT-2.png, ...).
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Write a cheap preview of the latents after every step into this folder.
+    #[arg(long)]
+    preview_dir: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -77,37 +83,65 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     let files = DirFiles::new(&args.model)?;
     let precision = if args.f16_weights { WeightPrecision::F16 } else { WeightPrecision::AsStored };
     let sd = StableDiffusion::load(gpu, &files, precision)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
-    let request = Request {
-        prompt: args.prompt,
-        negative_prompt: args.negative_prompt,
-        steps: args.steps,
-        guidance_scale: args.guidance,
-        scheduler: args.scheduler,
-        seed,
-        width: args.width,
-        height: args.height,
-        latents: args.latents.as_deref().map(read_latents).transpose()?,
-        clip_skip: args.clip_skip,
+    let preview = match &args.preview_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            Some(LatentPreview::fit(gpu, sd.vae()).await?)
+        }
+        None => None,
     };
-    let generation = sd.generate(&request)?;
-    if let Some(path) = &args.save_latents {
-        write_latents(path, generation.latents.shape(), &generation.latents.to_vec().await?)?;
-    }
-    let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
+    let first_seed = args.seed.unwrap_or_else(random_seed);
     let model = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let png = encode_png(&image[0], Some(&generation.parameters(&request, &model)))?;
-    std::fs::write(&args.out, png).map_err(|e| io_error(&args.out, e))?;
-    let start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
-    eprintln!(
-        "wrote {} ({}x{}, {} {} steps, {start})",
-        args.out.display(),
-        generation.width,
-        generation.height,
-        generation.scheduler,
-        request.steps
-    );
+    let latents = args.latents.as_deref().map(read_latents).transpose()?;
+    for index in 0..args.count {
+        let seed = first_seed + index;
+        let request = Request {
+            prompt: args.prompt.clone(),
+            negative_prompt: args.negative_prompt.clone(),
+            steps: args.steps,
+            guidance_scale: args.guidance,
+            scheduler: args.scheduler.clone(),
+            seed,
+            width: args.width,
+            height: args.height,
+            latents: latents.clone(),
+            clip_skip: args.clip_skip,
+        };
+        let name = |path: &Path| numbered(path, index, args.count);
+        let mut write_preview = |progress: &Progress| -> Result<Control> {
+            if let (Some(preview), Some(dir)) = (&preview, &args.preview_dir) {
+                let rgb = preview.project(progress.latents)?;
+                let image = from_decoded(&pollster::block_on(rgb.to_vec())?, rgb.shape())?;
+                let file = name(&dir.join(format!("step-{:03}.png", progress.done)));
+                std::fs::write(&file, encode_png(&image[0], None)?).map_err(|e| io_error(&file, e))?;
+            }
+            Ok(Control::Continue)
+        };
+        let generation = sd.generate_with(&request, &mut write_preview)?;
+        if let Some(path) = &args.save_latents {
+            write_latents(&name(path), generation.latents.shape(), &generation.latents.to_vec().await?)?;
+        }
+        let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
+        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model)))?;
+        let out = name(&args.out);
+        std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
+        let start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
+        eprintln!("wrote {} ({}x{}, {} {} steps, {start})", out.display(), generation.width, generation.height, generation.scheduler, request.steps);
+    }
     Ok(())
+}
+
+/// `path` itself for a single image, else `stem-<index+1>.ext`.
+fn numbered(path: &Path, index: u64, count: u64) -> PathBuf {
+    if count == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{}.{}", index + 1, ext.to_string_lossy()),
+        None => format!("{stem}-{}", index + 1),
+    };
+    path.with_file_name(name)
 }
 
 /// A seed for runs that did not ask for one (printed, so the image can be repeated).
