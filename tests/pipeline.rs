@@ -147,3 +147,16 @@ fn latent_previews_project_on_the_gpu_and_fit_the_vae() {
     let (own, foreign) = (explained(&fitted), explained(&other));
     assert!(own > 0.2 && own > foreign, "the preview explains {own} of the colour variance, another VAE's {foreign}");
 }
+
+#[test]
+fn init_images_and_masks_are_prepared_as_diffusers_prepares_them() {
+    use webdiffusion::image::decode_png;
+    let outputs = Outputs::load("pipelines");
+    let image = decode_png(&std::fs::read(path("img2img_init.png")).unwrap()).unwrap();
+    let (want, _) = outputs.f32("img2img.init_image");
+    let want: Vec<f32> = want.iter().map(|v| 2.0 * v - 1.0).collect();
+    assert_close("init image", &image.to_model_input(), &want, 1e-6, 0.0);
+    let mask = decode_png(&std::fs::read(path("inpaint_mask.png")).unwrap()).unwrap();
+    assert_eq!(mask.to_binary_mask(), outputs.f32("inpaint.mask_binary").0, "grey 128 repaints, 127 keeps");
+    assert!(decode_png(b"not a png").is_err());
+}

@@ -52,6 +52,47 @@ pub fn encode_png(image: &RgbImage, parameters: Option<&str>) -> Result<Vec<u8>>
     Ok(bytes)
 }
 
+/// Reads a PNG as 8-bit RGB (grey, palette, alpha and 16-bit inputs are converted).
+pub fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
+    let err = |e: png::DecodingError| Error::Format { file: "PNG".into(), detail: e.to_string() };
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(err)?;
+    let size = reader.output_buffer_size().ok_or_else(|| Error::Format { file: "PNG".into(), detail: "image too large".into() })?;
+    let mut buffer = vec![0; size];
+    let info = reader.next_frame(&mut buffer).map_err(err)?;
+    buffer.truncate(info.buffer_size());
+    let pixels = match info.color_type {
+        png::ColorType::Rgb => buffer,
+        png::ColorType::Rgba => buffer.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => buffer.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => buffer.chunks(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        other => return Err(Error::Format { file: "PNG".into(), detail: format!("colour type {other:?} after expansion") }),
+    };
+    Ok(RgbImage { width: info.width as usize, height: info.height as usize, pixels })
+}
+
+impl RgbImage {
+    /// `[1, 3, H, W]` values in [-1, 1], as diffusers' image processor prepares an image.
+    pub fn to_model_input(&self) -> Vec<f32> {
+        let plane = self.width * self.height;
+        (0..3).flat_map(|c| (0..plane).map(move |p| (c, p))).map(|(c, p)| self.pixels[p * 3 + c] as f32 / 255.0 * 2.0 - 1.0).collect()
+    }
+
+    /// `[1, 1, H, W]` of 0 and 1: a mask as diffusers' mask processor makes it (grey
+    /// by PIL's `convert("L")`, then `>= 0.5`; white means repaint).
+    pub fn to_binary_mask(&self) -> Vec<f32> {
+        self.pixels
+            .chunks(3)
+            .map(|p| {
+                // PIL's ITU-R 601-2 luma, in integers as PIL rounds it.
+                let luma = (p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16;
+                if luma as f32 / 255.0 >= 0.5 { 1.0 } else { 0.0 }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
