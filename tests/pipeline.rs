@@ -160,3 +160,47 @@ fn init_images_and_masks_are_prepared_as_diffusers_prepares_them() {
     assert_eq!(mask.to_binary_mask(), outputs.f32("inpaint.mask_binary").0, "grey 128 repaints, 127 keeps");
     assert!(decode_png(b"not a png").is_err());
 }
+
+/// The `cases` table of `outputs/pipelines.safetensors` (see tests/fixtures/README.md).
+fn pipeline_cases(outputs: &Outputs) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&outputs.metadata("cases").unwrap()).unwrap().as_object().unwrap().clone()
+}
+
+fn request_for(case: &serde_json::Value) -> Request {
+    Request {
+        prompt: case["prompt"].as_str().unwrap().into(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
+        steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+        guidance_scale: case["guidance_scale"].as_f64().unwrap() as f32,
+        scheduler: Some(case["sampler"].as_str().unwrap().into()),
+        seed: case["seed"].as_u64().unwrap(),
+        width: Some(case["width"].as_u64().unwrap() as usize),
+        height: Some(case["height"].as_u64().unwrap() as usize),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn text_to_image_from_a_seed_matches_diffusers_for_every_sampler() {
+    let outputs = Outputs::load("pipelines");
+    let mut models = std::collections::HashMap::new();
+    let mut checked = Vec::new();
+    for (name, case) in pipeline_cases(&outputs) {
+        if !["txt2img", "txt2img-g1", "sd2-txt2img", "lcm", "multi"].contains(&case["kind"].as_str().unwrap()) {
+            continue;
+        }
+        let model = case["model"].as_str().unwrap().trim_start_matches("models/").to_string();
+        let sd = models.entry(model.clone()).or_insert_with(|| load(&model));
+        let generation = sd.generate(&request_for(&case)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (want, _) = outputs.f32(&format!("{name}.latents"));
+        // Seeded noise, every sampler step and the guided UNet in f32: ~1e-6 per
+        // layer (tests/unet.rs), compounded over the steps.
+        let error = relative_error(&read(&generation.latents), &want);
+        assert!(error < 2e-4, "{name}: latents differ by {error} of their scale");
+        let (want_image, _) = outputs.f32(&format!("{name}.image"));
+        let image: Vec<f32> = read(&generation.image).iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
+        assert_close(&format!("{name} image"), &image, &want_image, 2e-4, 0.0);
+        checked.push(name);
+    }
+    assert!(checked.len() >= 17, "{checked:?}");
+}

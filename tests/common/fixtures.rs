@@ -33,6 +33,14 @@ impl Outputs {
         (bytemuck::pod_collect_to_vec(view.data()), view.shape().to_vec())
     }
 
+    /// An f64 tensor's values (scheduler timesteps and sigmas).
+    pub fn f64(&self, name: &str) -> Vec<f64> {
+        let tensors = self.tensors();
+        let view = tensors.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+        assert_eq!(view.dtype(), Dtype::F64, "{name}");
+        bytemuck::pod_collect_to_vec(view.data())
+    }
+
     /// An i64 tensor's values (token ids, timesteps).
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let tensors = self.tensors();

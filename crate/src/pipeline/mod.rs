@@ -130,6 +130,16 @@ pub struct StableDiffusion {
     sample_size: usize,
 }
 
+const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+/// diffusers writes non-finite floats (`-Infinity`) and tracks which keys a file set;
+/// `SchedulerConfig::from_json` handles both, plain serde does not.
+fn scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {
+    let bytes = files.read(SCHEDULER_CONFIG)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| Error::Format { file: files.describe(SCHEDULER_CONFIG), detail: e.to_string() })?;
+    SchedulerConfig::from_json(text, &files.describe(SCHEDULER_CONFIG))
+}
+
 const PIPELINES: [&str; 3] = ["StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionImg2ImgPipeline"];
 
 impl StableDiffusion {
@@ -145,8 +155,8 @@ impl StableDiffusion {
             text_encoder: ClipTextModel::load(gpu, files, "text_encoder", precision)?,
             unet: UNet2DConditionModel::load(gpu, files, "unet", precision)?,
             vae: AutoencoderKl::load(gpu, files, "vae", precision)?,
-            scheduler_config: read_config(files, "scheduler/scheduler_config.json")?,
-            scheduler_file: files.describe("scheduler/scheduler_config.json"),
+            scheduler_config: scheduler_config(files)?,
+            scheduler_file: files.describe(SCHEDULER_CONFIG),
             sample_size: unet_size.sample_size.unwrap_or(64),
         })
     }

@@ -1,7 +1,9 @@
 //! `scheduler_config.json` and the training noise schedule it defines, computed in
 //! f32 the way diffusers' torch code does so the coefficients match it to the ulp.
 
-use serde::Deserialize;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 
@@ -28,6 +30,35 @@ pub struct SchedulerConfig {
     /// DPMSolverMultistepScheduler's variant ("dpmsolver++", "sde-dpmsolver++", ...).
     pub algorithm_type: String,
     pub use_karras_sigmas: bool,
+    // DPMSolverMultistepScheduler and UniPCMultistepScheduler (same defaults in both).
+    pub solver_order: usize,
+    /// DPM-Solver's "midpoint" (its default) or "heun"; UniPC's "bh1" or "bh2" (its default).
+    pub solver_type: String,
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    pub final_sigmas_type: String,
+    #[serde(deserialize_with = "float_or_non_finite")]
+    pub lambda_min_clipped: f64,
+    pub variance_type: Option<String>,
+    pub predict_x0: bool,
+    pub disable_corrector: Vec<usize>,
+    pub use_exponential_sigmas: bool,
+    pub use_beta_sigmas: bool,
+    pub use_lu_lambdas: bool,
+    pub use_flow_sigmas: bool,
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+    // EulerDiscreteScheduler: "linear" or "log_linear" sigmas between the timesteps.
+    pub interpolation_type: String,
+    /// EulerDiscreteScheduler: "discrete", or "continuous" (`0.25 * ln(sigma)` timesteps for v-prediction).
+    pub timestep_type: String,
+    // LCMScheduler.
+    pub original_inference_steps: usize,
+    pub timestep_scaling: f64,
+    /// The keys the file set, when it was read with [`SchedulerConfig::from_json`]; `None`
+    /// counts every key as set. See [`SchedulerConfig::gives`].
+    #[serde(skip)]
+    pub given: Option<BTreeSet<String>>,
 }
 
 impl Default for SchedulerConfig {
@@ -49,6 +80,26 @@ impl Default for SchedulerConfig {
             rescale_betas_zero_snr: false,
             algorithm_type: "dpmsolver++".into(),
             use_karras_sigmas: false,
+            solver_order: 2,
+            solver_type: "midpoint".into(),
+            lower_order_final: true,
+            euler_at_final: false,
+            final_sigmas_type: "zero".into(),
+            lambda_min_clipped: f64::NEG_INFINITY,
+            variance_type: None,
+            predict_x0: true,
+            disable_corrector: Vec::new(),
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            use_lu_lambdas: false,
+            use_flow_sigmas: false,
+            sigma_min: None,
+            sigma_max: None,
+            interpolation_type: "linear".into(),
+            timestep_type: "discrete".into(),
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
+            given: None,
         }
     }
 }
@@ -62,6 +113,33 @@ pub enum Prediction {
 }
 
 impl SchedulerConfig {
+    /// Reads `scheduler_config.json` and remembers which keys it sets: diffusers'
+    /// `Class.from_config` gives every other key the defaults of the class it builds,
+    /// which differ between classes (DPM-Solver's `timestep_spacing` is "linspace",
+    /// LCM's betas are scaled_linear), and so must a sampler built from this config.
+    /// Keys a diffusers config lists in `_use_default_values` count as unset, as there.
+    /// Also accepts the bare `-Infinity` that diffusers writes for `lambda_min_clipped`.
+    pub fn from_json(json: &str, file: &str) -> Result<Self> {
+        let bad = |e: serde_json::Error| Error::Format { file: file.to_string(), detail: e.to_string() };
+        let value: serde_json::Value = serde_json::from_str(&quote_non_finite(json)).map_err(bad)?;
+        let mut config = Self::deserialize(&value).map_err(bad)?;
+        let defaulted: BTreeSet<&str> = value
+            .get("_use_default_values")
+            .and_then(|v| v.as_array())
+            .map(|keys| keys.iter().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        let keys = value.as_object().map(|map| map.keys()).into_iter().flatten();
+        config.given = Some(keys.filter(|k| !defaulted.contains(k.as_str())).cloned().collect());
+        Ok(config)
+    }
+
+    /// Whether the file set `key` (true for every key of a config not read by `from_json`).
+    /// A sampler whose diffusers class defaults `key` differently from this struct uses its
+    /// own default when this is false.
+    pub fn gives(&self, key: &str) -> bool {
+        self.given.as_ref().is_none_or(|keys| keys.contains(key))
+    }
+
     pub fn prediction(&self, file: &str) -> Result<Prediction> {
         match self.prediction_type.as_str() {
             "epsilon" => Ok(Prediction::Epsilon),
@@ -90,14 +168,52 @@ impl SchedulerConfig {
         if self.rescale_betas_zero_snr {
             betas = rescale_zero_terminal_snr(&betas);
         }
-        let mut product = 1.0f32;
-        Ok(betas
-            .iter()
-            .map(|&beta| {
-                product *= 1.0 - beta;
-                product
-            })
-            .collect())
+        Ok(cumprod_one_minus(&betas))
+    }
+}
+
+/// Python's json writes non-finite floats as bare `-Infinity`, `Infinity` and `NaN`, which
+/// are not JSON: quote them (outside strings) for [`float_or_non_finite`].
+fn quote_non_finite(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = json;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            if let Some(word) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|w| rest.starts_with(w)) {
+                out.push_str(&format!("\"{word}\""));
+                rest = &rest[word.len()..];
+                continue;
+            }
+        }
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// A float, or a non-finite one spelled as a string ("-inf", "-Infinity", "nan", ...).
+fn float_or_non_finite<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Float {
+        Number(f64),
+        Named(String),
+    }
+    match Float::deserialize(deserializer)? {
+        Float::Number(v) => Ok(v),
+        Float::Named(name) => match name.to_ascii_lowercase().as_str() {
+            "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
+            "inf" | "infinity" => Ok(f64::INFINITY),
+            "nan" => Ok(f64::NAN),
+            _ => Err(serde::de::Error::custom(format!("expected a number, got {name:?}"))),
+        },
     }
 }
 
@@ -106,11 +222,24 @@ pub(super) fn unsupported(file: &str, detail: String) -> Error {
 }
 
 /// `torch.linspace(start, end, n, dtype=float32)`: computed from both ends so the
-/// last value is exactly `end`, as torch does.
-fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+/// last value is exactly `end`, as torch does; its CPU kernel is compiled with fused
+/// multiply-adds, which change about one value in seven by an ulp.
+pub(super) fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 }).collect()
+    (0..n).map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) }).collect()
+}
+
+/// `torch.cumprod(1.0 - betas, dim=0)` in f32: torch's CPU kernel accumulates in f64.
+fn cumprod_one_minus(betas: &[f32]) -> Vec<f32> {
+    let mut product = 1.0f64;
+    betas
+        .iter()
+        .map(|&beta| {
+            product *= (1.0 - beta) as f64;
+            product as f32
+        })
+        .collect()
 }
 
 /// diffusers' `betas_for_alpha_bar` with the cosine schedule (in f64, then f32).
@@ -122,17 +251,12 @@ fn cosine_betas(n: usize) -> Vec<f32> {
 /// Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed":
 /// shift and scale sqrt(alphas_cumprod) so the last timestep has zero SNR.
 fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
-    let mut product = 1.0f32;
-    let mut sqrt_bar: Vec<f32> = betas
-        .iter()
-        .map(|&b| {
-            product *= 1.0 - b;
-            product.sqrt()
-        })
-        .collect();
+    let mut sqrt_bar: Vec<f32> = cumprod_one_minus(betas).into_iter().map(f32::sqrt).collect();
     let (first, last) = (sqrt_bar[0], sqrt_bar[sqrt_bar.len() - 1]);
+    // The same f32 operations in the same order as diffusers.
+    let scale = first / (first - last);
     for v in &mut sqrt_bar {
-        *v = (*v - last) * first / (first - last);
+        *v = (*v - last) * scale;
     }
     let bar: Vec<f32> = sqrt_bar.iter().map(|v| v * v).collect();
     let mut out = Vec::with_capacity(bar.len());

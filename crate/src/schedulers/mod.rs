@@ -3,6 +3,16 @@
 
 pub mod config;
 pub mod ddim;
+pub mod dpm_solver;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod lcm;
+pub mod lms;
+mod multistep;
+pub mod pndm;
+mod sigmas;
+pub mod unipc;
 
 pub use config::{Prediction, SchedulerConfig};
 pub use ddim::Ddim;
@@ -44,7 +54,8 @@ impl Noise {
 }
 
 /// The sampler names of the CLI and the web API.
-pub const NAMES: &[&str] = &["ddim"];
+pub const NAMES: &[&str] =
+    &["ddim", "pndm", "euler", "euler-a", "heun", "lms", "dpm++2m", "dpm++2m-karras", "dpm++2m-sde-karras", "unipc", "lcm"];
 
 /// The name AUTOMATIC1111 shows for a sampler (its PNG `parameters` use these).
 pub fn display_name(name: &str) -> &str {
@@ -94,6 +105,16 @@ pub fn default_for(config: &SchedulerConfig) -> Option<&'static str> {
 pub fn by_name(name: &str, config: &SchedulerConfig, file: &str, steps: usize) -> Result<Box<dyn Scheduler>> {
     match name {
         "ddim" => Ok(Box::new(Ddim::new(config, file, steps)?)),
+        "pndm" => Ok(Box::new(pndm::Pndm::new(config, file, steps)?)),
+        "euler" => Ok(Box::new(euler::Euler::new(config, file, steps)?)),
+        "euler-a" => Ok(Box::new(euler_ancestral::EulerAncestral::new(config, file, steps)?)),
+        "heun" => Ok(Box::new(heun::Heun::new(config, file, steps)?)),
+        "lms" => Ok(Box::new(lms::Lms::new(config, file, steps)?)),
+        "dpm++2m" => Ok(Box::new(dpm_solver::DpmSolver::new(config, file, steps, dpm_solver::DpmVariant::TWO_M)?)),
+        "dpm++2m-karras" => Ok(Box::new(dpm_solver::DpmSolver::new(config, file, steps, dpm_solver::DpmVariant::TWO_M_KARRAS)?)),
+        "dpm++2m-sde-karras" => Ok(Box::new(dpm_solver::DpmSolver::new(config, file, steps, dpm_solver::DpmVariant::TWO_M_SDE_KARRAS)?)),
+        "unipc" => Ok(Box::new(unipc::UniPc::new(config, file, steps)?)),
+        "lcm" => Ok(Box::new(lcm::Lcm::new(config, file, steps)?)),
         other => Err(Error::Unsupported { file: "--scheduler".into(), detail: format!("sampler {other:?} (known: {})", NAMES.join(", ")) }),
     }
 }

@@ -126,7 +126,14 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         let out = name(&args.out);
         std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
         let start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
-        eprintln!("wrote {} ({}x{}, {} {} steps, {start})", out.display(), generation.width, generation.height, generation.scheduler, request.steps);
+        eprintln!(
+            "wrote {} ({}x{}, {} {} steps, {start})",
+            out.display(),
+            generation.width,
+            generation.height,
+            generation.scheduler,
+            request.steps
+        );
     }
     Ok(())
 }

@@ -1,0 +1,157 @@
+//! PLMS (pseudo linear multistep, Liu et al. 2022) as diffusers' `PNDMScheduler` with
+//! `skip_prk_steps` (SD 1.5's default): Adams-Bashforth combinations of up to four
+//! model outputs fed to the DDIM-like transfer of the PNDM paper's formula (9). Its
+//! second model evaluation revisits the first timestep (a Heun-like start), so `n`
+//! steps take `n + 1` evaluations. One or two GPU launches per step.
+
+use std::collections::VecDeque;
+
+use super::config::{Prediction, SchedulerConfig, unsupported};
+use super::sigmas::{numpy_arange_down, numpy_linspace};
+use super::{Noise, Scheduler};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+
+pub struct Pndm {
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    timesteps: Vec<f64>,
+    /// `num_train_timesteps // steps`, the distance between timesteps.
+    step_ratio: i64,
+    prediction: Prediction,
+    /// The latest model outputs, oldest first (at most four).
+    ets: VecDeque<Tensor>,
+    /// The sample of the first step, which the second step restarts from.
+    first_sample: Option<Tensor>,
+    counter: usize,
+}
+
+impl Pndm {
+    /// `file` names the config in errors. Honours the beta schedule, `set_alpha_to_one`
+    /// (default false here), `timestep_spacing`, `steps_offset` and epsilon /
+    /// v-prediction. `skip_prk_steps` is always on (this sampler is PLMS); like diffusers it
+    /// ignores `rescale_betas_zero_snr`, which this class does not have.
+    pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
+        let prediction = config.prediction(file)?;
+        if prediction == Prediction::Sample {
+            return Err(unsupported(file, "prediction_type \"sample\" with PNDM (diffusers has none)".into()));
+        }
+        let alphas_cumprod = config.alphas_cumprod(file)?;
+        let set_alpha_to_one = config.set_alpha_to_one && config.gives("set_alpha_to_one");
+        let ascending = ascending_timesteps(config, file, steps)?;
+        // PLMS order: all but the last, the second to last again, the last; then reversed.
+        let last = ascending.len() - 1;
+        let plms: Vec<i64> = ascending[..last].iter().chain(ascending[..last].last()).chain([&ascending[last]]).rev().copied().collect();
+        Ok(Self {
+            final_alpha_cumprod: if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
+            alphas_cumprod,
+            timesteps: plms.into_iter().map(|t| t as f64).collect(),
+            step_ratio: (config.num_train_timesteps / steps) as i64,
+            prediction,
+            ets: VecDeque::new(),
+            first_sample: None,
+            counter: 0,
+        })
+    }
+
+    /// `alphas_cumprod[t]` with Python's indexing, which diffusers relies on for the
+    /// timestep -1 that "trailing" spacing gives at some step counts.
+    fn alpha_cumprod(&self, t: i64) -> Result<f32> {
+        let len = self.alphas_cumprod.len() as i64;
+        let index = if t < 0 { t + len } else { t };
+        if !(0..len).contains(&index) {
+            return Err(Error::shape("PNDM step", format!("timestep {t} is outside the {len} training timesteps")));
+        }
+        Ok(self.alphas_cumprod[index as usize])
+    }
+
+    /// `(c_sample, c_output)` of formula (9): `prev = c_sample * sample + c_output * output`,
+    /// scalar math in f32 as diffusers does it on 0-d tensors, folded in f64.
+    fn transfer(&self, timestep: i64, prev_timestep: i64) -> Result<(f64, f64)> {
+        let alpha = self.alpha_cumprod(timestep)?;
+        let alpha_prev = if prev_timestep >= 0 { self.alpha_cumprod(prev_timestep)? } else { self.final_alpha_cumprod };
+        let (beta, beta_prev) = (1.0 - alpha, 1.0 - alpha_prev);
+        let sample_coeff = (alpha_prev / alpha).sqrt() as f64;
+        let denominator = alpha * beta_prev.sqrt() + (alpha * beta * alpha_prev).sqrt();
+        let output_coeff = -((alpha_prev - alpha) as f64) / denominator as f64;
+        Ok(match self.prediction {
+            // The v-prediction becomes epsilon: sqrt(alpha) * v + sqrt(beta) * sample.
+            Prediction::VPrediction => (sample_coeff + output_coeff * beta.sqrt() as f64, output_coeff * alpha.sqrt() as f64),
+            _ => (sample_coeff, output_coeff),
+        })
+    }
+}
+
+/// `PNDMScheduler.set_timesteps`' `_timesteps`, ascending.
+fn ascending_timesteps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Vec<i64>> {
+    let n = config.num_train_timesteps;
+    if steps == 0 || steps > n {
+        return Err(unsupported(file, format!("{steps} inference steps with {n} training timesteps")));
+    }
+    Ok(match config.timestep_spacing.as_str() {
+        "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps).into_iter().map(|t| t.round_ties_even() as i64).collect(),
+        "leading" => (0..steps).map(|i| (i * (n / steps) + config.steps_offset) as i64).collect(),
+        "trailing" => {
+            numpy_arange_down(n as f64, n as f64 / steps as f64).into_iter().rev().map(|t| t.round_ties_even() as i64 - 1).collect()
+        }
+        other => return Err(unsupported(file, format!("timestep_spacing {other:?}"))),
+    })
+}
+
+impl Scheduler for Pndm {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
+
+    fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
+        if step >= self.timesteps.len() {
+            return Err(Error::shape("PNDM step", format!("step {step} of {}", self.timesteps.len())));
+        }
+        if step != self.counter {
+            return Err(Error::shape("PNDM step", format!("steps run in order: expected step {}, got {step}", self.counter)));
+        }
+        let mut timestep = self.timesteps[step] as i64;
+        let mut prev_timestep = timestep - self.step_ratio;
+        if self.counter == 1 {
+            // The second evaluation is at the first step's target: redo that step with
+            // the mean of both outputs.
+            prev_timestep = timestep;
+            timestep += self.step_ratio;
+        } else {
+            if self.ets.len() == 4 {
+                self.ets.pop_front();
+            }
+            self.ets.push_back(model_output.clone());
+        }
+        let newest_first: Vec<&Tensor> = self.ets.iter().rev().collect();
+        let (weights, outputs): (&[f64], Vec<&Tensor>) = match (self.counter, newest_first.len()) {
+            (0, _) => (&[1.0], vec![model_output]),
+            (1, _) => (&[0.5, 0.5], vec![model_output, newest_first[0]]),
+            (_, 2) => (&[3.0 / 2.0, -1.0 / 2.0], newest_first),
+            (_, 3) => (&[23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0], newest_first),
+            _ => (&[55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0], newest_first),
+        };
+        let start = match self.counter {
+            0 => {
+                self.first_sample = Some(sample.clone());
+                sample.clone()
+            }
+            1 => self.first_sample.take().ok_or_else(|| Error::shape("PNDM step", "the first step's sample is gone"))?,
+            _ => sample.clone(),
+        };
+        let (c_sample, c_output) = self.transfer(timestep, prev_timestep)?;
+        let terms: Vec<(f64, &Tensor)> =
+            [(c_sample, &start)].into_iter().chain(weights.iter().zip(outputs).map(|(w, e)| (c_output * w, e))).collect();
+        let prev = super::sigmas::linear_combination(&terms)?;
+        self.counter += 1;
+        Ok(prev)
+    }
+}
