@@ -217,3 +217,47 @@ pub async fn kernels(gpu: &Gpu, full: bool, iterations: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// Times a guided generation step by step (each step waited for), a latent preview
+/// after every step, and the VAE decode; prints the preview's cost relative to a step.
+pub async fn pipeline(gpu: &Gpu, model: &std::path::Path, steps: usize, size: Option<usize>) -> Result<()> {
+    use webdiffusion::loader::{DirFiles, WeightPrecision};
+    use webdiffusion::pipeline::{Control, LatentPreview, Request, StableDiffusion};
+
+    let start = Instant::now();
+    let sd = StableDiffusion::load(gpu, &DirFiles::new(model)?, WeightPrecision::AsStored)?;
+    let load = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let preview = LatentPreview::fit(gpu, sd.vae()).await?;
+    let fit = start.elapsed().as_secs_f64();
+    let request = Request { prompt: "a lighthouse on a cliff at dusk".into(), steps, seed: 1, width: size, height: size, ..Default::default() };
+    let (mut step_times, mut preview_times) = (Vec::new(), Vec::new());
+    let mut last = Instant::now();
+    let generation = sd.generate_with(&request, &mut |progress| {
+        pollster::block_on(gpu.finish())?;
+        step_times.push(last.elapsed().as_secs_f64());
+        let start = Instant::now();
+        drop(preview.project(progress.latents)?);
+        pollster::block_on(gpu.finish())?;
+        preview_times.push(start.elapsed().as_secs_f64());
+        last = Instant::now();
+        Ok(Control::Continue)
+    })?;
+    gpu.finish().await?;
+    let decode_and_rest = last.elapsed().as_secs_f64();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    // The first step also encodes the prompt and compiles the pipelines; report the rest.
+    let steady = if step_times.len() > 1 { &step_times[1..] } else { &step_times[..] };
+    println!("adapter: {} ({})", gpu.info().adapter, gpu.info().backend);
+    println!("model: {} at {}x{}, {} steps, sampler {}", model.display(), generation.width, generation.height, steps, generation.scheduler);
+    println!("| stage | ms |");
+    println!("|---|---:|");
+    println!("| load weights | {:.1} |", load * 1e3);
+    println!("| fit latent preview (once per model) | {:.1} |", fit * 1e3);
+    println!("| first step (prompt encoding, pipeline compilation) | {:.1} |", step_times[0] * 1e3);
+    println!("| denoising step (mean of the others, CFG batch 2) | {:.1} |", mean(steady) * 1e3);
+    println!("| latent preview (mean) | {:.2} |", mean(&preview_times) * 1e3);
+    println!("| VAE decode | {:.1} |", decode_and_rest * 1e3);
+    println!("preview / step = {:.2}%", 100.0 * mean(&preview_times) / mean(steady));
+    Ok(())
+}

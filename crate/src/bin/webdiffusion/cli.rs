@@ -36,6 +36,17 @@ enum BenchTarget {
         #[arg(long, default_value_t = 5)]
         iterations: u32,
     },
+    /// One generation with a diffusers folder: time per denoising step, per latent
+    /// preview and for the VAE decode.
+    Pipeline {
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Image side in pixels (the checkpoint's own size when omitted).
+        #[arg(long)]
+        size: Option<usize>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -49,6 +60,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Generate(args) => crate::generate::run(&gpu, *args).await,
+            Command::Bench { what: BenchTarget::Pipeline { model, steps, size } } => crate::bench::pipeline(&gpu, &model, steps, size).await,
             Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
         }
     });
