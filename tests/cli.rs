@@ -128,3 +128,74 @@ fn several_images_use_successive_seeds_and_previews_come_every_step() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn image_to_image_reproduces_the_diffusers_pipeline() {
+    let outputs = Outputs::load("pipelines");
+    let (latents_out, png) = (temp("img2img.safetensors"), temp("img2img.png"));
+    let model = path("models/sd1-tiny");
+    // The fixture case img2img.ddim-s60: seed 5500, strength 0.6 of 5 DDIM steps.
+    let output = webdiffusion()
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "a photograph of an astronaut riding a horse"])
+        .args(["--negative-prompt", "blurry, low quality, watermark", "--steps", "5", "--guidance", "7.5", "--scheduler", "ddim"])
+        .args(["--seed", "5500", "--strength", "0.6", "--init-image", path("img2img_init.png").to_str().unwrap()])
+        .arg("--save-latents")
+        .arg(&latents_out)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let saved = std::fs::read(&latents_out).unwrap();
+    let saved = safetensors::SafeTensors::deserialize(&saved).unwrap();
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(saved.tensor("latents").unwrap().data());
+    let (want, _) = outputs.f32("img2img.ddim-s60.latents");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 2e-4 * scale), "saved latents differ from diffusers");
+
+    let mut reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap())).read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut pixels).unwrap();
+    let (image, _) = outputs.f32("img2img.ddim-s60.image"); // [1, 3, 16, 16] in [0, 1]
+    let plane = 16 * 16;
+    assert_eq!(pixels.len(), 3 * plane, "the init image's size");
+    for (i, &p) in pixels.iter().enumerate() {
+        let want = (image[(i % 3) * plane + i / 3] * 255.0).round();
+        assert!((p as f32 - want).abs() <= 1.0, "pixel {i}: {p} vs {want}");
+    }
+    let text = &reader.info().uncompressed_latin1_text[0].text;
+    assert!(text.contains("Seed: 5500, Size: 16x16, Model: sd1-tiny, Denoising strength: 0.6"), "{text}");
+    for file in [latents_out, png] {
+        std::fs::remove_file(file).unwrap();
+    }
+}
+
+#[test]
+fn bad_image_input_is_a_message_and_a_failure() {
+    let model = path("models/sd1-tiny");
+    let (init, not_png) = (path("img2img_init.png"), model.join("model_index.json"));
+    let out = temp("never-img2img.png");
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec!["--init-image", "/no/such/image.png"], "/no/such/image.png"),
+        (vec!["--init-image", init.to_str().unwrap(), "--strength", "1.5"], "strength must be in (0, 1]"),
+        (vec!["--init-image", init.to_str().unwrap(), "--width", "32"], "the init image is 16x16"),
+        (vec!["--init-image", not_png.to_str().unwrap()], "model_index.json is not valid"),
+    ];
+    for (args, needle) in cases {
+        let output = webdiffusion()
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--steps", "2"])
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // A mask without an init image is refused before anything runs.
+    let output = webdiffusion().args(["generate", "--model", "m", "--prompt", "x", "--mask", "m.png", "--out", "o.png"]).output().unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--init-image"));
+    assert!(!out.exists());
+}

@@ -204,3 +204,139 @@ fn text_to_image_from_a_seed_matches_diffusers_for_every_sampler() {
     }
     assert!(checked.len() >= 17, "{checked:?}");
 }
+
+#[test]
+fn taesd_previews_decode_like_diffusers() {
+    use webdiffusion::models::taesd::AutoencoderTiny;
+    use webdiffusion::pipeline::Previewer;
+    let gpu = gpu();
+    let files = DirFiles::new(path("models/taesd-tiny")).unwrap();
+    let previewer = Previewer::Taesd(AutoencoderTiny::load(gpu, &files, "", WeightPrecision::AsStored).unwrap());
+    let outputs = Outputs::load("taesd-tiny");
+    let (latents, shape) = outputs.f32("taesd.decode.latents");
+    let (want, want_shape) = outputs.f32("taesd.decode.image");
+    // taesd-tiny's scaling factor is 1, so the preview is diffusers' decode itself.
+    let got = previewer.render(&gpu.upload_f32(&shape, &latents).unwrap()).unwrap();
+    assert_eq!(got.shape(), want_shape.as_slice());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close("TAESD preview", &read(&got), &want, 1e-4 * scale, 0.0);
+}
+
+fn fixture_png(name: &str) -> webdiffusion::image::RgbImage {
+    webdiffusion::image::decode_png(&std::fs::read(path(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn image_to_image_and_inpainting_match_diffusers() {
+    let outputs = Outputs::load("pipelines");
+    let (init, mask) = (fixture_png("img2img_init.png"), fixture_png("inpaint_mask.png"));
+    let mut models = std::collections::HashMap::new();
+    let mut checked = Vec::new();
+    for (name, case) in pipeline_cases(&outputs) {
+        let kind = case["kind"].as_str().unwrap();
+        if !["img2img", "inpaint9", "inpaint4"].contains(&kind) {
+            continue;
+        }
+        let model = case["model"].as_str().unwrap().trim_start_matches("models/").to_string();
+        let sd = models.entry(model.clone()).or_insert_with(|| load(&model));
+        let request = Request {
+            init_image: Some(init.clone()),
+            mask: (kind != "img2img").then(|| mask.clone()),
+            strength: case["strength"].as_f64().unwrap() as f32,
+            ..request_for(&case)
+        };
+        let mut steps = Vec::new();
+        let generation = sd
+            .generate_with(&request, &mut |p| {
+                steps.push((p.timestep, pollster::block_on(p.latents.to_vec())?));
+                Ok(Control::Continue)
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let timesteps: Vec<f64> = steps.iter().map(|(t, _)| *t).collect();
+        assert_eq!(timesteps, outputs.f64(&format!("{name}.timesteps")), "{name}: strength picks the tail of the schedule");
+        // As text to image: the VAE encoder's samples add a few layers, ~1e-6 each.
+        let (want_steps, shape) = outputs.f32(&format!("{name}.step_latents"));
+        let n: usize = shape[1..].iter().product();
+        for (i, (_, got)) in steps.iter().enumerate() {
+            let error = relative_error(got, &want_steps[i * n..(i + 1) * n]);
+            assert!(error < 2e-4, "{name}: step {i} latents differ by {error} of their scale");
+        }
+        let (want, _) = outputs.f32(&format!("{name}.latents"));
+        let error = relative_error(&read(&generation.latents), &want);
+        assert!(error < 2e-4, "{name}: latents differ by {error} of their scale");
+        let (want_image, _) = outputs.f32(&format!("{name}.image"));
+        let image: Vec<f32> = read(&generation.image).iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
+        assert_close(&format!("{name} image"), &image, &want_image, 2e-4, 0.0);
+        if kind == "inpaint4" {
+            // Outside the mask the final latents are the init image's latents exactly.
+            let (image_latents, _) = outputs.f32(&format!("{name}.image_latents"));
+            let (latent_mask, _) = outputs.f32(&format!("{name}.mask_latents"));
+            let kept: Vec<(f32, f32)> = read(&generation.latents)
+                .into_iter()
+                .zip(image_latents)
+                .enumerate()
+                .filter(|(i, _)| latent_mask[i % latent_mask.len()] == 0.0)
+                .map(|(_, pair)| pair)
+                .collect();
+            let (got, want): (Vec<f32>, Vec<f32>) = kept.into_iter().unzip();
+            assert!(relative_error(&got, &want) < 2e-4, "{name}: the known region");
+        }
+        checked.push(name);
+    }
+    assert_eq!(checked.len(), 12, "{checked:?}");
+}
+
+#[test]
+fn bad_image_requests_are_clear_errors() {
+    let sd = load("sd1-tiny");
+    let (init, mask) = (fixture_png("img2img_init.png"), fixture_png("inpaint_mask.png"));
+    let base = Request { prompt: "a cat".into(), steps: 4, init_image: Some(init.clone()), ..Default::default() };
+    for (request, needle) in [
+        (Request { width: Some(32), ..base.clone() }, "the init image is 16x16, the generation 32x16"),
+        (Request { init_image: None, mask: Some(mask.clone()), ..base.clone() }, "a mask needs an init image"),
+        (Request { strength: 0.0, ..base.clone() }, "strength must be in (0, 1]"),
+        (Request { strength: 1.5, ..base.clone() }, "strength must be in (0, 1]"),
+        (Request { strength: 0.2, ..base.clone() }, "runs no step"),
+        (Request { latents: Some(vec![0.0; 256]), ..base.clone() }, "given latents and an init image"),
+        (Request { mask: Some(corner(&mask, 8)), ..base.clone() }, "the mask is 8x8"),
+    ] {
+        let err = sd.generate(&request).err().expect(needle);
+        assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains(needle), "{err}");
+    }
+    let inpainting = load("sd1-inpaint-tiny");
+    assert!(inpainting.is_inpainting_model() && !sd.is_inpainting_model());
+    for request in [Request { mask: None, ..base.clone() }, Request { init_image: None, ..base.clone() }] {
+        let err = inpainting.generate(&request).err().unwrap();
+        assert!(err.to_string().contains("inpainting UNet: it needs an init image and a mask"), "{err}");
+    }
+}
+
+/// The top-left `side` x `side` corner of `image`.
+fn corner(image: &webdiffusion::image::RgbImage, side: usize) -> webdiffusion::image::RgbImage {
+    let pixels = (0..side).flat_map(|y| image.pixels[y * image.width * 3..][..side * 3].to_vec()).collect();
+    webdiffusion::image::RgbImage { width: side, height: side, pixels }
+}
+
+#[test]
+fn image_requests_report_every_step_and_their_strength() {
+    let sd = load("sd1-tiny");
+    let request = Request {
+        prompt: "a cat".into(),
+        steps: 5,
+        scheduler: Some("heun".into()),
+        init_image: Some(fixture_png("img2img_init.png")),
+        strength: 0.6,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let result = sd.generate_with(&request, &mut |p| {
+        seen.push((p.done, p.total));
+        Ok(if p.done == 3 { Control::Cancel } else { Control::Continue })
+    });
+    // Heun: int(5 * 0.6) = 3 steps of two evaluations but the first: 5 from index 4 of 9.
+    assert_eq!(result.err(), Some(Error::Cancelled { done: 3, total: 5 }));
+    assert_eq!(seen, vec![(1, 5), (2, 5), (3, 5)]);
+    let generation = sd.generate(&Request { steps: 2, scheduler: None, ..request.clone() }).unwrap();
+    let parameters = generation.parameters(&Request { steps: 2, ..request }, "sd1-tiny");
+    assert!(parameters.ends_with("Model: sd1-tiny, Denoising strength: 0.6"), "{parameters}");
+}

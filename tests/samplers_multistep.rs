@@ -296,3 +296,12 @@ fn multistep_solvers_refuse_steps_out_of_order() {
     let mut lcm = Lcm::new(&sd15(), "c", 4).unwrap();
     assert!(matches!(lcm.step(&latent, 4, &latent, &mut noise), Err(Error::Shape { .. })));
 }
+
+#[test]
+fn lcm_strength_picks_from_the_start_of_the_distillation_schedule() {
+    // diffusers' LCMScheduler.set_timesteps(steps, strength=...) with 50 original steps.
+    assert_eq!(Lcm::with_strength(&sd15(), "c", 4, 0.5).unwrap().timesteps(), [499.0, 379.0, 259.0, 139.0]);
+    assert_eq!(Lcm::with_strength(&sd15(), "c", 3, 0.7).unwrap().timesteps(), [699.0, 479.0, 239.0]);
+    assert_eq!(Lcm::with_strength(&sd15(), "c", 4, 1.0).unwrap().timesteps(), Lcm::new(&sd15(), "c", 4).unwrap().timesteps());
+    assert_unsupported("too few kept", Lcm::with_strength(&sd15(), "c", 4, 0.06), "at most int(50 * 0.06) = 3");
+}

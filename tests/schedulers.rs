@@ -53,3 +53,59 @@ fn spacing_rules_and_bad_configs() {
     let err = Ddim::new(&config, "scheduler_config.json", 4).err().unwrap();
     assert!(err.to_string().contains("exotic"), "{err}");
 }
+
+/// The scheduler config of SD 1.5 (PNDM, scaled_linear betas, "leading" + offset 1).
+fn sd15() -> SchedulerConfig {
+    let json = r#"{"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": false,
+        "skip_prk_steps": true, "steps_offset": 1, "clip_sample": false, "trained_betas": null}"#;
+    SchedulerConfig::from_json(json, "sd15").unwrap()
+}
+
+#[test]
+fn add_noise_follows_each_family_and_begin_index_starts_later() {
+    use webdiffusion::schedulers::{NAMES, by_name, dpm_solver, euler, euler_ancestral, heun, lms};
+    let gpu = gpu();
+    let config = sd15();
+    let shape = [1, 4, 2, 2];
+    let (x, n) = ([0.5f32, -1.0, 2.0, 0.25].repeat(4), [1.0f32, 0.5, -0.75, -2.0].repeat(4));
+    let (xt, nt) = (gpu.upload_f32(&shape, &x).unwrap(), gpu.upload_f32(&shape, &n).unwrap());
+    let alphas_cumprod = config.alphas_cumprod("sd15").unwrap();
+    let noised = |a: f32, b: f32| -> Vec<f32> { x.iter().zip(&n).map(|(x, n)| a * x + b * n).collect() };
+    for name in NAMES {
+        let mut sampler = by_name(name, &config, "sd15", 5).unwrap();
+        let len = sampler.timesteps().len();
+        assert_eq!(sampler.order(), if *name == "heun" { 2 } else { 1 }, "{name}");
+        // The level of step 2: alphas_cumprod at the timestep (DDPM family), sigma (Euler
+        // family: x + sigma * n), or alpha_t and sigma_t of sigma (multistep solvers).
+        let t = sampler.timesteps()[2] as usize;
+        let want = match *name {
+            "ddim" | "pndm" | "lcm" => noised(alphas_cumprod[t].sqrt(), (1.0 - alphas_cumprod[t]).sqrt()),
+            "euler" => noised(1.0, euler::Euler::new(&config, "sd15", 5).unwrap().sigmas()[2]),
+            "euler-a" => noised(1.0, euler_ancestral::EulerAncestral::new(&config, "sd15", 5).unwrap().sigmas()[2]),
+            "heun" => noised(1.0, heun::Heun::new(&config, "sd15", 5).unwrap().sigmas()[2]),
+            "lms" => noised(1.0, lms::Lms::new(&config, "sd15", 5).unwrap().sigmas()[2]),
+            _ => {
+                let variant = if name.contains("karras") { dpm_solver::DpmVariant::TWO_M_KARRAS } else { dpm_solver::DpmVariant::TWO_M };
+                let sigma = dpm_solver::DpmSolver::new(&config, "sd15", 5, variant).unwrap().sigmas()[2];
+                let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+                noised(alpha, sigma * alpha)
+            }
+        };
+        assert_close(&format!("{name} add_noise"), &read(&sampler.add_noise(&xt, &nt, 2).unwrap()), &want, 1e-6, 1e-6);
+        assert!(sampler.add_noise(&xt, &nt, len).is_err(), "{name}: add_noise past the schedule");
+
+        // Started at index 2, the run takes step 2 first, then 3, and cannot restart.
+        assert!(sampler.set_begin_index(len).is_err(), "{name}: a begin index past the schedule");
+        sampler.set_begin_index(2).unwrap();
+        let mut noise = Noise::new(gpu, 0);
+        let input = sampler.scale_model_input(&xt, 2).unwrap();
+        let sample = sampler.step(&input, 2, &xt, &mut noise).unwrap_or_else(|e| panic!("{name}: {e}"));
+        sampler.step(&input, 3, &sample, &mut noise).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stateful = ["pndm", "heun", "lms", "dpm++2m", "dpm++2m-karras", "dpm++2m-sde-karras", "unipc"].contains(name);
+        if stateful {
+            assert!(sampler.step(&input, 2, &sample, &mut noise).is_err(), "{name}: steps out of order");
+            assert!(sampler.set_begin_index(0).is_err(), "{name}: a begin index after the first step");
+        }
+    }
+}

@@ -1,26 +1,33 @@
 //! Text to image as diffusers' `StableDiffusionPipeline` does it: encode the prompt
 //! and the negative prompt, start from seeded (or given) latents, run the sampler
 //! with classifier-free guidance (or LCM's guidance embedding), decode with the VAE.
+//! Image to image and inpainting (`StableDiffusionImg2ImgPipeline`,
+//! `StableDiffusionInpaintPipeline`) change only where the loop starts and, for
+//! inpainting, what each step sees or keeps: see `img2img` and `inpaint`.
 
+mod img2img;
+mod inpaint;
 mod preview;
 
-pub use preview::LatentPreview;
+use inpaint::Inpainting;
+pub use preview::{LatentPreview, Previewer};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::image::RgbImage;
 use crate::kernels::{elementwise as ew, layout};
 use crate::loader::{ModelFiles, WeightPrecision, read_config};
 use crate::models::clip::ClipTextModel;
 use crate::models::embeddings::guidance_scale_embedding;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKl;
-use crate::schedulers::{self, Noise, SchedulerConfig};
+use crate::schedulers::{self, Noise, Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 
 /// What to generate. `Default` gives diffusers' defaults (50 steps, guidance 7.5,
-/// the checkpoint's sampler, its native size).
+/// the checkpoint's sampler, its native size, strength 0.8 for image to image).
 #[derive(Debug, Clone)]
 pub struct Request {
     pub prompt: String,
@@ -30,8 +37,17 @@ pub struct Request {
     /// A sampler name from `schedulers::NAMES`; `None` for the checkpoint's own.
     pub scheduler: Option<String>,
     pub seed: u64,
+    /// The image size; with an init image, its size when `None` (and it must match when given).
     pub width: Option<usize>,
     pub height: Option<usize>,
+    /// Image to image: start from this image, noised to `strength`.
+    pub init_image: Option<RgbImage>,
+    /// How much of the schedule image to image runs, in (0, 1]: 1 starts from the noisiest
+    /// step (still from the image, unlike text to image).
+    pub strength: f32,
+    /// Inpainting (with `init_image`, of its size): white repaints, black keeps (grey
+    /// from 128 repaints).
+    pub mask: Option<RgbImage>,
     /// Starting latents `[1, C, H/f, W/f]` instead of seeded noise (diffusers' `latents=`).
     pub latents: Option<Vec<f32>>,
     /// Text-encoder layers to skip from the end (0: the last layer).
@@ -49,6 +65,9 @@ impl Default for Request {
             seed: 0,
             width: None,
             height: None,
+            init_image: None,
+            strength: 0.8,
+            mask: None,
             latents: None,
             clip_skip: 0,
         }
@@ -84,6 +103,9 @@ impl Generation {
             self.width,
             self.height,
         ));
+        if request.init_image.is_some() {
+            text.push_str(&format!(", Denoising strength: {}", request.strength));
+        }
         if request.clip_skip > 0 {
             text.push_str(&format!(", Clip skip: {}", request.clip_skip + 1));
         }
@@ -128,6 +150,9 @@ pub struct StableDiffusion {
     scheduler_config: SchedulerConfig,
     scheduler_file: String,
     sample_size: usize,
+    /// A `LatentConsistencyModelPipeline` folder: its image to image is
+    /// `LatentConsistencyModelImg2ImgPipeline`'s, which applies the strength in the sampler.
+    consistency_model: bool,
 }
 
 const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
@@ -140,7 +165,8 @@ fn scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {
     SchedulerConfig::from_json(text, &files.describe(SCHEDULER_CONFIG))
 }
 
-const PIPELINES: [&str; 3] = ["StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionImg2ImgPipeline"];
+const PIPELINES: [&str; 4] =
+    ["StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"];
 
 impl StableDiffusion {
     pub fn load(gpu: &Gpu, files: &dyn ModelFiles, precision: WeightPrecision) -> Result<Self> {
@@ -149,7 +175,7 @@ impl StableDiffusion {
             return Err(Error::Unsupported { file: files.describe("model_index.json"), detail: format!("pipeline {}", index.class_name) });
         }
         let unet_size: UNetSize = read_config(files, "unet/config.json")?;
-        Ok(Self {
+        let sd = Self {
             gpu: gpu.clone(),
             tokenizer: ClipTokenizer::load(files, "tokenizer")?,
             text_encoder: ClipTextModel::load(gpu, files, "text_encoder", precision)?,
@@ -158,7 +184,22 @@ impl StableDiffusion {
             scheduler_config: scheduler_config(files)?,
             scheduler_file: files.describe(SCHEDULER_CONFIG),
             sample_size: unet_size.sample_size.unwrap_or(64),
-        })
+            consistency_model: index.class_name == "LatentConsistencyModelPipeline",
+        };
+        // The latents alone, or (inpainting UNets) with the mask and the masked image's latents.
+        let (unet_in, latent) = (sd.unet.config().in_channels, sd.vae.config().latent_channels);
+        if unet_in != latent && unet_in != 2 * latent + 1 {
+            let detail =
+                format!("UNet in_channels {unet_in} with {latent} latent channels (only {latent}, or {} to inpaint)", 2 * latent + 1);
+            return Err(Error::Unsupported { file: files.describe("unet/config.json"), detail });
+        }
+        Ok(sd)
+    }
+
+    /// Whether the UNet is an inpainting UNet (mask and masked image as extra input
+    /// channels): it needs an init image and a mask.
+    pub fn is_inpainting_model(&self) -> bool {
+        self.unet.config().in_channels != self.vae.config().latent_channels
     }
 
     /// The latent grid's downsampling factor (8 for SD).
@@ -192,13 +233,17 @@ impl StableDiffusion {
     pub fn generate_with(&self, request: &Request, on_step: &mut dyn FnMut(&Progress) -> Result<Control>) -> Result<Generation> {
         let gpu = &self.gpu;
         let (width, height) = self.size(request)?;
-        let factor = self.vae_scale_factor();
-        let latent_shape = [1, self.unet.config().in_channels, height / factor, width / factor];
+        img2img::check_request(request, width, height)?;
+        if self.is_inpainting_model() && request.mask.is_none() {
+            return Err(Error::shape("generate", "this is an inpainting UNet: it needs an init image and a mask"));
+        }
         let scheduler_name = match &request.scheduler {
             Some(name) => name.clone(),
             None => self.default_scheduler()?.to_string(),
         };
-        let mut scheduler = schedulers::by_name(&scheduler_name, &self.scheduler_config, &self.scheduler_file, request.steps)?;
+        let sampler =
+            img2img::Sampler { config: &self.scheduler_config, file: &self.scheduler_file, consistency_model: self.consistency_model };
+        let (mut scheduler, begin) = sampler.build(request, &scheduler_name)?;
 
         // LCM-distilled UNets take the guidance as an embedding instead of a second pass.
         let guidance_embedding = self.unet.config().time_cond_proj_dim;
@@ -209,20 +254,19 @@ impl StableDiffusion {
             None => None,
         };
 
-        // One generator serves the initial noise and then the sampler, as in diffusers.
+        // One generator serves the initial noise (and the VAE samples) and then the
+        // sampler, as in diffusers.
         let mut noise = Noise::new(gpu, request.seed);
-        let start = match &request.latents {
-            Some(values) if values.len() != latent_shape.iter().product::<usize>() => {
-                return Err(Error::shape("generate", format!("the given latents must be {latent_shape:?} for a {width}x{height} image")));
-            }
-            Some(values) => gpu.upload_f32(&latent_shape, values)?,
-            None => noise.randn(&latent_shape)?,
-        };
-        let mut latents = ew::scale(gpu, &start, scheduler.init_noise_sigma())?;
-        let timesteps = scheduler.timesteps().to_vec();
-        for (step, &t) in timesteps.iter().enumerate() {
+        let (mut latents, inpainting) = self.start(request, scheduler.as_ref(), begin, cfg, (width, height), &mut noise)?;
+        let timesteps = scheduler.timesteps()[begin..].to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let step = begin + i;
             let input = if cfg { layout::concat(gpu, &[&latents, &latents], 0)? } else { latents.clone() };
             let input = scheduler.scale_model_input(&input, step)?;
+            let input = match &inpainting {
+                Some(inpainting) => inpainting.unet_input(&input)?,
+                None => input,
+            };
             let prediction = self.unet.forward(&input, t as f32, &context, timestep_cond.as_ref())?;
             let prediction = if cfg {
                 let [uncond, text] = [0, 1].map(|i| layout::narrow(gpu, &prediction, 0, i, 1));
@@ -231,13 +275,58 @@ impl StableDiffusion {
                 prediction
             };
             latents = scheduler.step(&prediction, step, &latents, &mut noise)?;
-            let progress = Progress { done: step + 1, total: timesteps.len(), timestep: t, latents: &latents };
+            if let Some(inpainting) = &inpainting {
+                latents = inpainting.after_step(scheduler.as_ref(), &latents, step)?;
+            }
+            let progress = Progress { done: i + 1, total: timesteps.len(), timestep: t, latents: &latents };
             if on_step(&progress)? == Control::Cancel {
-                return Err(Error::Cancelled { done: step + 1, total: timesteps.len() });
+                return Err(Error::Cancelled { done: i + 1, total: timesteps.len() });
             }
         }
         let image = self.vae.decode(&ew::scale(gpu, &latents, 1.0 / self.vae.scaling_factor())?)?;
         Ok(Generation { latents, image, scheduler: scheduler_name, width, height })
+    }
+
+    /// The latents entering the loop at `begin` and, for inpainting, what each step adds:
+    /// seeded (or given) noise for text to image, else from the init image and mask.
+    fn start(
+        &self,
+        request: &Request,
+        scheduler: &dyn Scheduler,
+        begin: usize,
+        cfg: bool,
+        (width, height): (usize, usize),
+        noise: &mut Noise,
+    ) -> Result<(Tensor, Option<Inpainting>)> {
+        let gpu = &self.gpu;
+        let factor = self.vae_scale_factor();
+        let latent_shape = [1, self.vae.config().latent_channels, height / factor, width / factor];
+        let (Some(init), mask) = (&request.init_image, &request.mask) else {
+            let start = match &request.latents {
+                Some(values) if values.len() != latent_shape.iter().product::<usize>() => {
+                    let detail = format!("the given latents must be {latent_shape:?} for a {width}x{height} image");
+                    return Err(Error::shape("generate", detail));
+                }
+                Some(values) => gpu.upload_f32(&latent_shape, values)?,
+                None => noise.randn(&latent_shape)?,
+            };
+            return Ok((ew::scale(gpu, &start, scheduler.init_noise_sigma())?, None));
+        };
+        let Some(mask) = mask else {
+            let image = img2img::upload_image(gpu, init)?;
+            return Ok((img2img::start(&self.vae, scheduler, begin, &image, noise)?, None));
+        };
+        let setup = inpaint::Setup {
+            gpu,
+            vae: &self.vae,
+            scheduler,
+            begin,
+            strength: request.strength,
+            inpainting_unet: self.is_inpainting_model(),
+            cfg,
+        };
+        let (latents, inpainting) = inpaint::start(&setup, init, mask, noise)?;
+        Ok((latents, Some(inpainting)))
     }
 
     /// `[negative; positive]` embeddings with guidance, else the prompt's alone.
@@ -251,9 +340,11 @@ impl StableDiffusion {
         self.text_encoder.encode(&ids, request.clip_skip)
     }
 
+    /// The request's size; an init image's own when it names none.
     fn size(&self, request: &Request) -> Result<(usize, usize)> {
         let default = self.default_size();
-        let (width, height) = (request.width.unwrap_or(default), request.height.unwrap_or(default));
+        let (default_width, default_height) = request.init_image.as_ref().map_or((default, default), |image| (image.width, image.height));
+        let (width, height) = (request.width.unwrap_or(default_width), request.height.unwrap_or(default_height));
         // The UNet halves the latent grid once per down block after the first.
         let multiple = self.vae_scale_factor() * (1 << (self.unet.config().block_out_channels.len() - 1));
         if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {

@@ -4,8 +4,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
 use crate::kernels::matmul::{MatmulOptions, matmul};
+use crate::models::taesd::AutoencoderTiny;
 use crate::models::vae::AutoencoderKl;
 use crate::rng::TorchGenerator;
 
@@ -14,6 +16,24 @@ pub struct LatentPreview {
     weight: Tensor, // [3, C]
     bias: Tensor,   // [3]
     channels: usize,
+}
+
+/// How step previews are drawn: the fitted linear map (nearly free, latent resolution)
+/// or TAESD (a tiny decoder, full resolution, still far cheaper than a step).
+pub enum Previewer {
+    Linear(LatentPreview),
+    Taesd(AutoencoderTiny),
+}
+
+impl Previewer {
+    /// The preview of the sampler's `latents` as an image `[B, 3, H, W]` in about [-1, 1].
+    pub fn render(&self, latents: &Tensor) -> Result<Tensor> {
+        match self {
+            Previewer::Linear(map) => map.project(latents),
+            // Like diffusers with TAESD as the VAE: decode(latents / scaling_factor).
+            Previewer::Taesd(taesd) => taesd.decode(&ew::scale(latents.gpu(), latents, 1.0 / taesd.scaling_factor())?),
+        }
+    }
 }
 
 /// Latent pixels the fit decodes: a 16x16 grid is plenty for C+1 unknowns per colour

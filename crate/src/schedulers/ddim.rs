@@ -3,7 +3,7 @@
 //! Rust math, the combination one GPU launch.
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
-use super::{Noise, Scheduler, spaced_timesteps};
+use super::{Noise, Scheduler, add_noise_at_alpha, spaced_timesteps, timestep_at};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise as ew;
@@ -69,9 +69,16 @@ impl Scheduler for Ddim {
     }
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
-        let timestep =
-            *self.timesteps.get(step).ok_or_else(|| Error::shape("DDIM step", format!("step {step} of {}", self.timesteps.len())))?;
-        let (cx, cm) = self.coefficients(timestep as usize)?;
+        let (cx, cm) = self.coefficients(timestep_at(&self.timesteps, step, "DDIM step")? as usize)?;
         ew::axpby(sample.gpu(), cx, sample, cm, model_output, None)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        let timestep = timestep_at(&self.timesteps, step, "DDIM add_noise")? as usize;
+        let alpha = *self
+            .alphas_cumprod
+            .get(timestep)
+            .ok_or_else(|| Error::shape("DDIM add_noise", format!("timestep {timestep} is past the schedule")))?;
+        add_noise_at_alpha(original, noise, alpha)
     }
 }

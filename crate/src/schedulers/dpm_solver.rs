@@ -4,8 +4,8 @@
 //! order; each step is one launch for the data prediction and one or two for the update.
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
-use super::multistep::{Schedule, Solver, alpha_sigma, check_order, combine, data_prediction, lambda};
-use super::{Noise, Scheduler};
+use super::multistep::{Schedule, Solver, add_noise_at_sigma, alpha_sigma, combine, data_prediction, lambda};
+use super::{Noise, Scheduler, StepCursor};
 use crate::error::Result;
 use crate::gpu::Tensor;
 
@@ -37,7 +37,7 @@ pub struct DpmSolver {
     final_sigma_zero: bool,
     /// The data prediction of the step before, once there is one.
     previous: Option<Tensor>,
-    next_step: usize,
+    cursor: StepCursor,
 }
 
 /// One update `c_sample * sample + c_current * x0 + c_previous * x0_prev + c_noise * z`.
@@ -80,7 +80,7 @@ impl DpmSolver {
             euler_at_final: config.euler_at_final,
             final_sigma_zero: config.final_sigmas_type == "zero",
             previous: None,
-            next_step: 0,
+            cursor: StepCursor::default(),
         })
     }
 
@@ -149,7 +149,7 @@ impl Scheduler for DpmSolver {
     }
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor> {
-        check_order("DPM-Solver step", step, self.next_step, self.schedule.timesteps.len())?;
+        self.cursor.advance("DPM-Solver step", step, self.schedule.timesteps.len())?;
         let x0 = data_prediction(self.prediction, model_output, sample, self.schedule.sigmas[step])?;
         // Drawn on every step, the last included, as diffusers does.
         let z = if self.sde { Some(noise.randn(model_output.shape())?) } else { None };
@@ -161,7 +161,16 @@ impl Scheduler for DpmSolver {
         terms.extend(z.as_ref().map(|z| (update.noise, z)));
         let prev_sample = combine(&terms)?;
         self.previous = Some(x0);
-        self.next_step += 1;
         Ok(prev_sample)
+    }
+
+    /// Started later, the first step is first order (no previous prediction yet), and
+    /// `lower_order_final` still looks at the whole schedule, as in diffusers.
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index, self.schedule.timesteps.len())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        add_noise_at_sigma(&self.schedule, original, noise, step, "DPM-Solver add_noise")
     }
 }

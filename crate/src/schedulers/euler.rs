@@ -89,4 +89,8 @@ impl Scheduler for Euler {
         let dt = (self.sigmas[step + 1] - sigma) as f64;
         sigmas::linear_combination(&[(1.0 + dt * a, sample), (dt * b, model_output)])
     }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
+    }
 }

@@ -81,4 +81,8 @@ impl Scheduler for EulerAncestral {
         let fresh = noise.randn(model_output.shape())?;
         sigmas::linear_combination(&[(1.0 + dt * a, sample), (dt * b, model_output), (sigma_up as f64, &fresh)])
     }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
+    }
 }

@@ -5,7 +5,7 @@
 
 use super::config::{Prediction, SchedulerConfig};
 use super::sigmas::{self, Reschedule, TrainSigmas};
-use super::{Noise, Scheduler};
+use super::{Noise, Scheduler, StepCursor};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise::{self as ew, Unary};
@@ -19,7 +19,7 @@ pub struct Heun {
     init_noise_sigma: f32,
     /// After a prediction: where it started, its derivative and its dt.
     first: Option<FirstOrder>,
-    next_step: usize,
+    cursor: StepCursor,
 }
 
 struct FirstOrder {
@@ -66,7 +66,7 @@ impl Heun {
             sigmas,
             prediction,
             first: None,
-            next_step: 0,
+            cursor: StepCursor::default(),
         })
     }
 
@@ -135,9 +135,7 @@ impl Scheduler for Heun {
     }
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
-        if step != self.next_step {
-            return Err(Error::shape("Heun step", format!("steps run in order: expected step {}, got {step}", self.next_step)));
-        }
+        self.cursor.advance("Heun step", step, self.timesteps.len())?;
         // The prediction evaluates the model at this sigma, and so does the correction
         // (there the sigma it steps to, which the schedule repeats at this index).
         let sigma = self.sigma(step)?;
@@ -162,7 +160,21 @@ impl Scheduler for Heun {
                 ])?
             }
         };
-        self.next_step += 1;
         Ok(prev)
+    }
+
+    /// Each step of the nominal schedule is a prediction and a correction.
+    fn order(&self) -> usize {
+        2
+    }
+
+    /// diffusers' begin index `t_start * 2` lands on the second copy of a timestep, where
+    /// a prediction starts (and at the first, index 0): no correction is pending there.
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index, self.timesteps.len())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
     }
 }

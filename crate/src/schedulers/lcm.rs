@@ -5,8 +5,8 @@
 //! every step but the last. The guidance embedding (`timestep_cond`) is the pipeline's job.
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
-use super::{Noise, Scheduler};
-use crate::error::{Error, Result};
+use super::{Noise, Scheduler, add_noise_at_alpha, timestep_at};
+use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::kernels::elementwise::{self as ew, Unary};
 
@@ -23,6 +23,13 @@ impl Lcm {
     /// `file` names the config in errors. Keys the file does not set take LCMScheduler's
     /// defaults (scaled_linear betas 0.00085..0.012, `clip_sample` false).
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
+        Self::with_strength(config, file, steps, 1.0)
+    }
+
+    /// `LatentConsistencyModelImg2ImgPipeline`'s sampler: `set_timesteps(steps, strength=...)`
+    /// picks all `steps` from the first `int(original_inference_steps * strength)` timesteps
+    /// of the distillation schedule, instead of skipping steps as the other pipelines do.
+    pub fn with_strength(config: &SchedulerConfig, file: &str, steps: usize, strength: f64) -> Result<Self> {
         let mut config = config.clone();
         if !config.gives("beta_start") {
             config.beta_start = 0.00085;
@@ -41,7 +48,7 @@ impl Lcm {
         }
         Ok(Self {
             alphas_cumprod: config.alphas_cumprod(file)?,
-            timesteps: lcm_timesteps(&config, file, steps)?,
+            timesteps: lcm_timesteps(&config, file, steps, strength)?,
             timestep_scaling: config.timestep_scaling as f32,
             prediction: config.prediction(file)?,
             clip_sample: config.clip_sample.then_some(config.clip_sample_range as f32),
@@ -66,8 +73,10 @@ impl Lcm {
 
 /// LCMScheduler's `set_timesteps(steps)`: the distillation schedule `k - 1, 2k - 1, ...`
 /// with `k = num_train_timesteps / original_inference_steps`, reversed, then `steps` of them
-/// at evenly spaced indices. `timestep_spacing` and `steps_offset` play no part.
-fn lcm_timesteps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Vec<f64>> {
+/// at evenly spaced indices. `timestep_spacing` and `steps_offset` play no part. A
+/// `strength` below 1 keeps the first `int(original_inference_steps * strength)` of that
+/// schedule (the least noisy ones) to pick from.
+fn lcm_timesteps(config: &SchedulerConfig, file: &str, steps: usize, strength: f64) -> Result<Vec<f64>> {
     let (n, original) = (config.num_train_timesteps, config.original_inference_steps);
     if original == 0 || original > n {
         return Err(unsupported(file, format!("original_inference_steps {original} with {n} training timesteps")));
@@ -75,10 +84,14 @@ fn lcm_timesteps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<V
     if steps == 0 || steps > original {
         return Err(unsupported(file, format!("{steps} LCM steps (1 to original_inference_steps = {original})")));
     }
+    let kept = (original as f64 * strength) as usize;
+    if kept < steps {
+        return Err(unsupported(file, format!("{steps} LCM steps at strength {strength} (at most int({original} * {strength}) = {kept})")));
+    }
     let k = n / original;
-    let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
+    let origin: Vec<usize> = (1..=kept).rev().map(|i| i * k - 1).collect();
     // np.floor(np.linspace(0, len, steps, endpoint=False)).
-    let stride = original as f64 / steps as f64;
+    let stride = kept as f64 / steps as f64;
     Ok((0..steps).map(|i| origin[(i as f64 * stride).floor() as usize] as f64).collect())
 }
 
@@ -96,8 +109,7 @@ impl Scheduler for Lcm {
     }
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor> {
-        let timestep =
-            *self.timesteps.get(step).ok_or_else(|| Error::shape("LCM step", format!("step {step} of {}", self.timesteps.len())))?;
+        let timestep = timestep_at(&self.timesteps, step, "LCM step")?;
         let last = step + 1 == self.timesteps.len();
         let prev_timestep = if last { timestep } else { self.timesteps[step + 1] };
         let alpha = self.alphas_cumprod[timestep as usize];
@@ -128,5 +140,10 @@ impl Scheduler for Lcm {
         };
         self.denoised = Some(denoised);
         Ok(prev_sample)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        let timestep = timestep_at(&self.timesteps, step, "LCM add_noise")? as usize;
+        add_noise_at_alpha(original, noise, self.alphas_cumprod[timestep])
     }
 }

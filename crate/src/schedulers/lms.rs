@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use super::config::{Prediction, SchedulerConfig};
 use super::sigmas::{self, Reschedule, TrainSigmas};
-use super::{Noise, Scheduler};
+use super::{Noise, Scheduler, StepCursor};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 
@@ -21,7 +21,7 @@ pub struct Lms {
     init_noise_sigma: f32,
     /// The latest derivatives, oldest first.
     derivatives: VecDeque<Tensor>,
-    next_step: usize,
+    cursor: StepCursor,
 }
 
 impl Lms {
@@ -51,7 +51,7 @@ impl Lms {
             sigmas,
             prediction,
             derivatives: VecDeque::new(),
-            next_step: 0,
+            cursor: StepCursor::default(),
         })
     }
 
@@ -97,9 +97,7 @@ impl Scheduler for Lms {
     }
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
-        if step != self.next_step {
-            return Err(Error::shape("LMS step", format!("steps run in order: expected step {}, got {step}", self.next_step)));
-        }
+        self.cursor.advance("LMS step", step, self.timesteps.len())?;
         let sigma = self.sigma(step)?;
         let derivative = match sigmas::derivative_coefficients(self.prediction, sigma, sigma) {
             (0.0, 1.0) => model_output.clone(),
@@ -109,14 +107,23 @@ impl Scheduler for Lms {
             self.derivatives.pop_front();
         }
         self.derivatives.push_back(derivative);
-        let order = self.derivatives.len();
+        // diffusers takes the order from the step index, not from the derivatives it has:
+        // started past step 0 (image to image), the first steps weight their few derivatives
+        // with the coefficients of a higher order, as here.
+        let order = (step + 1).min(ORDER);
         // The newest derivative goes with the node at this step, the oldest with the earliest.
         let terms: Vec<(f64, &Tensor)> = [(1.0, sample)]
             .into_iter()
             .chain(self.derivatives.iter().rev().enumerate().map(|(k, d)| (lms_coefficient(&self.sigmas, order, step, k), d)))
             .collect();
-        let prev = sigmas::linear_combination(&terms)?;
-        self.next_step += 1;
-        Ok(prev)
+        sigmas::linear_combination(&terms)
+    }
+
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index, self.timesteps.len())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
     }
 }

@@ -21,6 +21,7 @@ use config::unsupported;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::kernels::elementwise as ew;
 use crate::rng::TorchGenerator;
 
 /// A sampling run over a fixed list of timesteps.
@@ -34,6 +35,69 @@ pub trait Scheduler {
     /// The latents after `step`, given the model's output there. Ancestral and SDE
     /// samplers draw their fresh noise from `noise`, as diffusers does from its generator.
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor>;
+    /// diffusers' `order`: the model evaluations per step of the nominal schedule (Heun's
+    /// 2, the others' 1). Image to image skips `t_start * order` of the timesteps.
+    fn order(&self) -> usize {
+        1
+    }
+    /// Starts the run at `timesteps()[index]` instead of the first (diffusers'
+    /// `set_begin_index`, which image to image calls): the first `step` is then `index`.
+    /// Only before the first step. Samplers that keep state between steps override it.
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        check_begin_index(index, self.timesteps().len(), false)
+    }
+    /// `original` noised to the level of `timesteps()[step]` with `noise` (diffusers'
+    /// `add_noise`, as the pipelines call it at the begin index and, for inpainting with
+    /// a 4-channel UNet, after each step at the next one).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor>;
+}
+
+/// A begin index must name a timestep and come before the first step.
+pub(super) fn check_begin_index(index: usize, len: usize, started: bool) -> Result<()> {
+    if index >= len {
+        return Err(Error::shape("set_begin_index", format!("index {index} is past the {len} timesteps")));
+    }
+    if started {
+        return Err(Error::shape("set_begin_index", "the run has started: the begin index comes before the first step"));
+    }
+    Ok(())
+}
+
+/// The step a stateful sampler accepts next: steps run in order from the begin index.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StepCursor {
+    next: usize,
+    started: bool,
+}
+
+impl StepCursor {
+    /// `Scheduler::set_begin_index` for a sampler with `len` timesteps.
+    pub fn begin_at(&mut self, index: usize, len: usize) -> Result<()> {
+        check_begin_index(index, len, self.started)?;
+        self.next = index;
+        Ok(())
+    }
+
+    /// Accepts `step` of `len` if it is the next one, and moves on.
+    pub fn advance(&mut self, op: &'static str, step: usize, len: usize) -> Result<()> {
+        if step != self.next || step >= len {
+            return Err(Error::shape(op, format!("step {step} out of order: expected step {} of {len}", self.next)));
+        }
+        self.next += 1;
+        self.started = true;
+        Ok(())
+    }
+}
+
+/// The forward process of DDPM-style schedulers (DDIM, PNDM, LCM): `sqrt(a) * x +
+/// sqrt(1 - a) * noise` with `a = alphas_cumprod[t]`, the coefficients in f32 as torch.
+pub(super) fn add_noise_at_alpha(original: &Tensor, noise: &Tensor, alpha_cumprod: f32) -> Result<Tensor> {
+    ew::axpby(original.gpu(), alpha_cumprod.sqrt(), original, (1.0 - alpha_cumprod).sqrt(), noise, None)
+}
+
+/// `timesteps[step]`, or a clear error for a step past them.
+pub(super) fn timestep_at(timesteps: &[f64], step: usize, op: &'static str) -> Result<f64> {
+    timesteps.get(step).copied().ok_or_else(|| Error::shape(op, format!("step {step} of {}", timesteps.len())))
 }
 
 /// Gaussian noise on the GPU drawn as `torch.randn(shape, generator=...)` would draw it
@@ -50,6 +114,12 @@ impl Noise {
 
     pub fn randn(&mut self, shape: &[usize]) -> Result<Tensor> {
         self.gpu.upload_f32(shape, &self.generator.randn(shape.iter().product()))
+    }
+
+    /// Draws noise of `shape` and drops it: keeps the generator where diffusers' is after
+    /// a draw whose result goes unused.
+    pub fn skip(&mut self, shape: &[usize]) {
+        self.generator.randn(shape.iter().product());
     }
 }
 

@@ -128,12 +128,14 @@ pub(super) fn combine(terms: &[(f32, &Tensor)]) -> Result<Tensor> {
     linear_combination(&terms.iter().map(|&(c, t)| (f64::from(c), t)).collect::<Vec<_>>())
 }
 
-/// Steps must run in order: the solvers keep the previous model outputs.
-pub(super) fn check_order(op: &'static str, step: usize, expected: usize, total: usize) -> Result<()> {
-    if step != expected || step >= total {
-        return Err(Error::shape(op, format!("step {step} out of order: expected step {expected} of {total}")));
+/// `add_noise` of the multistep solvers: `alpha_t * original + sigma_t * noise` at the
+/// step's sigma.
+pub(super) fn add_noise_at_sigma(schedule: &Schedule, original: &Tensor, noise: &Tensor, step: usize, op: &'static str) -> Result<Tensor> {
+    if step >= schedule.timesteps.len() {
+        return Err(Error::shape(op, format!("step {step} of {}", schedule.timesteps.len())));
     }
-    Ok(())
+    let (alpha_t, sigma_t) = alpha_sigma(schedule.sigmas[step]);
+    ew::axpby(original.gpu(), alpha_t, original, sigma_t, noise, None)
 }
 
 /// DPM-Solver's `lambda_min_clipped`: the number of training timesteps whose lambda is at

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::sigmas::{numpy_arange_down, numpy_linspace};
-use super::{Noise, Scheduler};
+use super::{Noise, Scheduler, add_noise_at_alpha, timestep_at};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 
@@ -23,6 +23,10 @@ pub struct Pndm {
     ets: VecDeque<Tensor>,
     /// The sample of the first step, which the second step restarts from.
     first_sample: Option<Tensor>,
+    /// The index of the first step run (diffusers' pipelines pass PNDM the tail of its
+    /// timesteps and it counts from there).
+    begin: usize,
+    /// Steps run so far.
     counter: usize,
 }
 
@@ -50,6 +54,7 @@ impl Pndm {
             prediction,
             ets: VecDeque::new(),
             first_sample: None,
+            begin: 0,
             counter: 0,
         })
     }
@@ -115,8 +120,9 @@ impl Scheduler for Pndm {
         if step >= self.timesteps.len() {
             return Err(Error::shape("PNDM step", format!("step {step} of {}", self.timesteps.len())));
         }
-        if step != self.counter {
-            return Err(Error::shape("PNDM step", format!("steps run in order: expected step {}, got {step}", self.counter)));
+        if step != self.begin + self.counter {
+            let expected = self.begin + self.counter;
+            return Err(Error::shape("PNDM step", format!("steps run in order: expected step {expected}, got {step}")));
         }
         let mut timestep = self.timesteps[step] as i64;
         let mut prev_timestep = timestep - self.step_ratio;
@@ -153,5 +159,19 @@ impl Scheduler for Pndm {
         let prev = super::sigmas::linear_combination(&terms)?;
         self.counter += 1;
         Ok(prev)
+    }
+
+    /// diffusers' PNDM has no `set_begin_index`: image to image runs it on the tail of its
+    /// timesteps, and its warm-up (the Heun-like restart, the growing Adams-Bashforth
+    /// order) starts over there, as here.
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        super::check_begin_index(index, self.timesteps.len(), self.counter > 0)?;
+        self.begin = index;
+        Ok(())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        let timestep = timestep_at(&self.timesteps, step, "PNDM add_noise")? as i64;
+        add_noise_at_alpha(original, noise, self.alpha_cumprod(timestep)?)
     }
 }

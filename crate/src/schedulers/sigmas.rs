@@ -234,6 +234,11 @@ pub(super) fn scale_model_input(sample: &Tensor, sigma: f32) -> Result<Tensor> {
     ew::scale(sample.gpu(), sample, 1.0 / (sigma * sigma + 1.0).sqrt())
 }
 
+/// The Euler family's forward process: `original + sigma * noise`.
+pub(super) fn add_noise_at_sigma(original: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
+    ew::axpby(original.gpu(), 1.0, original, sigma, noise, None)
+}
+
 /// `sigmas[index]`, or a clear error for a step past the schedule.
 pub(super) fn sigma_at(sigmas: &[f32], index: usize, op: &'static str) -> Result<f32> {
     sigmas.get(index).copied().ok_or_else(|| Error::shape(op, format!("step {index} is past the {} sigmas", sigmas.len())))

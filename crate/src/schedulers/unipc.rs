@@ -6,8 +6,8 @@
 //! launch for the model output conversion and one or two per update.
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
-use super::multistep::{Schedule, Solver, alpha_sigma, check_order, combine, data_prediction, lambda, noise_prediction};
-use super::{Noise, Scheduler};
+use super::multistep::{Schedule, Solver, add_noise_at_sigma, alpha_sigma, combine, data_prediction, lambda, noise_prediction};
+use super::{Noise, Scheduler, StepCursor};
 use crate::error::Result;
 use crate::gpu::Tensor;
 
@@ -24,7 +24,7 @@ pub struct UniPc {
     /// The (corrected) sample the last predictor started from, and that predictor's order.
     last_sample: Option<(Tensor, usize)>,
     lower_order_nums: usize,
-    next_step: usize,
+    cursor: StepCursor,
 }
 
 /// The scalars the predictor and corrector share for a step from sigma `s0` to sigma `t`:
@@ -80,7 +80,7 @@ impl UniPc {
             outputs: Vec::new(),
             last_sample: None,
             lower_order_nums: 0,
-            next_step: 0,
+            cursor: StepCursor::default(),
         })
     }
 
@@ -192,7 +192,7 @@ impl Scheduler for UniPc {
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
         let steps = self.schedule.timesteps.len();
-        check_order("UniPC step", step, self.next_step, steps)?;
+        self.cursor.advance("UniPC step", step, steps)?;
         // Converted with the sample before correction, as diffusers does.
         let model_t = self.convert(model_output, sample, step)?;
         let sample = match &self.last_sample {
@@ -208,8 +208,17 @@ impl Scheduler for UniPc {
         let prev_sample = self.predict(&sample, step, order)?;
         self.last_sample = Some((sample, order));
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.order);
-        self.next_step += 1;
         Ok(prev_sample)
+    }
+
+    /// Started later, the first step has no corrector and a first-order predictor (the
+    /// warm-up counts from there), as in diffusers.
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index, self.schedule.timesteps.len())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        add_noise_at_sigma(&self.schedule, original, noise, step, "UniPC add_noise")
     }
 }
 

@@ -220,24 +220,36 @@ pub async fn kernels(gpu: &Gpu, full: bool, iterations: u32) -> Result<()> {
 
 /// Times a guided generation step by step (each step waited for), a latent preview
 /// after every step, and the VAE decode; prints the preview's cost relative to a step.
-pub async fn pipeline(gpu: &Gpu, model: &std::path::Path, steps: usize, size: Option<usize>) -> Result<()> {
+pub async fn pipeline(
+    gpu: &Gpu,
+    model: &std::path::Path,
+    steps: usize,
+    size: Option<usize>,
+    taesd: Option<&std::path::Path>,
+) -> Result<()> {
     use webdiffusion::loader::{DirFiles, WeightPrecision};
-    use webdiffusion::pipeline::{Control, LatentPreview, Request, StableDiffusion};
+    use webdiffusion::models::taesd::AutoencoderTiny;
+    use webdiffusion::pipeline::{Control, LatentPreview, Previewer, Request, StableDiffusion};
 
     let start = Instant::now();
     let sd = StableDiffusion::load(gpu, &DirFiles::new(model)?, WeightPrecision::AsStored)?;
     let load = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let preview = LatentPreview::fit(gpu, sd.vae()).await?;
+    let preview = match taesd {
+        Some(dir) => Previewer::Taesd(AutoencoderTiny::load(gpu, &DirFiles::new(dir)?, "", WeightPrecision::AsStored)?),
+        None => Previewer::Linear(LatentPreview::fit(gpu, sd.vae()).await?),
+    };
     let fit = start.elapsed().as_secs_f64();
-    let request = Request { prompt: "a lighthouse on a cliff at dusk".into(), steps, seed: 1, width: size, height: size, ..Default::default() };
+    let preview_kind = if taesd.is_some() { "TAESD" } else { "linear map" };
+    let request =
+        Request { prompt: "a lighthouse on a cliff at dusk".into(), steps, seed: 1, width: size, height: size, ..Default::default() };
     let (mut step_times, mut preview_times) = (Vec::new(), Vec::new());
     let mut last = Instant::now();
     let generation = sd.generate_with(&request, &mut |progress| {
         pollster::block_on(gpu.finish())?;
         step_times.push(last.elapsed().as_secs_f64());
         let start = Instant::now();
-        drop(preview.project(progress.latents)?);
+        drop(preview.render(progress.latents)?);
         pollster::block_on(gpu.finish())?;
         preview_times.push(start.elapsed().as_secs_f64());
         last = Instant::now();
@@ -253,10 +265,10 @@ pub async fn pipeline(gpu: &Gpu, model: &std::path::Path, steps: usize, size: Op
     println!("| stage | ms |");
     println!("|---|---:|");
     println!("| load weights | {:.1} |", load * 1e3);
-    println!("| fit latent preview (once per model) | {:.1} |", fit * 1e3);
+    println!("| set up the {preview_kind} preview (once per model) | {:.1} |", fit * 1e3);
     println!("| first step (prompt encoding, pipeline compilation) | {:.1} |", step_times[0] * 1e3);
     println!("| denoising step (mean of the others, CFG batch 2) | {:.1} |", mean(steady) * 1e3);
-    println!("| latent preview (mean) | {:.2} |", mean(&preview_times) * 1e3);
+    println!("| {preview_kind} preview (mean) | {:.2} |", mean(&preview_times) * 1e3);
     println!("| VAE decode | {:.1} |", decode_and_rest * 1e3);
     println!("preview / step = {:.2}%", 100.0 * mean(&preview_times) / mean(steady));
     Ok(())

@@ -46,6 +46,9 @@ enum BenchTarget {
         /// Image side in pixels (the checkpoint's own size when omitted).
         #[arg(long)]
         size: Option<usize>,
+        /// Preview with this TAESD (AutoencoderTiny) folder instead of the linear map.
+        #[arg(long)]
+        taesd: Option<std::path::PathBuf>,
     },
 }
 
@@ -60,7 +63,9 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Generate(args) => crate::generate::run(&gpu, *args).await,
-            Command::Bench { what: BenchTarget::Pipeline { model, steps, size } } => crate::bench::pipeline(&gpu, &model, steps, size).await,
+            Command::Bench { what: BenchTarget::Pipeline { model, steps, size, taesd } } => {
+                crate::bench::pipeline(&gpu, &model, steps, size, taesd.as_deref()).await
+            }
             Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
         }
     });

@@ -1,12 +1,13 @@
 //! `webdiffusion generate`: one image from a diffusers folder, written as PNG with
-//! its parameters; optional starting latents in and final latents out (safetensors).
+//! its parameters; optional starting latents in and final latents out (safetensors),
+//! or an init image (image to image) and a mask (inpainting) as PNG.
 
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::gpu::Gpu;
-use webdiffusion::image::{encode_png, from_decoded};
+use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
 use webdiffusion::loader::{DirFiles, WeightPrecision};
 use webdiffusion::pipeline::{Control, LatentPreview, Progress, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
@@ -38,6 +39,16 @@ pub struct GenerateArgs {
     /// Starting latents: a safetensors file with one f32 tensor `latents` [1, 4, H/8, W/8].
     #[arg(long)]
     latents: Option<PathBuf>,
+    /// Image to image: start from this PNG (its size unless --width/--height say so,
+    /// which must then match).
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// How much of the schedule image to image runs, in (0, 1] (diffusers' default 0.8).
+    #[arg(long, requires = "init_image")]
+    strength: Option<f32>,
+    /// Inpainting: a PNG of the init image's size, white where to repaint.
+    #[arg(long, requires = "init_image")]
+    mask: Option<PathBuf>,
     /// Write the final latents (before VAE decoding) here, as tensor `latents`.
     #[arg(long)]
     save_latents: Option<PathBuf>,
@@ -72,6 +83,14 @@ fn read_latents(path: &Path) -> Result<Vec<f32>> {
     Ok(bytemuck::pod_collect_to_vec(view.data()))
 }
 
+fn read_png(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    decode_png(&bytes).map_err(|e| match e {
+        Error::Format { detail, .. } => Error::Format { file: path.display().to_string(), detail },
+        other => other,
+    })
+}
+
 fn write_latents(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
     let bytes: &[u8] = bytemuck::cast_slice(values);
     let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(|e| io_error(path, e))?;
@@ -93,6 +112,8 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     let first_seed = args.seed.unwrap_or_else(random_seed);
     let model = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
+    let init_image = args.init_image.as_deref().map(read_png).transpose()?;
+    let mask = args.mask.as_deref().map(read_png).transpose()?;
     for index in 0..args.count {
         let seed = first_seed + index;
         let request = Request {
@@ -105,6 +126,9 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
             width: args.width,
             height: args.height,
             latents: latents.clone(),
+            init_image: init_image.clone(),
+            strength: args.strength.unwrap_or(Request::default().strength),
+            mask: mask.clone(),
             clip_skip: args.clip_skip,
         };
         let name = |path: &Path| numbered(path, index, args.count);
@@ -125,7 +149,10 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         let png = encode_png(&image[0], Some(&generation.parameters(&request, &model)))?;
         let out = name(&args.out);
         std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
-        let start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
+        let mut start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
+        if request.init_image.is_some() {
+            start.push_str(&format!(", strength {}", request.strength));
+        }
         eprintln!(
             "wrote {} ({}x{}, {} {} steps, {start})",
             out.display(),
