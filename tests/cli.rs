@@ -63,6 +63,10 @@ fn generate_reproduces_the_diffusers_pipeline() {
     }
     let text = &reader.info().uncompressed_latin1_text[0];
     assert_eq!(text.keyword, "parameters");
+    // The model hash is the start of the UNet file's SHA-256, as coreutils computes it.
+    let sha256sum = Command::new("sha256sum").arg(model.join("unet/diffusion_pytorch_model.safetensors")).output().unwrap();
+    let hash = String::from_utf8(sha256sum.stdout).unwrap()[..10].to_string();
+    assert!(text.text.contains(&format!("Model hash: {hash}, Model: sd2-tiny")), "{}", text.text);
     assert!(text.text.starts_with("a photograph of an astronaut riding a horse\nSteps: 3, Sampler: DDIM, CFG scale: 7.5"), "{}", text.text);
     for file in [latents_in, latents_out, png] {
         std::fs::remove_file(file).unwrap();

@@ -337,6 +337,6 @@ fn image_requests_report_every_step_and_their_strength() {
     assert_eq!(result.err(), Some(Error::Cancelled { done: 3, total: 5 }));
     assert_eq!(seen, vec![(1, 5), (2, 5), (3, 5)]);
     let generation = sd.generate(&Request { steps: 2, scheduler: None, ..request.clone() }).unwrap();
-    let parameters = generation.parameters(&Request { steps: 2, ..request }, "sd1-tiny");
-    assert!(parameters.ends_with("Model: sd1-tiny, Denoising strength: 0.6"), "{parameters}");
+    let parameters = generation.parameters(&Request { steps: 2, ..request }, "sd1-tiny", Some("0123456789"));
+    assert!(parameters.ends_with("Model hash: 0123456789, Model: sd1-tiny, Denoising strength: 0.6"), "{parameters}");
 }

@@ -19,6 +19,14 @@ pub fn component_file(component: &str, name: &str) -> String {
     if component.is_empty() { name.to_string() } else { format!("{component}/{name}") }
 }
 
+/// The short model hash AUTOMATIC1111 shows ("Model hash"): the first 10 hex digits
+/// of the SHA-256 of the UNet's weights file, which is what makes a checkpoint itself.
+pub fn model_hash(files: &dyn ModelFiles) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(files.read(&Weights::file_of(files, "unet")?)?);
+    Ok(digest.iter().take(5).map(|b| format!("{b:02x}")).collect())
+}
+
 /// Parses the JSON config at `path` inside the model.
 pub fn read_config<T: DeserializeOwned>(files: &dyn ModelFiles, path: &str) -> Result<T> {
     let bytes = files.read(path)?;

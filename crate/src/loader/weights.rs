@@ -39,10 +39,16 @@ const FILE_NAMES: [&str; 4] =
 impl Weights {
     /// The weights of one component folder (`unet`, `vae`, `text_encoder`).
     pub fn load(gpu: &Gpu, files: &dyn ModelFiles, component: &str, precision: WeightPrecision) -> Result<Self> {
-        let path = FILE_NAMES.iter().map(|name| component_file(component, name)).find(|path| files.exists(path)).ok_or_else(|| {
-            Error::Io { path: files.describe(component), detail: format!("no weights file (looked for {})", FILE_NAMES.join(", ")) }
-        })?;
+        let path = Self::file_of(files, component)?;
         Self::from_bytes(gpu, files.describe(&path), files.read(&path)?, precision)
+    }
+
+    /// The path of a component's weights file (the first of diffusers' names present).
+    pub fn file_of(files: &dyn ModelFiles, component: &str) -> Result<String> {
+        FILE_NAMES.iter().map(|name| component_file(component, name)).find(|path| files.exists(path)).ok_or_else(|| Error::Io {
+            path: files.describe(component),
+            detail: format!("no weights file (looked for {})", FILE_NAMES.join(", ")),
+        })
     }
 
     /// Parses a whole safetensors file; `file` names it in errors.

@@ -89,20 +89,25 @@ pub struct Generation {
 impl Generation {
     /// How the image was made, in the AUTOMATIC1111 `parameters` convention, so tools
     /// that read those PNGs can show and repeat it.
-    pub fn parameters(&self, request: &Request, model: &str) -> String {
+    /// `model_hash` is `loader::model_hash` (AUTOMATIC1111's short checkpoint hash).
+    pub fn parameters(&self, request: &Request, model: &str, model_hash: Option<&str>) -> String {
         let mut text = request.prompt.clone();
         if !request.negative_prompt.is_empty() {
             text.push_str(&format!("\nNegative prompt: {}", request.negative_prompt));
         }
         let seed = if request.latents.is_some() { "given latents".to_string() } else { request.seed.to_string() };
         text.push_str(&format!(
-            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}",
+            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}",
             request.steps,
             schedulers::display_name(&self.scheduler),
             request.guidance_scale,
             self.width,
             self.height,
         ));
+        if let Some(hash) = model_hash {
+            text.push_str(&format!(", Model hash: {hash}"));
+        }
+        text.push_str(&format!(", Model: {model}"));
         if request.init_image.is_some() {
             text.push_str(&format!(", Denoising strength: {}", request.strength));
         }

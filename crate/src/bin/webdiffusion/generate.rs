@@ -111,6 +111,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     };
     let first_seed = args.seed.unwrap_or_else(random_seed);
     let model = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let model_hash = webdiffusion::loader::model_hash(&files)?;
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
     let init_image = args.init_image.as_deref().map(read_png).transpose()?;
     let mask = args.mask.as_deref().map(read_png).transpose()?;
@@ -146,7 +147,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
             write_latents(&name(path), generation.latents.shape(), &generation.latents.to_vec().await?)?;
         }
         let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
-        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model)))?;
+        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model, Some(&model_hash))))?;
         let out = name(&args.out);
         std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
         let mut start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
