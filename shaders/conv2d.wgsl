@@ -3,8 +3,12 @@
 // with k = (c, ky, kx) flattened like the weight's [OC, C, KH, KW] layout. The patch
 // (im2col) matrix is never stored: each K step gathers its BK x BN slice straight from
 // the input into workgroup memory, zero outside the image (that is the padding).
+// A launch may use a block of a larger weight (input channels in_start.., output channels
+// out_start..): w_offset and w_stride locate it, so a convolution can be summed over
+// input-channel chunks or computed by output-channel chunks without copying weights.
 // Defines: W_F16 (weight stored as packed f16), BIAS (a bias binding), BIAS_F16 (it is packed f16),
-//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16).
+//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
+//          ACCUMULATE (add to the output's contents instead of overwriting them).
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -40,6 +44,10 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     k: u32,             // C * KH * KW
+    w_offset: u32,      // weight element of (output channel 0, input channel 0, tap 0)
+    w_stride: u32,      // weight elements per output channel (all its input channels)
+    bias_offset: u32,   // bias element of output channel 0
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -70,10 +78,10 @@ fn load_bias(i: u32) -> f32 { return 0.0; }
 var<workgroup> a_tile: array<tile_t, BK * A_STRIDE>; // weight slice, [k][oc]
 var<workgroup> b_tile: array<tile_t, BK * BN>;       // patch slice, [k][pixel]
 
-// weight[oc, k], zero past the matrix edges.
+// weight[oc, k] of this launch's block, zero past the block's edges.
 fn weight_at(oc: u32, k: u32) -> f32 {
     if (oc >= p.out_channels || k >= p.k) { return 0.0; }
-    return load_w(oc * p.k + k);
+    return load_w(p.w_offset + oc * p.w_stride + k);
 }
 
 // patch[k, pixel] for the output pixel at (oy, ox): the input value under kernel tap k,
@@ -141,10 +149,14 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let oc = oc0 + ty + i * THREADS;
         if (oc >= p.out_channels) { continue; }
         let row = (batch * p.out_channels + oc) * pixels;
-        let b = load_bias(oc);
+        let b = load_bias(p.bias_offset + oc);
         for (var j = 0u; j < BLOCK; j++) {
             let n = pixel0 + tx + j * THREADS;
+#ifdef ACCUMULATE
+            if (n < pixels) { out[row + n] = out[row + n] + (acc[i][j] + b); }
+#else
             if (n < pixels) { out[row + n] = acc[i][j] + b; }
+#endif
         }
     }
 }

@@ -1,5 +1,8 @@
 // Row gather: out[r, c] = table[ids[r], c], the token embedding lookup. One
-// invocation per output element. Defines: TABLE_F16 (table stored as packed f16).
+// invocation per output element.
+// Defines: TABLE_F16 (table stored as packed f16); ROW_RANGE (the table binding is the
+// chunk of rows row_start.. of a larger table: only output rows whose id falls in it
+// are written, the others are left as they are).
 #include "common.wgsl"
 
 const WG: u32 = 256u;
@@ -7,8 +10,8 @@ const WG: u32 = 256u;
 struct Params {
     n: u32,           // output elements: ids * dim
     dim: u32,         // row width
-    table_rows: u32,  // at least 1
-    _pad: u32,
+    table_rows: u32,  // rows bound: at least 1
+    row_start: u32,   // ROW_RANGE: the id of the first row bound
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,8 +34,14 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.n) { return; }
     let row = i / p.dim;
     let col = i % p.dim;
+#ifdef ROW_RANGE
+    // Ids below row_start wrap around past table_rows: another chunk's rows.
+    let id = ids[row] - p.row_start;
+    if (id >= p.table_rows) { return; }
+#else
     // Callers reject out-of-range ids on the CPU; the clamp only keeps a bad id
     // from reading past the table.
     let id = min(ids[row], p.table_rows - 1u);
+#endif
     out[i] = load_table(id * p.dim + col);
 }

@@ -10,7 +10,7 @@ use common::{assert_close, gpu, random, read};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::Error;
-use webdiffusion::kernels::gather::gather_rows;
+use webdiffusion::kernels::gather::{gather_rows, gather_rows_chunked, gather_rows_in_range};
 use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::reference::gather as cpu_gather;
@@ -101,11 +101,15 @@ fn assert_close_to_scale(what: &str, got: &[f32], want: &[f32]) {
 }
 
 /// Encodes every fixture prompt in one batch and compares the last hidden state, the
-/// penultimate hidden state (no final norm) and clip_skip 1 (with it).
-fn check_encoder(model: &str) {
+/// penultimate hidden state (no final norm) and clip_skip 1 (with it); with
+/// `embedding_chunk_bytes`, the token embedding table is read in chunks of that size.
+fn check_encoder(model: &str, embedding_chunk_bytes: Option<u64>) {
     let gpu = gpu();
     let files = model_dir(model);
-    let encoder = ClipTextModel::load(gpu, &files, "text_encoder", WeightPrecision::AsStored).unwrap();
+    let mut encoder = ClipTextModel::load(gpu, &files, "text_encoder", WeightPrecision::AsStored).unwrap();
+    if let Some(bytes) = embedding_chunk_bytes {
+        encoder = encoder.with_embedding_chunk_bytes(bytes);
+    }
     let outputs = Outputs::of(model);
     let count = prompts().len();
     let ids: Vec<Vec<u32>> = (0..count).map(|i| outputs.ids(&format!("tokens.{i}"))).collect();
@@ -147,13 +151,22 @@ fn check_encoder(model: &str) {
 
 #[test]
 fn sd1_text_encoder_matches_transformers() {
-    check_encoder("sd1-tiny");
+    check_encoder("sd1-tiny", None);
 }
 
 /// f16 weights on disk and on the GPU; the fixture used the same f16 values in f32 math.
 #[test]
 fn sd2_text_encoder_matches_transformers() {
-    check_encoder("sd2-tiny");
+    check_encoder("sd2-tiny", None);
+}
+
+/// The token embedding table read in 1 MiB chunks: sd1-tiny's f32 table (49408 x 32,
+/// 6.3 MB) in 7, sd2-tiny's f16 one in 4. The gather copies values, so only the chunking
+/// differs from the tests above.
+#[test]
+fn text_encoders_with_a_chunked_embedding_table_match_transformers() {
+    check_encoder("sd1-tiny", Some(1 << 20));
+    check_encoder("sd2-tiny", Some(1 << 20));
 }
 
 #[test]
@@ -307,4 +320,46 @@ fn gather_rows_rejects_bad_inputs() {
     }
     let empty = gpu.upload_f32(&[0, 3], &[]).unwrap();
     assert!(gather_rows(gpu, &empty, &ids).is_err(), "a table without rows");
+}
+
+/// Exact, like the unchunked gather: chunks of whole rows, each bound at an aligned
+/// offset, every id written by the chunk that holds it.
+#[test]
+fn gather_rows_in_chunks_matches_reference() {
+    let gpu = gpu();
+    let alignment = gpu.info().storage_offset_alignment.max(4) as usize;
+    // Rows whose bytes are not a multiple of the alignment (an f16 row of 37 is 74 bytes),
+    // in chunks of about a fifth of the f32 table, yet at least `alignment` rows (more
+    // than the fewest that keep chunks aligned), and not a whole number of rows.
+    for (rows, dim) in [(1000, 37), (333, 64), (50, 1)] {
+        let chunk_bytes = ((rows * dim * 4 / 5).max(alignment * dim * 4) + 4) as u64;
+        let table = random(rows * dim, (rows + dim) as u64, 2.0);
+        let ids: Vec<u32> = (0..154).map(|i| ((i * 7919 + rows - 1) % rows) as u32).collect();
+        let id_tensor = gpu.upload_u32(&[2, 77], &ids).unwrap();
+        let f32_table = gpu.upload_f32(&[rows, dim], &table).unwrap();
+        let got = read(&gather_rows_chunked(gpu, &f32_table, &id_tensor, chunk_bytes).unwrap());
+        assert_eq!(got, cpu_gather::gather_rows(&table, dim, &ids), "f32 table {rows}x{dim} in {chunk_bytes}-byte chunks");
+        let rounded: Vec<f32> = table.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let f16_table = gpu.upload_f32_as_f16(&[rows, dim], &table).unwrap();
+        let got = read(&gather_rows_chunked(gpu, &f16_table, &id_tensor, chunk_bytes).unwrap());
+        assert_eq!(got, cpu_gather::gather_rows(&rounded, dim, &ids), "f16 table {rows}x{dim} in {chunk_bytes}-byte chunks");
+    }
+}
+
+#[test]
+fn a_table_chunk_writes_only_its_own_rows() {
+    let gpu = gpu();
+    let chunk = gpu.upload_f32(&[3, 2], &[10.0, 11.0, 20.0, 21.0, 30.0, 31.0]).unwrap();
+    let ids = gpu.upload_u32(&[5], &[4, 7, 5, 6, 0]).unwrap();
+    let out = gpu.upload_f32(&[5, 2], &[-1.0; 10]).unwrap();
+    // The chunk holds rows 5..8 of a larger table.
+    gather_rows_in_range(gpu, &chunk, 5, &ids, &out).unwrap();
+    assert_eq!(read(&out), [-1.0, -1.0, 30.0, 31.0, 10.0, 11.0, 20.0, 21.0, -1.0, -1.0]);
+    let wrong = gpu.upload_f32(&[5, 3], &[0.0; 15]).unwrap();
+    let err = gather_rows_in_range(gpu, &chunk, 5, &ids, &wrong).unwrap_err();
+    assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("output")), "{err}");
+    // A limit below the fewest rows that keep chunks aligned cannot be met.
+    let table = gpu.upload_f32(&[64, 3], &[0.0; 192]).unwrap();
+    let err = gather_rows_chunked(gpu, &table, &ids, 8).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
 }

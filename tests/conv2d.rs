@@ -5,7 +5,7 @@ mod common;
 use common::{gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::DType;
-use webdiffusion::kernels::conv2d::{Conv2dOptions, conv2d};
+use webdiffusion::kernels::conv2d::{Conv2dOptions, ConvPart, conv2d, conv2d_into};
 use webdiffusion::reference::conv2d as cpu;
 
 /// The GPU sums `C*KH*KW` products in f32 in its own order, so its error grows with the
@@ -226,4 +226,64 @@ fn bad_inputs_are_shape_errors() {
     for (what, result) in cases {
         assert!(matches!(result, Err(Error::Shape { .. })), "{what}: {result:?}");
     }
+}
+
+/// `values` `[N, C, H, W]` restricted to channels `range`.
+fn channel_slice(values: &[f32], [n, c, h, w]: [usize; 4], range: std::ops::Range<usize>) -> Vec<f32> {
+    (0..n).flat_map(|b| values[(b * c + range.start) * h * w..(b * c + range.end) * h * w].iter().copied()).collect()
+}
+
+#[test]
+fn partial_convs_over_channel_chunks_add_up_to_the_whole() {
+    // A conv summed over input channels 0..4 and 4..10 and written as output channels
+    // 0..5 and 5..13, with f16 weight and bias blocks read in place (odd offsets into
+    // packed words), stride 2 and a batch of 2.
+    let gpu = gpu();
+    let x_shape = [2, 10, 9, 11];
+    let w_shape = [13, 10, 3, 3];
+    let x = random(x_shape.iter().product(), 70, 2.0);
+    let (w, w_gpu) = upload(DType::F16, &w_shape, random(w_shape.iter().product(), 71, 0.5));
+    let (bias, bias_gpu) = upload(DType::F16, &[13], random(13, 72, 1.0));
+    let (want, [_, _, out_h, out_w]) = cpu::conv2d(&x, x_shape, &w, w_shape, Some(&bias), 2, [1; 4]);
+    let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+    let (magnitude, _) = cpu::conv2d(&abs(&x), x_shape, &abs(&w), w_shape, Some(&abs(&bias)), 2, [1; 4]);
+    let inputs: Vec<_> = [0..4, 4..10]
+        .into_iter()
+        .map(|range| {
+            let piece = gpu.upload_f32(&[2, range.len(), 9, 11], &channel_slice(&x, x_shape, range.clone())).unwrap();
+            (range.start, piece)
+        })
+        .collect();
+    let out_shape = [2, 13, out_h, out_w];
+    for outputs in [0..5, 5..13] {
+        let out = gpu.empty(&[2, outputs.len(), out_h, out_w], DType::F32).unwrap();
+        for (i, (in_start, piece)) in inputs.iter().enumerate() {
+            let opts = Conv2dOptions { bias: (i == 0).then_some(&bias_gpu), ..Conv2dOptions::new(2, 1) };
+            let part = ConvPart { in_start: *in_start, out_start: outputs.start, accumulate: i > 0 };
+            conv2d_into(gpu, piece, &w_gpu, &opts, part, &out).unwrap();
+        }
+        let bound: Vec<f32> = channel_slice(&magnitude, out_shape, outputs.clone()).iter().map(|m| TOLERANCE * m + ATOL).collect();
+        let want = channel_slice(&want, out_shape, outputs.clone());
+        assert_within(&format!("output channels {outputs:?}"), &read(&out), &want, &bound);
+    }
+}
+
+#[test]
+fn bad_partial_convs_are_shape_errors() {
+    let gpu = gpu();
+    let x = gpu.upload_f32(&[1, 3, 4, 4], &[0.0; 48]).unwrap();
+    let w = gpu.upload_f32(&[5, 6, 3, 3], &[0.0; 270]).unwrap();
+    let opts = Conv2dOptions::new(1, 1);
+    let out = |channels| gpu.empty(&[1, channels, 4, 4], DType::F32).unwrap();
+    let part = |in_start, out_start| ConvPart { in_start, out_start, accumulate: false };
+    let cases = [
+        ("input channels past the weight", conv2d_into(gpu, &x, &w, &opts, part(4, 0), &out(5))),
+        ("output channels past the weight", conv2d_into(gpu, &x, &w, &opts, part(3, 1), &out(5))),
+        ("output of the wrong size", conv2d_into(gpu, &x, &w, &opts, part(0, 0), &gpu.empty(&[1, 5, 3, 4], DType::F32).unwrap())),
+        ("f16 output", conv2d_into(gpu, &x, &w, &opts, part(0, 0), &gpu.empty(&[1, 5, 4, 4], DType::F16).unwrap())),
+    ];
+    for (what, result) in cases {
+        assert!(matches!(result, Err(Error::Shape { .. })), "{what}: {result:?}");
+    }
+    conv2d_into(gpu, &x, &w, &opts, part(3, 1), &out(4)).unwrap();
 }

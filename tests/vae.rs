@@ -55,15 +55,45 @@ fn vae(model: &str) -> AutoencoderKl {
     AutoencoderKl::load(gpu(), &model_dir(model), "vae", WeightPrecision::AsStored).unwrap()
 }
 
-fn vae_matches_diffusers(model: &str) {
+/// Decodes and encodes the fixture inputs; returns the image, mean and log-variance.
+fn vae_matches_diffusers_with(model: &str, vae: &AutoencoderKl, what: &str) -> [Vec<f32>; 3] {
     let gpu = gpu();
-    let vae = vae(model);
     let outputs = Outputs::load(model);
     let image = vae.decode(&upload(gpu, &outputs.f32("vae.decode.latents"))).unwrap();
-    assert_matches(&format!("{model} decode"), &image, &outputs.f32("vae.decode.image"));
+    assert_matches(&format!("{model} decode{what}"), &image, &outputs.f32("vae.decode.image"));
     let (mean, logvar) = vae.encode(&upload(gpu, &outputs.f32("vae.encode.image"))).unwrap();
-    assert_matches(&format!("{model} encode mean"), &mean, &outputs.f32("vae.encode.mean"));
-    assert_matches(&format!("{model} encode logvar"), &logvar, &outputs.f32("vae.encode.logvar"));
+    assert_matches(&format!("{model} encode mean{what}"), &mean, &outputs.f32("vae.encode.mean"));
+    assert_matches(&format!("{model} encode logvar{what}"), &logvar, &outputs.f32("vae.encode.logvar"));
+    [read(&image), read(&mean), read(&logvar)]
+}
+
+fn vae_matches_diffusers(model: &str) {
+    vae_matches_diffusers_with(model, &vae(model), "");
+}
+
+/// Activations over 16 KiB held in channel chunks: in both models the upsampled
+/// activations (e.g. sd1-tiny's 64 channels at 10x14, 35 KiB; sd2-tiny's 32 at 20x28,
+/// 70 KiB) and the encoder's first blocks split, while the mid-block attention's input
+/// (at most 15 KiB) still fits whole as it must. Convs over several input chunks sum in
+/// another order, so the result is close to the unsplit one but not bit-identical.
+fn split_vae_matches_diffusers(model: &str) {
+    let whole = vae_matches_diffusers_with(model, &vae(model), "");
+    let split = vae_matches_diffusers_with(model, &vae(model).with_activation_limit(16 << 10), " in 16 KiB chunks");
+    for (what, (split, whole)) in ["image", "mean", "logvar"].iter().zip(split.iter().zip(&whole)) {
+        assert_ne!(split, whole, "{model} {what}: nothing was split");
+        let scale = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
+        common::assert_close(&format!("{model} {what} split vs whole"), split, whole, 1e-5 * scale, 0.0);
+    }
+}
+
+#[test]
+fn sd1_vae_in_channel_chunks_matches_diffusers() {
+    split_vae_matches_diffusers("sd1-tiny");
+}
+
+#[test]
+fn sd2_vae_in_channel_chunks_matches_diffusers() {
+    split_vae_matches_diffusers("sd2-tiny");
 }
 
 #[test]
@@ -233,29 +263,40 @@ fn log_variance_is_clamped() {
     }
 }
 
-#[test]
-fn too_large_decodes_fail_before_any_work() {
-    let gpu = gpu();
-    let vae = vae("sd1-tiny");
-    let limit = gpu.info().max_storage_binding.min(gpu.info().max_buffer_size);
-    // sd1-tiny upsamples 64 channels to twice the latent size: 1024 bytes per latent pixel.
-    let side = ((limit / 1024) as f64).sqrt() as usize + 1;
-    let expect_too_large = |result: Result<(), Error>, layer: &str| match result {
+fn expect_too_large(result: Result<(), Error>, layer: &str, limit: u64) {
+    match result {
         Err(Error::TooLarge { what, needed, limit: reported }) => {
             assert!(what.contains(layer), "{what}");
             assert!(needed > limit && reported == limit, "{needed} vs {reported}");
         }
-        other => panic!("{other:?}"),
-    };
-    expect_too_large(vae.check_decode_size(gpu, [1, 4, side, side]), "decoder.up_blocks.0.upsamplers.0");
-    expect_too_large(vae.check_decode_size(gpu, [1, 4, 1 << 20, 1 << 20]), "decoder.conv_in");
-    assert!(vae.check_decode_size(gpu, [1, 4, side - 1, side - 1]).is_ok());
-    assert!(vae.check_encode_size(gpu, [1, 3, 1 << 16, 1 << 16]).is_err());
-    // decode itself refuses before queueing work (the latents here are never read).
-    if side * side * 16 <= 64 << 20 {
-        let latents = gpu.empty(&[1, 4, side, side], DType::F32).unwrap();
-        expect_too_large(vae.decode(&latents).map(|_| ()), "decoder.up_blocks.0.upsamplers.0");
+        other => panic!("{layer}: {other:?}"),
     }
+}
+
+#[test]
+fn oversized_activations_split_and_what_cannot_is_refused_before_any_work() {
+    let gpu = gpu();
+    let vae = vae("sd1-tiny");
+    let limit = gpu.info().max_storage_binding.min(gpu.info().max_buffer_size);
+    // sd1-tiny upsamples 64 channels to twice the latent size, 1024 bytes per latent
+    // pixel: past the limit, it is held in chunks of whole 8-channel groups.
+    let side = ((limit / 1024) as f64).sqrt() as usize + 1;
+    vae.check_decode_size(gpu, [1, 4, side, side]).unwrap();
+    // The mid-block attention needs its 64 channels whole: 256 bytes per latent pixel.
+    let side = ((limit / 256) as f64).sqrt() as usize + 1;
+    expect_too_large(vae.check_decode_size(gpu, [1, 4, side, side]), "decoder.mid_block.attentions.0", limit);
+    vae.check_decode_size(gpu, [1, 4, side - 1, side - 1]).unwrap();
+    expect_too_large(vae.check_decode_size(gpu, [1, 4, 1 << 20, 1 << 20]), "latents", limit);
+    assert!(vae.check_encode_size(gpu, [1, 3, 1 << 16, 1 << 16]).is_err());
+
+    // One norm group is the least a chunk holds: sd2-tiny's up_blocks.1 upsamples 32
+    // channels in groups of 4 to 20x28, 8960 bytes a group, over an 8 KiB limit.
+    let small = 8 << 10;
+    let sd2 = self::vae("sd2-tiny").with_activation_limit(small);
+    let latents = gpu.empty(&[1, 4, 5, 7], DType::F32).unwrap();
+    expect_too_large(sd2.check_decode_size(gpu, [1, 4, 5, 7]), "decoder.up_blocks.1.upsamplers.0", small);
+    // decode itself refuses before queueing work (the latents here are never read).
+    expect_too_large(sd2.decode(&latents).map(|_| ()), "decoder.up_blocks.1.upsamplers.0", small);
     let wrong = gpu.upload_f32(&[1, 3, 2, 2], &[0.0; 12]).unwrap();
     assert!(matches!(vae.decode(&wrong), Err(Error::Shape { .. })));
 }

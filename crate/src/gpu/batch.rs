@@ -29,7 +29,8 @@ pub struct Launch<'a> {
 
 struct Dispatch {
     kernel: Arc<Compiled>,
-    buffers: Vec<(wgpu::Buffer, u64)>,
+    /// Each storage binding: the buffer, where the tensor starts in it, and its size.
+    buffers: Vec<(wgpu::Buffer, u64, u64)>,
     uniform_offset: u32,
     uniform_size: u64,
     workgroups: [u32; 3],
@@ -48,6 +49,32 @@ impl Batch {
     }
 }
 
+/// WebGPU tracks a dispatch's buffer usage per buffer, not per range: a buffer written
+/// through one binding may not be bound again in the same dispatch, even as a disjoint
+/// view. Refused here with the launch named, instead of a device validation failure.
+fn check_aliasing(launch: &Launch<'_>) -> Result<()> {
+    for (i, (written, access)) in launch.bindings.iter().enumerate() {
+        if *access != Access::ReadWrite {
+            continue;
+        }
+        if let Some((other, _)) =
+            launch.bindings.iter().enumerate().find(|&(j, (t, _))| j != i && t.shares_storage(written)).map(|(_, b)| b)
+        {
+            return Err(Error::shape(
+                "launch",
+                format!(
+                    "{}:{} writes a {:?} tensor and binds a {:?} tensor of the same storage; give the output its own buffer",
+                    launch.shader,
+                    launch.entry,
+                    written.shape(),
+                    other.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Gpu {
     /// Records a launch; it runs at the next flush (a readback flushes).
     pub fn launch(&self, launch: Launch<'_>) -> Result<()> {
@@ -60,6 +87,7 @@ impl Gpu {
                 limit: info.max_workgroups_per_dim as u64,
             });
         }
+        check_aliasing(&launch)?;
         let mut buffers = Vec::with_capacity(launch.bindings.len());
         for (tensor, _) in launch.bindings {
             let bytes = tensor.byte_len().max(4);
@@ -70,7 +98,7 @@ impl Gpu {
                     limit: info.max_storage_binding,
                 });
             }
-            buffers.push((tensor.buffer().clone(), bytes));
+            buffers.push((tensor.buffer().clone(), tensor.byte_offset(), bytes));
         }
         let key = KernelKey {
             shader: launch.shader,
@@ -174,10 +202,14 @@ impl Gpu {
                         size: NonZeroU64::new(d.uniform_size),
                     }),
                 }];
-                for (i, (buffer, bytes)) in d.buffers.iter().enumerate() {
+                for (i, (buffer, offset, bytes)) in d.buffers.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
                         binding: i as u32 + 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset: 0, size: NonZeroU64::new(*bytes) }),
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: *offset,
+                            size: NonZeroU64::new(*bytes),
+                        }),
                     });
                 }
                 device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })

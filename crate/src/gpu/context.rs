@@ -26,6 +26,9 @@ pub struct GpuInfo {
     pub max_invocations_per_workgroup: u32,
     pub max_storage_buffers_per_stage: u32,
     pub uniform_offset_alignment: u32,
+    /// Where a storage binding may start: tensor views (`Tensor::view_narrow`) begin on a
+    /// multiple of this many bytes.
+    pub storage_offset_alignment: u32,
 }
 
 impl fmt::Display for GpuInfo {
@@ -42,7 +45,8 @@ impl fmt::Display for GpuInfo {
         writeln!(f, "workgroup storage  {} KiB", self.max_workgroup_storage / 1024)?;
         writeln!(f, "workgroups/dim     {}", self.max_workgroups_per_dim)?;
         writeln!(f, "invocations/group  {}", self.max_invocations_per_workgroup)?;
-        write!(f, "storage buffers    {} per stage", self.max_storage_buffers_per_stage)
+        writeln!(f, "storage buffers    {} per stage", self.max_storage_buffers_per_stage)?;
+        write!(f, "storage alignment  {} bytes", self.storage_offset_alignment)
     }
 }
 
@@ -151,6 +155,7 @@ impl Gpu {
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
         };
 
         let fault: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));

@@ -18,7 +18,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.submit_with(|encoder| encoder.copy_buffer_to_buffer(tensor.buffer(), 0, &staging, 0, len));
+        self.submit_with(|encoder| encoder.copy_buffer_to_buffer(tensor.buffer(), tensor.byte_offset(), &staging, 0, len));
 
         let (sender, receiver) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {

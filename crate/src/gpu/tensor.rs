@@ -1,4 +1,5 @@
-//! A tensor on the GPU: a shape, an element type, and a pooled storage buffer.
+//! A tensor on the GPU: a shape, an element type, and a pooled storage buffer, or a
+//! byte range of one (a view).
 
 use std::sync::Arc;
 
@@ -24,6 +25,14 @@ impl DType {
             DType::F16 => 4 * n.div_ceil(2) as u64,
         }
     }
+
+    /// Bytes one element takes inside its storage (f16: half a word).
+    pub fn element_bytes(self) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
 }
 
 pub(super) struct Storage {
@@ -38,9 +47,13 @@ impl Drop for Storage {
     }
 }
 
+/// Cloning shares the storage; so does a view, which keeps it alive (and out of the
+/// pool) for as long as the view lives.
 #[derive(Clone)]
 pub struct Tensor {
     storage: Arc<Storage>,
+    /// Where element 0 lies in the storage buffer, in bytes (0 unless this is a view).
+    offset: u64,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -87,12 +100,68 @@ impl Tensor {
         &self.storage.buffer
     }
 
+    /// Where this tensor's elements start in its storage buffer, in bytes (non-zero for views).
+    pub fn byte_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether `self` and `other` live in the same buffer (one may be a view of the other).
+    pub(super) fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
     /// The same storage seen with another shape of the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::shape("reshape", format!("{:?} cannot become {:?}", self.shape, shape)));
         }
-        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    /// `x.narrow(axis, start, len)` without a copy: a view of the same storage. It exists
+    /// only where the slice is one contiguous byte range whose start the device can bind:
+    /// every dimension before `axis` is 1 (or the slice is the whole tensor), and the start
+    /// is a multiple of the device's `storage_offset_alignment`. Otherwise this is an error
+    /// and `kernels::layout::narrow` makes a copy. A launch must not write a view while
+    /// binding another view of the same storage (WebGPU tracks usage per buffer).
+    pub fn view_narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        const OP: &str = "view_narrow";
+        let shape = &self.shape;
+        if axis >= shape.len() {
+            return Err(Error::shape(OP, format!("axis {axis} is out of range for shape {shape:?}")));
+        }
+        let size = shape[axis];
+        if start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::shape(OP, format!("{start}..{start}+{len} is out of range for axis {axis} of {shape:?}")));
+        }
+        if start == 0 && len == size {
+            return Ok(self.clone());
+        }
+        if shape[..axis].iter().any(|&d| d != 1) {
+            return Err(Error::shape(
+                OP,
+                format!("a slice of axis {axis} of {shape:?} is not contiguous (the dimensions before it are not 1)"),
+            ));
+        }
+        let mut view_shape = shape.clone();
+        view_shape[axis] = len;
+        let inner: usize = shape[axis + 1..].iter().product();
+        if len * inner == 0 {
+            // Nothing to read: where it starts does not matter.
+            return Ok(Tensor { shape: view_shape, ..self.clone() });
+        }
+        let offset = self.offset + (start * inner) as u64 * self.dtype.element_bytes();
+        // Packed f16 starts on a word; every storage alignment is a multiple of 4.
+        let alignment = u64::from(self.gpu().info().storage_offset_alignment).max(4);
+        if !offset.is_multiple_of(alignment) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "elements {start}.. of axis {axis} of {shape:?} start at byte {offset}, not a multiple of the device's storage offset alignment {alignment}"
+                ),
+            ));
+        }
+        Ok(Tensor { offset, shape: view_shape, ..self.clone() })
     }
 }
 
@@ -117,7 +186,7 @@ impl Gpu {
             }),
         };
         self.check()?;
-        Ok(Tensor { storage: Arc::new(Storage { buffer, class, gpu: self.clone() }), shape: shape.to_vec(), dtype })
+        Ok(Tensor { storage: Arc::new(Storage { buffer, class, gpu: self.clone() }), offset: 0, shape: shape.to_vec(), dtype })
     }
 
     pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
@@ -152,7 +221,7 @@ impl Gpu {
         // Pending dispatches may still read the recycled buffer; a queue write would
         // land before them, so they go first.
         if !bytes.is_empty() {
-            self.write_after_pending(|queue| queue.write_buffer(tensor.buffer(), 0, bytes));
+            self.write_after_pending(|queue| queue.write_buffer(tensor.buffer(), tensor.byte_offset(), bytes));
         }
         self.check()?;
         Ok(tensor)

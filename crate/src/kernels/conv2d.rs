@@ -28,6 +28,10 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     k: u32,
+    w_offset: u32,
+    w_stride: u32,
+    bias_offset: u32,
+    _pad: u32,
 }
 
 /// How to convolve: stride, zero padding, an optional bias and the multiply precision.
@@ -101,11 +105,59 @@ fn workgroups(batch: usize, out_channels: usize, pixels: usize) -> [u32; 3] {
     [pixels.div_ceil(TILE_PIXELS), out_channels.div_ceil(TILE_CHANNELS), batch].map(|n| n.min(u32::MAX as usize) as u32)
 }
 
+/// The block of a larger weight a partial convolution (`conv2d_into`) uses, and how it
+/// writes: the input's channels are the weight's input channels `in_start..`, the
+/// output's channels its output channels `out_start..` (and the bias's entries from
+/// `out_start`). Summing parts over input-channel chunks, or writing output-channel
+/// chunks, splits a convolution whose tensors are too large to bind whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvPart {
+    pub in_start: usize,
+    pub out_start: usize,
+    /// Add to the output's contents instead of overwriting them. The bias, if given, is
+    /// added too: pass it with one part of a sum only.
+    pub accumulate: bool,
+}
+
 /// `x` `[N, C, H, W]` f32 convolved with `weight` `[OC, C, KH, KW]` (f32 or packed
 /// f16), plus the optional bias: `[N, OC, OH, OW]` f32.
 pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> Result<Tensor> {
+    let [batch, channels, _, _] = dims4("input", x)?;
+    let [out_channels, weight_channels, _, _] = dims4("weight", weight)?;
+    if weight_channels != channels {
+        return Err(Error::shape(
+            OP,
+            format!("weight {:?} expects {weight_channels} input channels, input {:?} has {channels}", weight.shape(), x.shape()),
+        ));
+    }
+    let (params, [out_h, out_w]) = checked_params(x, weight, opts, ConvPart::default(), out_channels)?;
+    let out = gpu.empty(&[batch, out_channels, out_h, out_w], DType::F32)?;
+    launch(gpu, x, weight, opts, &params, false, &out)?;
+    Ok(out)
+}
+
+/// One part of a convolution, into `out` `[N, OC', OH, OW]` (f32, allocated by the
+/// caller, possibly a view): `x` `[N, C', H, W]` convolved with the block
+/// `weight[part.out_start.., part.in_start..]` of `OC'` output and `C'` input channels,
+/// plus `bias[part.out_start..]` if given; written over `out` or added to it.
+pub fn conv2d_into(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvPart, out: &Tensor) -> Result<()> {
+    let [batch, _, _, _] = dims4("input", x)?;
+    let [_, out_channels, _, _] = dims4("output", out)?;
+    let (params, [out_h, out_w]) = checked_params(x, weight, opts, part, out_channels)?;
+    if out.dtype() != DType::F32 || out.shape() != [batch, out_channels, out_h, out_w] {
+        return Err(Error::shape(
+            OP,
+            format!("output must be f32 [{batch}, {out_channels}, {out_h}, {out_w}], got {:?} {:?}", out.dtype(), out.shape()),
+        ));
+    }
+    launch(gpu, x, weight, opts, &params, part.accumulate, out)
+}
+
+/// Checks the operands of a convolution computing `out_channels` output channels of
+/// `part`, and returns the kernel's parameters and the output's height and width.
+fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvPart, out_channels: usize) -> Result<(Params, [usize; 2])> {
     let [batch, channels, height, width] = dims4("input", x)?;
-    let [out_channels, weight_channels, kernel_h, kernel_w] = dims4("weight", weight)?;
+    let [weight_out, weight_channels, kernel_h, kernel_w] = dims4("weight", weight)?;
     if x.dtype() != DType::F32 {
         return Err(Error::shape(OP, format!("input must be f32, got {:?}", x.dtype())));
     }
@@ -113,21 +165,27 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
     if let Some(bias) = opts.bias {
         bias.is_f16_float(OP)?;
     }
-    if weight_channels != channels {
+    if part.in_start.saturating_add(channels) > weight_channels || part.out_start.saturating_add(out_channels) > weight_out {
         return Err(Error::shape(
             OP,
-            format!("weight {:?} expects {weight_channels} input channels, input {:?} has {channels}", weight.shape(), x.shape()),
+            format!(
+                "input channels {}..{} and output channels {}..{} are not all in weight {:?}",
+                part.in_start,
+                part.in_start.saturating_add(channels),
+                part.out_start,
+                part.out_start.saturating_add(out_channels),
+                weight.shape()
+            ),
         ));
     }
-    if let Some(bias) = opts.bias.filter(|b| b.shape() != [out_channels]) {
-        return Err(Error::shape(OP, format!("bias must be [{out_channels}], got {:?}", bias.shape())));
+    if let Some(bias) = opts.bias.filter(|b| b.shape() != [weight_out]) {
+        return Err(Error::shape(OP, format!("bias must be [{weight_out}], got {:?}", bias.shape())));
     }
     let [out_h, out_w] = output_size(height, width, [kernel_h, kernel_w], opts.stride, opts.padding)?;
-    let out_shape = [batch, out_channels, out_h, out_w];
-    for (what, shape) in [("input", x.shape()), ("weight", weight.shape()), ("output", &out_shape)] {
+    for (what, shape) in [("input", x.shape()), ("weight", weight.shape()), ("output", &[batch, out_channels, out_h, out_w])] {
         check_indexable(what, shape)?;
     }
-    let out = gpu.empty(&out_shape, DType::F32)?;
+    let taps = kernel_h * kernel_w;
     let params = Params {
         channels: channels as u32,
         height: height as u32,
@@ -140,23 +198,32 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
         stride: opts.stride as u32,
         pad_top: opts.padding[0] as u32,
         pad_left: opts.padding[2] as u32,
-        k: (channels * kernel_h * kernel_w) as u32,
+        k: (channels * taps) as u32,
+        // Inside the weight, whose element count check_indexable bounded.
+        w_offset: ((part.out_start * weight_channels + part.in_start) * taps) as u32,
+        w_stride: (weight_channels * taps) as u32,
+        bias_offset: part.out_start as u32,
+        _pad: 0,
     };
+    Ok((params, [out_h, out_w]))
+}
+
+fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: &Params, accumulate: bool, out: &Tensor) -> Result<()> {
     let mut bindings = vec![(x, Access::Read), (weight, Access::Read)];
     bindings.extend(opts.bias.map(|b| (b, Access::Read)));
-    bindings.push((&out, Access::ReadWrite));
+    bindings.push((out, Access::ReadWrite));
+    let [batch, out_channels, out_h, out_w] = [out.shape()[0], params.out_channels as usize, params.out_h as usize, params.out_w as usize];
     gpu.launch(Launch {
         shader: SHADER,
         entry: "conv2d",
-        defines: defines(weight.dtype(), opts.bias.map(Tensor::dtype), opts.f16_math && gpu.has_shader_f16()),
-        params: bytemuck::bytes_of(&params),
+        defines: defines(weight.dtype(), opts.bias.map(Tensor::dtype), opts.f16_math && gpu.has_shader_f16(), accumulate),
+        params: bytemuck::bytes_of(params),
         bindings: &bindings,
         workgroups: workgroups(batch, out_channels, out_h * out_w),
-    })?;
-    Ok(out)
+    })
 }
 
-fn defines(weight: DType, bias: Option<DType>, f16_math: bool) -> Vec<(&'static str, String)> {
+fn defines(weight: DType, bias: Option<DType>, f16_math: bool, accumulate: bool) -> Vec<(&'static str, String)> {
     let mut defines = Vec::new();
     if weight == DType::F16 {
         defines.push(("W_F16", String::new()));
@@ -170,19 +237,23 @@ fn defines(weight: DType, bias: Option<DType>, f16_math: bool) -> Vec<(&'static 
     if f16_math {
         defines.push(("F16_MATH", String::new()));
     }
+    if accumulate {
+        defines.push(("ACCUMULATE", String::new()));
+    }
     defines
 }
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
     let mut keys = Vec::new();
-    for f16_math in [false, true] {
+    for (f16_math, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
         for weight in [DType::F32, DType::F16] {
             for bias in [None, Some(DType::F32), Some(DType::F16)] {
                 let reads = if bias.is_some() { 3 } else { 2 };
                 let mut bindings = vec![Access::Read; reads];
                 bindings.push(Access::ReadWrite);
-                keys.push(KernelKey { shader: SHADER, entry: "conv2d", defines: defines(weight, bias, f16_math), bindings });
+                let defines = defines(weight, bias, f16_math, accumulate);
+                keys.push(KernelKey { shader: SHADER, entry: "conv2d", defines, bindings });
             }
         }
     }

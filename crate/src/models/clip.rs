@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::kernels::attention::{AttentionOptions, MAX_HEAD_DIM, attention};
 use crate::kernels::elementwise::{self as ew, Unary};
-use crate::kernels::gather::gather_rows;
+use crate::kernels::gather::gather_rows_chunked;
 use crate::kernels::layout;
 use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
 
@@ -122,8 +122,11 @@ impl EncoderLayer {
 pub struct ClipTextModel {
     config: ClipTextConfig,
     activation: Unary,
-    /// `[vocab, hidden]` in the storage precision: it is only gathered from.
+    /// `[vocab, hidden]` in the storage precision: it is only gathered from, in row
+    /// chunks where it is larger than a storage binding (CLIP-L/H in f32).
     token_embedding: Tensor,
+    /// The most bytes of the table one gather binds; `None` is the device's limit.
+    embedding_chunk_bytes: Option<u64>,
     /// `[max_positions, hidden]` f32, added to the gathered rows.
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
@@ -145,6 +148,7 @@ impl ClipTextModel {
         let model = Self {
             activation,
             token_embedding: w.get(&p(TOKEN_EMBEDDING), &[config.vocab_size, hidden])?,
+            embedding_chunk_bytes: None,
             position_embedding: w.get_f32(&p("embeddings.position_embedding.weight"), &[config.max_position_embeddings, hidden])?,
             layers: (0..config.num_hidden_layers)
                 .map(|i| EncoderLayer::load(&w, &p(&format!("encoder.layers.{i}")), &config))
@@ -158,6 +162,14 @@ impl ClipTextModel {
 
     pub fn config(&self) -> &ClipTextConfig {
         &self.config
+    }
+
+    /// Reads the token embedding table in row chunks of at most `bytes` (normally the
+    /// device's storage binding limit, and never more). The result is the same; tests
+    /// use a small value to run the chunked gather on small models.
+    pub fn with_embedding_chunk_bytes(mut self, bytes: u64) -> Self {
+        self.embedding_chunk_bytes = Some(bytes);
+        self
     }
 
     /// Token ids as a `[B, S]` u32 tensor, after checking on the CPU that the rows have
@@ -212,7 +224,8 @@ impl ClipTextModel {
         }
         self.check_length(len)?;
         let gpu = ids.gpu();
-        let tokens = gather_rows(gpu, &self.token_embedding, ids)?;
+        let chunk_bytes = self.embedding_chunk_bytes.unwrap_or(gpu.info().max_storage_binding);
+        let tokens = gather_rows_chunked(gpu, &self.token_embedding, ids, chunk_bytes)?;
         let positions = if len == self.config.max_position_embeddings {
             self.position_embedding.clone()
         } else {

@@ -2,28 +2,25 @@
 //! spatial self-attention with a group norm and a residual connection, another resnet;
 //! no time embedding.
 
-use super::ActivationLimit;
+use super::channel_chunks::ChannelChunks;
+use super::layers::{ChunkPlan, Resnet};
 use crate::error::{Error, Result};
-use crate::gpu::Tensor;
 use crate::loader::Weights;
 use crate::models::attention::{Attention, AttentionConfig};
 use crate::models::nn::join;
-use crate::models::resnet::{ResnetBlock2D, ResnetConfig};
 
 /// The VAE's resnets and norms all use this epsilon.
 pub(super) const EPS: f32 = 1e-6;
 
 pub(super) struct MidBlock {
-    prefix: String,
-    first: ResnetBlock2D,
-    attention: Option<Attention>,
-    second: ResnetBlock2D,
+    first: Resnet,
+    /// The attention and its weights' prefix.
+    attention: Option<(Attention, String)>,
+    second: Resnet,
 }
 
 impl MidBlock {
     pub fn load(w: &Weights, prefix: &str, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
-        let resnet =
-            ResnetConfig { in_channels: channels, out_channels: channels, temb_channels: None, groups, eps: EPS, output_scale_factor: 1.0 };
         // diffusers passes attention_head_dim = channels: a single head.
         let attention = AttentionConfig {
             query_dim: channels,
@@ -44,25 +41,31 @@ impl MidBlock {
                 ),
             });
         }
+        let resnet = |name: &str| Resnet::load(w, &join(prefix, name), [channels, channels], groups, EPS);
         Ok(Self {
-            prefix: prefix.to_string(),
-            first: ResnetBlock2D::load(w, &join(prefix, "resnets.0"), &resnet)?,
-            attention: add_attention.then(|| Attention::load(w, &attention_prefix, &attention)).transpose()?,
-            second: ResnetBlock2D::load(w, &join(prefix, "resnets.1"), &resnet)?,
+            first: resnet("resnets.0")?,
+            attention: add_attention
+                .then(|| Attention::load(w, &attention_prefix, &attention).map(|a| (a, attention_prefix)))
+                .transpose()?,
+            second: resnet("resnets.1")?,
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.first.forward(x, None)?;
-        if let Some(attention) = &self.attention {
-            h = attention.forward_spatial(&h)?;
+    pub fn forward(&self, x: &ChannelChunks, plan: &ChunkPlan) -> Result<ChannelChunks> {
+        let mut h = self.first.forward(x, plan)?;
+        if let Some((attention, name)) = &self.attention {
+            // Every position attends to every other across all channels: no channel split.
+            h = ChannelChunks::whole(attention.forward_spatial(&plan.whole(name, &h)?)?)?;
         }
-        self.second.forward(&h, None)
+        self.second.forward(&h, plan)
     }
 
-    /// Every activation has the input's shape (the attention's tokens too, transposed).
-    pub fn check_sizes(&self, x: [usize; 4], limit: &ActivationLimit) -> Result<[usize; 4]> {
-        limit.check(&self.prefix, x)?;
-        Ok(x)
+    /// Every activation has the input's shape; the attention needs it whole.
+    pub fn check_sizes(&self, x: [usize; 4], plan: &ChunkPlan) -> Result<[usize; 4]> {
+        let h = self.first.check(x, plan)?;
+        if let Some((_, name)) = &self.attention {
+            plan.check_whole(name, h)?;
+        }
+        self.second.check(h, plan)
     }
 }

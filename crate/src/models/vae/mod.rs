@@ -1,15 +1,19 @@
 //! diffusers' `AutoencoderKL` (models/autoencoders/autoencoder_kl.py), the Stable
 //! Diffusion VAE: an encoder from images to a diagonal Gaussian over latents and a
 //! decoder back. Both run in f32 activations whatever the weights' storage, which is
-//! what `force_upcast` asks for.
+//! what `force_upcast` asks for. Activations larger than one storage binding (the
+//! decoder's [1, 256, 512, 512] at 512x512) are held and processed in channel chunks.
 
 mod activation_limit;
+mod channel_chunks;
 mod decoder;
 mod distribution;
 mod encoder;
+mod layers;
 mod mid_block;
 
 pub(crate) use activation_limit::ActivationLimit;
+pub use channel_chunks::ChannelChunks;
 pub use distribution::sample_latents;
 
 use serde::Deserialize;
@@ -22,6 +26,7 @@ use crate::kernels::layout;
 use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
 use decoder::Decoder;
 use encoder::Encoder;
+use layers::ChunkPlan;
 
 /// `sample_size` is one side or `[height, width]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -132,6 +137,8 @@ pub struct AutoencoderKl {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     decoder: Decoder,
+    /// Activations over this many bytes are split; `None` is the device's binding limit.
+    activation_limit: Option<u64>,
 }
 
 impl AutoencoderKl {
@@ -150,6 +157,7 @@ impl AutoencoderKl {
                 .then(|| Conv2d::load(&weights, "post_quant_conv", config.latent_channels, config.latent_channels, 1, 1, 0))
                 .transpose()?,
             decoder: Decoder::load(&weights, "decoder", &config)?,
+            activation_limit: None,
             config,
         };
         weights.ensure_all_used()?;
@@ -158,6 +166,18 @@ impl AutoencoderKl {
 
     pub fn config(&self) -> &AutoencoderKlConfig {
         &self.config
+    }
+
+    /// Splits every activation over `bytes` into channel chunks, instead of only those
+    /// over the device's storage binding limit (never more than that). The results are
+    /// the same up to f32 summation order; tests use a small value to split tiny models.
+    pub fn with_activation_limit(mut self, bytes: u64) -> Self {
+        self.activation_limit = Some(bytes);
+        self
+    }
+
+    fn plan(&self, gpu: &Gpu) -> ChunkPlan {
+        ChunkPlan::new(ActivationLimit::of(gpu).at_most(self.activation_limit), self.config.norm_num_groups)
     }
 
     /// The pipeline multiplies encoded latents by this and divides latents by it before `decode`.
@@ -175,7 +195,7 @@ impl AutoencoderKl {
     pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
         let shape = dims4("AutoencoderKl::encode", "image", image, self.config.in_channels)?;
         self.check_encode_size(image.gpu(), shape)?;
-        let mut moments = self.encoder.forward(image)?;
+        let mut moments = self.encoder.forward(image, &self.plan(image.gpu()))?;
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments)?;
         }
@@ -195,20 +215,25 @@ impl AutoencoderKl {
             Some(conv) => conv.forward(latents)?,
             None => latents.clone(),
         };
-        self.decoder.forward(&latents)
+        self.decoder.forward(&latents, &self.plan(latents.gpu()))
     }
 
     /// Fails with `Error::TooLarge`, naming the first layer concerned, when decoding latents
-    /// of `latent_shape` would create an activation larger than one storage binding may be
-    /// (a full-size SD decode needs tiling on WebGPU's default 128 MiB). `decode` calls it
-    /// first; a pipeline can call it before it starts denoising.
+    /// of `latent_shape` would need more than one storage binding where no split helps:
+    /// one norm group of channels over the limit, or the mid-block attention's input, the
+    /// latents or the image over it. (A 512x512 SD decode splits its 256 MiB activations and
+    /// passes.) `decode` calls it first; a pipeline can call it before it starts denoising.
     pub fn check_decode_size(&self, gpu: &Gpu, latent_shape: [usize; 4]) -> Result<()> {
-        self.decoder.check_sizes(latent_shape, &ActivationLimit::of(gpu)).map(|_| ())
+        let plan = self.plan(gpu);
+        plan.check_whole("the latents", latent_shape)?;
+        self.decoder.check_sizes(latent_shape, &plan).map(|_| ())
     }
 
     /// Like `check_decode_size`, for encoding an image of `image_shape`.
     pub fn check_encode_size(&self, gpu: &Gpu, image_shape: [usize; 4]) -> Result<()> {
-        self.encoder.check_sizes(image_shape, &ActivationLimit::of(gpu)).map(|_| ())
+        let plan = self.plan(gpu);
+        plan.check_whole("the image", image_shape)?;
+        self.encoder.check_sizes(image_shape, &plan).map(|_| ())
     }
 }
 
