@@ -216,3 +216,15 @@ async fn whole_pipeline_in_browser_matches_diffusers() {
     let image: Vec<f32> = read(&generation.image).await.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
     assert_close("image", &image, &f32s("pipeline.image"), 1e-4, 0.0);
 }
+
+#[wasm_bindgen_test]
+async fn seeded_noise_in_browser_matches_torch() {
+    use safetensors::SafeTensors;
+    use webdiffusion::rng::TorchGenerator;
+    let fixtures = SafeTensors::deserialize(include_bytes!("fixtures/outputs/rng.safetensors")).unwrap();
+    for (seed, n) in [(42u64, 3usize), (42, 17), (1400, 256), (123456789, 1000)] {
+        let want: Vec<f32> = bytemuck::pod_collect_to_vec(fixtures.tensor(&format!("randn.s{seed}.n{n}")).unwrap().data());
+        // The same tolerance as tests/rng.rs: torch's vectorised log/sin/cos are 1 ulp.
+        assert_close(&format!("seed {seed} n {n}"), &TorchGenerator::new(seed).randn(n), &want, 2e-6, 2e-6);
+    }
+}
