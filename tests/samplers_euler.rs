@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::fixtures::Outputs;
+use common::fixtures::{Outputs, SchedulerCase, scheduler_cases};
 use common::{gpu, read};
-use serde_json::Value;
 use webdiffusion::Error;
 use webdiffusion::schedulers::euler::Euler;
 use webdiffusion::schedulers::euler_ancestral::EulerAncestral;
@@ -48,34 +47,8 @@ const RUN_TOL: f32 = 1e-5;
 /// latent scale. We compute the derivative as the model output directly.
 const HEUN_RUN_TOL: f32 = 3e-5;
 
-struct Case {
-    name: String,
-    sampler: String,
-    config: SchedulerConfig,
-    steps: usize,
-    seed_c: u64,
-    init_noise_sigma: f32,
-}
-
-fn cases(outputs: &Outputs) -> Vec<Case> {
-    let cases: Value = serde_json::from_str(&outputs.metadata("cases").expect("cases metadata")).unwrap();
-    let mut mine: Vec<Case> = cases
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, case)| SAMPLERS.contains(&case["sampler"].as_str().unwrap()))
-        .map(|(name, case)| Case {
-            name: name.clone(),
-            sampler: case["sampler"].as_str().unwrap().to_string(),
-            // The config diffusers saved, `_use_default_values` included: keys it lists
-            // take our class defaults, as they took diffusers'.
-            config: SchedulerConfig::from_json(&case["config"].to_string(), name).unwrap(),
-            steps: case["steps"].as_u64().unwrap() as usize,
-            seed_c: case["seed_c"].as_u64().unwrap(),
-            init_noise_sigma: case["init_noise_sigma"].as_f64().unwrap() as f32,
-        })
-        .collect();
-    mine.sort_by(|a, b| a.name.cmp(&b.name));
+fn cases(outputs: &Outputs) -> Vec<SchedulerCase> {
+    let mine = scheduler_cases(outputs, &SAMPLERS);
     // 5 samplers x 6 bases x 5 step counts, less zsnr for PNDM, Heun and LMS (no such
     // option in diffusers) and "sample" for PNDM and Euler ancestral (diffusers raises).
     assert_eq!(mine.len(), 150 - 25, "cases of our samplers");
@@ -83,7 +56,7 @@ fn cases(outputs: &Outputs) -> Vec<Case> {
 }
 
 /// The sampler and its sigmas (none for PNDM).
-fn build(case: &Case) -> (Box<dyn Scheduler>, Option<Vec<f32>>) {
+fn build(case: &SchedulerCase) -> (Box<dyn Scheduler>, Option<Vec<f32>>) {
     let (config, file, steps) = (&case.config, case.name.as_str(), case.steps);
     match case.sampler.as_str() {
         "pndm" => (Box::new(Pndm::new(config, file, steps).unwrap()), None),

@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::fixtures::{Outputs, path};
+use common::fixtures::{Outputs, SchedulerCase, path, scheduler_cases};
 use common::{assert_close, gpu, read};
-use serde_json::Value;
 use webdiffusion::Error;
 use webdiffusion::schedulers::dpm_solver::{DpmSolver, DpmVariant};
 use webdiffusion::schedulers::lcm::Lcm;
@@ -30,37 +29,15 @@ const ZSNR_SCHEDULE_RTOL: f64 = 2e-6;
 /// sample); over up to 25 dependent steps that stays well under 1e-5 of the latent scale.
 const RUN_TOL: f32 = 1e-5;
 
-struct Case {
-    name: String,
-    sampler: String,
-    config: SchedulerConfig,
-    steps: usize,
-    seed_c: u64,
-}
-
-fn cases(outputs: &Outputs) -> Vec<Case> {
-    let cases: Value = serde_json::from_str(&outputs.metadata("cases").expect("cases metadata")).unwrap();
-    let mut mine: Vec<Case> = cases
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, case)| SAMPLERS.contains(&case["sampler"].as_str().unwrap()))
-        .map(|(name, case)| Case {
-            name: name.clone(),
-            sampler: case["sampler"].as_str().unwrap().to_string(),
-            config: SchedulerConfig::from_json(&case["config"].to_string(), name).unwrap(),
-            steps: case["steps"].as_u64().unwrap() as usize,
-            seed_c: case["seed_c"].as_u64().unwrap(),
-        })
-        .collect();
-    mine.sort_by(|a, b| a.name.cmp(&b.name));
+fn cases(outputs: &Outputs) -> Vec<SchedulerCase> {
+    let mine = scheduler_cases(outputs, &SAMPLERS);
     // 3 DPM samplers x 6 bases x 5 step counts less 2 skipped, 30 UniPC, 10 LCM.
     assert_eq!(mine.len(), 88 + 30 + 10, "cases of our samplers");
     mine
 }
 
 /// The sampler and, for the multistep solvers, its sigmas.
-fn build(case: &Case) -> (Box<dyn Scheduler>, Option<Vec<f32>>) {
+fn build(case: &SchedulerCase) -> (Box<dyn Scheduler>, Option<Vec<f32>>) {
     let (config, file, steps) = (&case.config, case.name.as_str(), case.steps);
     let dpm = |variant| {
         let solver = DpmSolver::new(config, file, steps, variant).unwrap();

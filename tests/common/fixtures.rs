@@ -54,3 +54,37 @@ impl Outputs {
         metadata.metadata().as_ref()?.get(key).cloned()
     }
 }
+
+/// One case of `outputs/schedulers.safetensors` (see tests/fixtures/README.md).
+pub struct SchedulerCase {
+    pub name: String,
+    pub sampler: String,
+    pub config: webdiffusion::schedulers::SchedulerConfig,
+    pub steps: usize,
+    /// The seed of the generator the sampler's step noise comes from.
+    pub seed_c: u64,
+    pub init_noise_sigma: f32,
+}
+
+/// The scheduler fixture cases of `samplers`, sorted by name.
+pub fn scheduler_cases(outputs: &Outputs, samplers: &[&str]) -> Vec<SchedulerCase> {
+    let cases: serde_json::Value = serde_json::from_str(&outputs.metadata("cases").expect("cases metadata")).unwrap();
+    let mut chosen: Vec<SchedulerCase> = cases
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, case)| samplers.contains(&case["sampler"].as_str().unwrap()))
+        .map(|(name, case)| SchedulerCase {
+            name: name.clone(),
+            sampler: case["sampler"].as_str().unwrap().to_string(),
+            // The config diffusers saved, `_use_default_values` included: keys it lists
+            // take our class defaults, as they took diffusers'.
+            config: webdiffusion::schedulers::SchedulerConfig::from_json(&case["config"].to_string(), name).unwrap(),
+            steps: case["steps"].as_u64().unwrap() as usize,
+            seed_c: case["seed_c"].as_u64().unwrap(),
+            init_noise_sigma: case["init_noise_sigma"].as_f64().unwrap() as f32,
+        })
+        .collect();
+    chosen.sort_by(|a, b| a.name.cmp(&b.name));
+    chosen
+}
