@@ -28,9 +28,10 @@ const NETWORKS: [&str; 3] = ["text", "unet", "vae"];
 /// relative per operation, grown through the network's depth.
 /// - text encoder (12 or 23 pre-LN layers) and UNet (~70 layers, K up to 11520 in a
 ///   conv): 1e-4, as for the tiny fixtures; a wrong weight, eps or order costs > 1e-2.
-/// - VAE decoder: also 1e-4. It is deeper in convolutions (30 convs, K up to 4608) and
-///   its group norms reduce over up to 1M elements, but each of those adds at most a few
-///   1e-6 relative error; the measured error is in docs/BENCHMARKS.md.
+/// - VAE decoder: also 1e-4, with no extra allowance. It has more convolutions in a row
+///   (30, K up to 4608) and group norms over up to 1M elements, split into channel chunks
+///   at 512x512, but every one of them sums in f32 and renormalises what it gets, so
+///   rounding does not compound: measured 4e-6 for both models (docs/BENCHMARKS.md).
 const TOLERANCE: [(&str, f32); 3] = [("text", 1e-4), ("unet", 1e-4), ("vae", 1e-4)];
 
 /// The reference file: inputs and diffusers' outputs.
