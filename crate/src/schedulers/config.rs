@@ -136,6 +136,16 @@ impl SchedulerConfig {
     /// Whether the file set `key` (true for every key of a config not read by `from_json`).
     /// A sampler whose diffusers class defaults `key` differently from this struct uses its
     /// own default when this is false.
+    /// A copy whose `timestep_spacing`, when the file does not set it, is `default`: most
+    /// of diffusers' scheduler classes default to "linspace", unlike DDIM's "leading".
+    pub fn with_spacing_default(&self, default: &str) -> Self {
+        let mut config = self.clone();
+        if !config.gives("timestep_spacing") {
+            config.timestep_spacing = default.into();
+        }
+        config
+    }
+
     pub fn gives(&self, key: &str) -> bool {
         self.given.as_ref().is_none_or(|keys| keys.contains(key))
     }

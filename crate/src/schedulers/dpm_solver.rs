@@ -53,10 +53,7 @@ impl DpmSolver {
     /// `file` names the config in errors. Keys the file does not set take
     /// DPMSolverMultistepScheduler's defaults (`timestep_spacing` "linspace").
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize, variant: DpmVariant) -> Result<Self> {
-        let mut config = config.clone();
-        if !config.gives("timestep_spacing") {
-            config.timestep_spacing = "linspace".into();
-        }
+        let config = config.with_spacing_default("linspace");
         let prediction = config.prediction(file)?;
         if config.thresholding {
             return Err(unsupported(file, "thresholding with DPM-Solver".into()));

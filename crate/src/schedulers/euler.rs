@@ -22,10 +22,7 @@ impl Euler {
     /// `use_beta_sigmas` with `sigma_min` / `sigma_max`, `final_sigmas_type`,
     /// `timestep_type`, `rescale_betas_zero_snr` and every `prediction_type`.
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
-        let mut config = config.clone();
-        if !config.gives("timestep_spacing") {
-            config.timestep_spacing = "linspace".into();
-        }
+        let config = config.with_spacing_default("linspace");
         let prediction = config.prediction(file)?;
         let train = TrainSigmas::new(&sigmas::euler_alphas_cumprod(&config, file)?);
         let mut timesteps: Vec<f64> = sigmas::spaced_timesteps_f32(&config, file, steps)?.into_iter().map(f64::from).collect();

@@ -21,10 +21,7 @@ impl EulerAncestral {
     /// `steps_offset`, `rescale_betas_zero_snr` and epsilon / v-prediction; like diffusers
     /// it ignores the sigma reschedules, which this class does not have.
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
-        let mut config = config.clone();
-        if !config.gives("timestep_spacing") {
-            config.timestep_spacing = "linspace".into();
-        }
+        let config = config.with_spacing_default("linspace");
         let prediction = config.prediction(file)?;
         if prediction == Prediction::Sample {
             return Err(unsupported(file, "prediction_type \"sample\" with Euler ancestral (diffusers has none)".into()));

@@ -99,10 +99,7 @@ impl Heun {
 /// HeunDiscreteScheduler's defaults where they differ from [`SchedulerConfig`]'s, and its
 /// extra "exp" beta schedule (`betas_for_alpha_bar` with `exp(-12 t)`), as trained betas.
 fn heun_defaults(config: &SchedulerConfig) -> SchedulerConfig {
-    let mut config = config.clone();
-    if !config.gives("timestep_spacing") {
-        config.timestep_spacing = "linspace".into();
-    }
+    let mut config = config.with_spacing_default("linspace");
     if !config.gives("beta_start") {
         config.beta_start = 0.00085;
     }

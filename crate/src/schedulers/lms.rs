@@ -31,10 +31,7 @@ impl Lms {
     /// between `sigma_min` / `sigma_max` where the file sets them. Like diffusers it ignores
     /// `rescale_betas_zero_snr`, which this class does not have.
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
-        let mut config = config.clone();
-        if !config.gives("timestep_spacing") {
-            config.timestep_spacing = "linspace".into();
-        }
+        let config = config.with_spacing_default("linspace");
         let prediction = config.prediction(file)?;
         let train = TrainSigmas::new(&config.alphas_cumprod(file)?);
         let mut timesteps: Vec<f64> = sigmas::spaced_timesteps_f32(&config, file, steps)?.into_iter().map(f64::from).collect();

@@ -44,10 +44,7 @@ impl UniPc {
     /// `file` names the config in errors. Keys the file does not set take
     /// UniPCMultistepScheduler's defaults (`timestep_spacing` "linspace", `solver_type` "bh2").
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
-        let mut config = config.clone();
-        if !config.gives("timestep_spacing") {
-            config.timestep_spacing = "linspace".into();
-        }
+        let mut config = config.with_spacing_default("linspace");
         if !config.gives("solver_type") {
             config.solver_type = "bh2".into();
         }
