@@ -4,9 +4,10 @@
 // (im2col) matrix is never stored: each K step gathers its BK x BN slice straight from
 // the input into workgroup memory, zero outside the image (that is the padding).
 // A launch may use a block of a larger weight (input channels in_start.., output channels
-// out_start..): w_offset and w_stride locate it, so a convolution can be summed over
+// out_start..): w_first_row and w_first_col locate it, so a convolution can be summed over
 // input-channel chunks or computed by output-channel chunks without copying weights.
-// Defines: W_F16 (weight stored as packed f16), BIAS (a bias binding), BIAS_F16 (it is packed f16),
+// Defines: W_F16 (weight stored as packed f16), WEIGHT_QUANT (a q8 weight, dequantized
+//          while staging; + WEIGHT_Q4 for q4), BIAS (a bias binding), BIAS_F16 (it is packed f16),
 //          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
 //          ACCUMULATE (add to the output's contents instead of overwriting them).
 #ifdef F16_MATH
@@ -44,21 +45,36 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     k: u32,             // C * KH * KW
-    w_offset: u32,      // weight element of (output channel 0, input channel 0, tap 0)
+    w_first_row: u32,   // the weight's row (output channel) of output channel 0
+    w_first_col: u32,   // the element of input channel 0, tap 0 within a weight row
     w_stride: u32,      // weight elements per output channel (all its input channels)
     bias_offset: u32,   // bias element of output channel 0
-    _pad: u32,
+    w_row_words: u32,   // WEIGHT_QUANT: words per weight row (quants and scales)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 
+// Element `col` of weight row `row`.
+#ifdef WEIGHT_QUANT
+#include "quant.wgsl"
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+fn load_w(row: u32, col: u32) -> f32 {
+    let base = row * p.w_row_words;
+    let word = w[base + quant_word(col)];
+    return quant_at(word, col % QUANTS_PER_WORD) * block_scale(w[base + scale_word(p.w_stride, col)], col);
+}
+#else
 #ifdef W_F16
 @group(0) @binding(2) var<storage, read> w: array<u32>;
-fn load_w(i: u32) -> f32 { return f16_word(w[i >> 1u], i); }
+fn load_w(row: u32, col: u32) -> f32 { let i = row * p.w_stride + col; return f16_word(w[i >> 1u], i); }
 #else
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-fn load_w(i: u32) -> f32 { return w[i]; }
+fn load_w(row: u32, col: u32) -> f32 { return w[row * p.w_stride + col]; }
+#endif
 #endif
 
 #ifdef BIAS
@@ -81,8 +97,33 @@ var<workgroup> b_tile: array<tile_t, BK * BN>;       // patch slice, [k][pixel]
 // weight[oc, k] of this launch's block, zero past the block's edges.
 fn weight_at(oc: u32, k: u32) -> f32 {
     if (oc >= p.out_channels || k >= p.k) { return 0.0; }
-    return load_w(p.w_offset + oc * p.w_stride + k);
+    return load_w(p.w_first_row + oc, p.w_first_col + k);
 }
+
+#ifdef WEIGHT_QUANT
+// Stages the weight slice from one word of quants per invocation (QUANTS_PER_WORD
+// consecutive k of one output channel), dequantized in registers. Only for blocks whose
+// first column is a multiple of BK: then each step is word-aligned and within one scale
+// block, and never past the row's end (K is a multiple of 32); columns past the block's
+// own k are zero.
+fn stage_quant_words(lid: u32, k0: u32, oc0: u32) {
+    let words_per_row = BK / QUANTS_PER_WORD;
+    if (lid >= BM * words_per_row) { return; }
+    let m = lid / words_per_row;
+    let k = k0 + (lid % words_per_row) * QUANTS_PER_WORD;
+    var word = 0u;
+    var scale = 0.0;
+    if (oc0 + m < p.out_channels && k < p.k) {
+        let col = p.w_first_col + k;
+        let base = (p.w_first_row + oc0 + m) * p.w_row_words;
+        word = w[base + quant_word(col)];
+        scale = block_scale(w[base + scale_word(p.w_stride, col)], col);
+    }
+    for (var j = 0u; j < QUANTS_PER_WORD; j++) {
+        a_tile[(k - k0 + j) * A_STRIDE + m] = tile_t(select(0.0, quant_at(word, j) * scale, k + j < p.k));
+    }
+}
+#endif
 
 // patch[k, pixel] for the output pixel at (oy, ox): the input value under kernel tap k,
 // zero in the padding. `image` is the offset of this batch item's input.
@@ -123,9 +164,17 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 
     var acc: array<vec4<f32>, BLOCK>; // acc[i][j]: channel ty + 16i, pixel tx + 16j
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var r = 0u; r < BM / THREADS; r++) {
-            let m = a_row + r * (THREADS * THREADS / BK);
-            a_tile[a_k * A_STRIDE + m] = tile_t(weight_at(oc0 + m, k0 + a_k));
+#ifdef WEIGHT_QUANT
+        let by_word = p.w_first_col % BK == 0u;
+        if (by_word) { stage_quant_words(lid, k0, oc0); }
+#else
+        let by_word = false;
+#endif
+        if (!by_word) {
+            for (var r = 0u; r < BM / THREADS; r++) {
+                let m = a_row + r * (THREADS * THREADS / BK);
+                a_tile[a_k * A_STRIDE + m] = tile_t(weight_at(oc0 + m, k0 + a_k));
+            }
         }
         for (var r = 0u; r < BK / (THREADS * THREADS / BN); r++) {
             let kk = b_row + r * (THREADS * THREADS / BN);

@@ -3,7 +3,8 @@
 // block. Each step stages a 64x16 slice of a and a 16x64 slice of b in workgroup memory
 // (8 KiB as f32, 4 KiB as f16), k-major so the inner loop reads whole vec4s.
 // Defines: TRANS_A (a stored [.., K, M]), TRANS_B (b stored [.., N, K]), B_F16 (b is
-//          packed f16), BIAS (+ BIAS_F16), ACT (an activation from common.wgsl, or affine),
+//          packed f16), WEIGHT_QUANT (b is a q8 weight [N, K] with TRANS_B; + WEIGHT_Q4
+//          for q4), BIAS (+ BIAS_F16), ACT (an activation from common.wgsl, or affine),
 //          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16).
 #ifdef F16_MATH
 enable f16;
@@ -31,7 +32,7 @@ struct Params {
     b_batch_stride: u32,
     act_a: f32,          // affine activation: act_a * v + act_b
     act_b: f32,
-    pad0: u32,
+    b_row_words: u32,    // WEIGHT_QUANT: words per row of b (quants and scales)
     pad1: u32,
     pad2: u32,
 }
@@ -39,12 +40,17 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 
+#ifdef WEIGHT_QUANT
+#include "quant.wgsl"
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+#else
 #ifdef B_F16
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 fn b_at(i: u32) -> f32 { return f16_word(b[i >> 1u], i); }
 #else
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 fn b_at(i: u32) -> f32 { return b[i]; }
+#endif
 #endif
 
 #ifdef BIAS
@@ -77,6 +83,27 @@ fn load_a(base: u32, row: u32, k: u32, rows: u32) -> f32 {
 #endif
 }
 
+#ifdef WEIGHT_QUANT
+// Stages b's slice from one word of quants per invocation (QUANTS_PER_WORD consecutive
+// k of one column), dequantized in registers. K is a multiple of 32, so a BK step lies
+// within one block and never past the row's end.
+fn stage_quant_b(tid: u32, k0: u32, col0: u32, cols: u32) {
+    let words_per_col = BK / QUANTS_PER_WORD;
+    if (tid >= BN * words_per_col) { return; }
+    let n = tid / words_per_col;
+    let k = k0 + (tid % words_per_col) * QUANTS_PER_WORD;
+    var word = 0u;
+    var scale = 0.0;
+    if (col0 + n < cols) {
+        let row = (col0 + n) * p.b_row_words;
+        word = b[row + quant_word(k)];
+        scale = block_scale(b[row + scale_word(p.k, k)], k);
+    }
+    for (var j = 0u; j < QUANTS_PER_WORD; j++) {
+        b_tile[(k - k0 + j) * (BN / 4u) + n / 4u][n % 4u] = tile_t(quant_at(word, j) * scale);
+    }
+}
+#else
 fn load_b(base: u32, k: u32, col: u32, cols: u32) -> f32 {
     if (col >= cols || k >= p.k) { return 0.0; }
 #ifdef TRANS_B
@@ -85,6 +112,7 @@ fn load_b(base: u32, k: u32, col: u32, cols: u32) -> f32 {
     return b_at(base + k * p.n + col);
 #endif
 }
+#endif
 
 // acc + x * y with the product taken in tile precision.
 fn mac(acc: vec4<f32>, x: tile_t, y: vec4<tile_t>) -> vec4<f32> {
@@ -122,6 +150,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 #endif
             a_tile[k * (BM / 4u) + m / 4u][m % 4u] = tile_t(load_a(a_base, row0 + m, k0 + k, rows));
         }
+#ifdef WEIGHT_QUANT
+        stage_quant_b(tid, k0, col0, cols);
+#else
         for (var i = 0u; i < BK * BN / THREADS; i++) {
             let e = tid + i * THREADS;
 #ifdef TRANS_B
@@ -133,6 +164,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 #endif
             b_tile[k * (BN / 4u) + n / 4u][n % 4u] = tile_t(load_b(b_base, k0 + k, col0 + n, cols));
         }
+#endif
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
             let av = a_tile[k * (BM / 4u) + lid.y];

@@ -204,3 +204,103 @@ fn bad_image_input_is_a_message_and_a_failure() {
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--init-image"));
     assert!(!out.exists());
 }
+
+#[test]
+fn packages_from_a_folder_and_a_checkpoint_generate_what_the_folder_does() {
+    let folder = path("models/sd2-tiny");
+    let checkpoint = path("checkpoints/sd2-tiny.safetensors");
+    let (from_folder, from_checkpoint) = (temp("package-folder"), temp("package-checkpoint"));
+    let convert = |from: &PathBuf, to: &PathBuf, extra: &[&str]| {
+        let output = webdiffusion().arg("convert").arg("--from").arg(from).arg("--to").arg(to).args(extra).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    convert(&folder, &from_folder, &[]);
+    // What sd2-tiny's checkpoint cannot say about itself (see tests/checkpoint.rs).
+    let tokenizer = folder.join("tokenizer");
+    let tiny = ["--text-encoder-heads", "4", "--norm-groups", "8", "--sample-size", "8", "--unet-heads", "2,4,4"];
+    let sd2 = ["--vae-scaling-factor", "0.13025", "--prediction", "v_prediction", "--tokenizer", tokenizer.to_str().unwrap()];
+    convert(&checkpoint, &from_checkpoint, &[&tiny[..], &sd2[..]].concat());
+
+    let latents = |model: &PathBuf, name: &str| {
+        let file = temp(&format!("{name}.safetensors"));
+        let output = webdiffusion()
+            .args([
+                "generate",
+                "--prompt",
+                "a cat",
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--scheduler",
+                "ddim",
+            ])
+            .arg("--model")
+            .arg(model)
+            .arg("--save-latents")
+            .arg(&file)
+            .arg("--out")
+            .arg(temp(&format!("{name}.png")))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        std::fs::read(file).unwrap()
+    };
+    // f16 weights stay f16 in the package, so the results are identical.
+    let want = latents(&folder, "folder");
+    assert_eq!(latents(&from_folder, "from-folder"), want);
+    assert_eq!(latents(&from_checkpoint, "from-checkpoint"), want);
+
+    let output = webdiffusion().arg("convert").arg("--from").arg(&folder).arg("--plan").output().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.lines().any(|line| line.starts_with("| q4 |")) && table.lines().count() == 6, "{table}");
+    let output = webdiffusion().arg("convert").arg("--from").arg(&checkpoint).arg("--to").arg(temp("never")).args(tiny).output().unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--tokenizer"));
+    let output = webdiffusion().arg("convert").arg("--from").arg(&folder).arg("--to").arg(&from_folder).output().unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("not empty"));
+    for dir in [from_folder, from_checkpoint] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// The pixels and the `parameters` text of a PNG the CLI wrote.
+fn read_png_with_parameters(file: &PathBuf) -> (Vec<u8>, String) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut pixels).unwrap();
+    let info = reader.info();
+    let text = info.uncompressed_latin1_text.iter().map(|t| t.text.clone()).chain(info.utf8_text.iter().map(|t| t.get_text().unwrap()));
+    (pixels, text.collect::<Vec<_>>().join("\n"))
+}
+
+#[test]
+fn generate_without_a_model_uses_the_built_in_package() {
+    let (built_in, from_folder) = (temp("built-in.png"), temp("folder.png"));
+    let prompt = "a large blue star at the center on a yellow background";
+    let status = webdiffusion().args(["generate", "--prompt", prompt, "--seed", "5", "--out"]).arg(&built_in).status().unwrap();
+    assert!(status.success());
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/embedded-lcm");
+    let status = webdiffusion()
+        .args(["generate", "--prompt", prompt, "--seed", "5", "--steps", "4", "--model"])
+        .arg(&folder)
+        .arg("--out")
+        .arg(&from_folder)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let (pixels, parameters) = read_png_with_parameters(&built_in);
+    assert_eq!(pixels, read_png_with_parameters(&from_folder).0, "the built-in model is not models/embedded-lcm");
+    assert_eq!(pixels.len(), 64 * 64 * 3);
+    assert!(parameters.contains("Steps: 4") && parameters.contains("Model: embedded-lcm"), "{parameters}");
+    let mean = pixels.iter().map(|&p| p as f64).sum::<f64>() / pixels.len() as f64;
+    let spread = pixels.iter().map(|&p| (p as f64 - mean).abs()).sum::<f64>() / pixels.len() as f64;
+    assert!(spread > 5.0, "a flat image: mean absolute deviation {spread}");
+    std::fs::remove_file(built_in).ok();
+    std::fs::remove_file(from_folder).ok();
+}

@@ -121,7 +121,7 @@ fn upload(dtype: DType, shape: &[usize], values: Vec<f32>) -> (Vec<f32>, webdiff
             let rounded = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
             (rounded, gpu.upload_f32_as_f16(shape, &values).unwrap())
         }
-        DType::U32 => unreachable!("conv operands are floats"),
+        DType::U32 | DType::Q8 | DType::Q4 => unreachable!("the conv cases use f32 and f16 operands"),
     }
 }
 

@@ -63,7 +63,7 @@ fn upload(gpu: &Gpu, shape: &[usize], values: Vec<f32>, dtype: DType) -> (Tensor
             let rounded = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
             (gpu.upload_f32_as_f16(shape, &values).unwrap(), rounded)
         }
-        DType::U32 => unreachable!("matmul operands are floats"),
+        DType::U32 | DType::Q8 | DType::Q4 => unreachable!("the matmul cases use f32 and f16 operands"),
     }
 }
 

@@ -79,6 +79,27 @@ async fn matmul_in_browser() {
 }
 
 #[wasm_bindgen_test]
+async fn quantized_matmul_in_browser() {
+    use webdiffusion::gpu::DType;
+    use webdiffusion::kernels::matmul::{MatmulOptions, matmul};
+    use webdiffusion::quant;
+    let gpu = Gpu::new().await.unwrap();
+    // A Linear with q8 and q4 weights, dequantized in registers; the reference multiplies
+    // by the CPU's dequantized values. |a|, |w| <= 1 over K = 96: 1e-4 * 96 bounds f32 sums.
+    let (m, k, n) = (37, 96, 67);
+    let a = random(m * k, 9, 1.0);
+    let ta = gpu.upload_f32(&[m, k], &a).unwrap();
+    for dtype in [DType::Q8, DType::Q4] {
+        let bytes = quant::quantize(dtype, &[n, k], &random(n * k, 10, 1.0)).unwrap();
+        let w = quant::dequantize(dtype, &[n, k], &bytes).unwrap();
+        let tw = gpu.upload_bytes(&[n, k], dtype, &bytes).unwrap();
+        let got = read(&matmul(&gpu, &ta, &tw, &MatmulOptions { transpose_b: true, ..Default::default() }).unwrap()).await;
+        let want = webdiffusion::reference::matmul::linear(&a, &w, n, None);
+        assert_close(&format!("{dtype:?} matmul"), &got, &want, 1e-4 * k as f32, 0.0);
+    }
+}
+
+#[wasm_bindgen_test]
 async fn conv2d_in_browser() {
     use webdiffusion::kernels::conv2d::{Conv2dOptions, conv2d};
     let gpu = Gpu::new().await.unwrap();

@@ -33,6 +33,8 @@ pub enum Error {
     WeightShape { file: String, name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{file}: {detail} is not supported")]
     Unsupported { file: String, detail: String },
+    #[error("{file}: {} LoRA modules match no layer of the model: {}", .modules.len(), .modules.join(", "))]
+    UnmatchedLora { file: String, modules: Vec<String> },
     #[error("cancelled after step {done} of {total}")]
     Cancelled { done: usize, total: usize },
 }

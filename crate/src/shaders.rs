@@ -2,6 +2,7 @@
 
 const FILES: &[(&str, &str)] = &[
     ("common.wgsl", include_str!("../../shaders/common.wgsl")),
+    ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
     ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("conv2d.wgsl", include_str!("../../shaders/conv2d.wgsl")),

@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/work/fullsize"), help="where the folders go (outside the repo)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--references-only", action="store_true", help="reuse existing folders, redo the outputs")
+    parser.add_argument("--folders-only", action="store_true", help="write the model folders, skip the reference outputs (for benchmarks)")
     args = parser.parse_args()
     if args.out.resolve().is_relative_to(REPO):
         sys.exit(f"{args.out} is inside the repository; the folders are gigabytes")
@@ -356,6 +357,9 @@ def main() -> None:
         torch.manual_seed(spec["seed"])  # the libraries' own initialisation, overwritten anyway
         start = time.perf_counter()
         folder = args.out / name if args.references_only else build_folder(name, spec, args.out)
+        if args.folders_only:
+            log(f"{name}: folder ready in {time.perf_counter() - start:.0f} s")
+            continue
         log(f"{name}: folder ready in {time.perf_counter() - start:.0f} s, references")
         references(name, spec, folder, args.out / f"{name}.safetensors")
         log(f"{name}: done in {time.perf_counter() - start:.0f} s")

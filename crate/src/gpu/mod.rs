@@ -12,9 +12,11 @@ mod pool;
 mod preprocess;
 mod readback;
 mod tensor;
+mod upload;
 
 pub use batch::{Access, Launch};
 pub use context::{Gpu, GpuInfo};
 pub use kernel::KernelKey;
 pub use preprocess::preprocess;
 pub use tensor::{DType, Tensor};
+pub use upload::StreamedTensor;

@@ -4,6 +4,7 @@
 use super::context::Gpu;
 use super::tensor::{DType, Tensor};
 use crate::error::{Error, Result};
+use crate::quant;
 
 impl Gpu {
     async fn read_bytes(&self, tensor: &Tensor) -> Result<Vec<u8>> {
@@ -39,7 +40,8 @@ impl Gpu {
 }
 
 impl Tensor {
-    /// The values as f32 (f16 storage is widened exactly; u32 indices are converted).
+    /// The values as f32 (f16 storage is widened exactly; u32 indices are converted;
+    /// q8 and q4 are dequantized as the kernels read them).
     pub async fn to_vec(&self) -> Result<Vec<f32>> {
         let bytes = self.gpu().read_bytes(self).await?;
         Ok(match self.dtype() {
@@ -49,6 +51,7 @@ impl Tensor {
                 let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
                 halves[..self.numel()].iter().map(|h| h.to_f32()).collect()
             }
+            DType::Q8 | DType::Q4 => quant::dequantize(self.dtype(), self.shape(), &bytes)?,
         })
     }
 }

@@ -6,32 +6,42 @@ use std::sync::Arc;
 use super::context::{Gpu, lock};
 use super::pool::BufferPool;
 use crate::error::{Error, Result};
+use crate::quant;
 
 /// Element storage. f16 is stored packed two per `u32` (element `i` in the low half
 /// of word `i / 2` when `i` is even), read with `unpack2x16float`: no shader-f16 needed.
+/// q8 and q4 are weight-only, stored in rows of blocks with f16 scales (`crate::quant`
+/// describes the layout) and dequantized in registers by the kernels that accept them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
     /// Indices (token ids).
     U32,
+    Q8,
+    Q4,
 }
 
 impl DType {
-    /// Bytes of storage for `n` elements, always a whole number of `u32` words.
-    pub fn storage_bytes(self, n: usize) -> u64 {
+    /// The name packages and messages use: "f32", "f16", "u32", "q8", "q4".
+    pub fn name(self) -> &'static str {
         match self {
-            DType::F32 | DType::U32 => 4 * n as u64,
-            DType::F16 => 4 * n.div_ceil(2) as u64,
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+            DType::Q8 => "q8",
+            DType::Q4 => "q4",
         }
     }
 
-    /// Bytes one element takes inside its storage (f16: half a word).
-    pub fn element_bytes(self) -> u64 {
-        match self {
-            DType::F32 | DType::U32 => 4,
-            DType::F16 => 2,
-        }
+    /// The type named `name` (see [`DType::name`]).
+    pub fn from_name(name: &str) -> Option<DType> {
+        [DType::F32, DType::F16, DType::U32, DType::Q8, DType::Q4].into_iter().find(|dtype| dtype.name() == name)
+    }
+
+    /// Whether this is a row-blocked quantized type (q8 or q4).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8 | DType::Q4)
     }
 }
 
@@ -83,16 +93,20 @@ impl Tensor {
 
     /// Bytes the elements occupy (the buffer itself may be larger).
     pub fn byte_len(&self) -> u64 {
-        self.dtype.storage_bytes(self.numel())
+        quant::storage_bytes(self.dtype, &self.shape)
     }
 
     /// For kernels that read f32 or packed f16: whether this is f16. Index tensors
-    /// (u32) are refused, since their bits would be read as floats.
+    /// (u32) are refused, since their bits would be read as floats, and so are quantized
+    /// weights, which only the kernels that dequantize them accept.
     pub fn is_f16_float(&self, op: &'static str) -> Result<bool> {
         match self.dtype {
             DType::F32 => Ok(false),
             DType::F16 => Ok(true),
             DType::U32 => Err(Error::shape(op, format!("expects f32 or f16 values, got u32 indices of shape {:?}", self.shape))),
+            DType::Q8 | DType::Q4 => {
+                Err(Error::shape(op, format!("expects f32 or f16 values, got {} weights of shape {:?}", self.dtype.name(), self.shape)))
+            }
         }
     }
 
@@ -110,10 +124,17 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
-    /// The same storage seen with another shape of the same element count.
+    /// The same storage seen with another shape of the same element count. A quantized
+    /// tensor keeps its rows (the first dimension): its layout depends on them.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::shape("reshape", format!("{:?} cannot become {:?}", self.shape, shape)));
+        }
+        if self.dtype.is_quantized() && (shape.len() < 2 || shape[0] != self.shape[0]) {
+            return Err(Error::shape(
+                "reshape",
+                format!("{} weights {:?} must keep their {} rows, cannot become {shape:?}", self.dtype.name(), self.shape, self.shape[0]),
+            ));
         }
         Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
     }
@@ -124,6 +145,7 @@ impl Tensor {
     /// is a multiple of the device's `storage_offset_alignment`. Otherwise this is an error
     /// and `kernels::layout::narrow` makes a copy. A launch must not write a view while
     /// binding another view of the same storage (WebGPU tracks usage per buffer).
+    /// A quantized tensor is sliced by rows only (axis 0), each a whole number of words.
     pub fn view_narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         const OP: &str = "view_narrow";
         let shape = &self.shape;
@@ -136,6 +158,12 @@ impl Tensor {
         }
         if start == 0 && len == size {
             return Ok(self.clone());
+        }
+        if self.dtype.is_quantized() && axis != 0 {
+            return Err(Error::shape(
+                OP,
+                format!("{} weights {shape:?} can only be sliced by rows (axis 0), not axis {axis}", self.dtype.name()),
+            ));
         }
         if shape[..axis].iter().any(|&d| d != 1) {
             return Err(Error::shape(
@@ -150,7 +178,7 @@ impl Tensor {
             // Nothing to read: where it starts does not matter.
             return Ok(Tensor { shape: view_shape, ..self.clone() });
         }
-        let offset = self.offset + (start * inner) as u64 * self.dtype.element_bytes();
+        let offset = self.offset + self.bytes_before(axis, start);
         // Packed f16 starts on a word; every storage alignment is a multiple of 4.
         let alignment = u64::from(self.gpu().info().storage_offset_alignment).max(4);
         if !offset.is_multiple_of(alignment) {
@@ -163,13 +191,30 @@ impl Tensor {
         }
         Ok(Tensor { offset, shape: view_shape, ..self.clone() })
     }
+
+    /// Bytes from element 0 to index `start` of `axis` in the storage, where the dimensions
+    /// before `axis` are 1 or `axis` is 0 (for a quantized tensor it must be 0, the rows).
+    pub(crate) fn bytes_before(&self, axis: usize, start: usize) -> u64 {
+        let inner: usize = self.shape[axis + 1..].iter().product();
+        match self.dtype {
+            DType::F32 | DType::U32 => 4 * (start * inner) as u64,
+            DType::F16 => 2 * (start * inner) as u64,
+            DType::Q8 | DType::Q4 => 4 * (start * quant::row_words(self.dtype, inner)) as u64,
+        }
+    }
 }
 
 impl Gpu {
     /// A tensor with undefined contents, from the pool when a buffer of its size class is free.
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.check()?;
-        let bytes = dtype.storage_bytes(shape.iter().product());
+        if dtype.is_quantized() && !quant::is_quantizable(shape) {
+            return Err(Error::shape(
+                "empty",
+                format!("{} weights need rows of a multiple of {} elements, got shape {shape:?}", dtype.name(), quant::BLOCK),
+            ));
+        }
+        let bytes = quant::storage_bytes(dtype, shape);
         let info = &self.inner.info;
         if bytes > info.max_buffer_size {
             return Err(Error::TooLarge { what: format!("a tensor of shape {shape:?}"), needed: bytes, limit: info.max_buffer_size });
@@ -190,20 +235,23 @@ impl Gpu {
     }
 
     pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        self.upload_bytes(shape, DType::F32, data.len(), bytemuck::cast_slice(data))
+        check_len(shape, data.len())?;
+        self.upload_bytes(shape, DType::F32, bytemuck::cast_slice(data))
     }
 
     pub fn upload_f16(&self, shape: &[usize], data: &[half::f16]) -> Result<Tensor> {
+        check_len(shape, data.len())?;
         let mut words: Vec<half::f16> = data.to_vec();
         if words.len() % 2 == 1 {
             words.push(half::f16::ZERO);
         }
-        self.upload_bytes(shape, DType::F16, data.len(), bytemuck::cast_slice(&words))
+        self.upload_bytes(shape, DType::F16, bytemuck::cast_slice(&words))
     }
 
     /// Indices, such as token ids for an embedding lookup.
     pub fn upload_u32(&self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
-        self.upload_bytes(shape, DType::U32, data.len(), bytemuck::cast_slice(data))
+        check_len(shape, data.len())?;
+        self.upload_bytes(shape, DType::U32, bytemuck::cast_slice(data))
     }
 
     /// Rounds f32 values to f16 and stores them packed.
@@ -212,10 +260,15 @@ impl Gpu {
         self.upload_f16(shape, &halves)
     }
 
-    fn upload_bytes(&self, shape: &[usize], dtype: DType, len: usize, bytes: &[u8]) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
-        if numel != len {
-            return Err(Error::shape("upload", format!("shape {shape:?} holds {numel} values, got {len}")));
+    /// A tensor from its storage bytes as they lie in GPU memory (and in a package):
+    /// `bytes` must be exactly `quant::storage_bytes(dtype, shape)` long.
+    pub fn upload_bytes(&self, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+        let expected = quant::storage_bytes(dtype, shape);
+        if bytes.len() as u64 != expected {
+            return Err(Error::shape(
+                "upload",
+                format!("{} storage of shape {shape:?} takes {expected} bytes, got {}", dtype.name(), bytes.len()),
+            ));
         }
         let tensor = self.empty(shape, dtype)?;
         // Pending dispatches may still read the recycled buffer; a queue write would
@@ -226,4 +279,12 @@ impl Gpu {
         self.check()?;
         Ok(tensor)
     }
+}
+
+fn check_len(shape: &[usize], len: usize) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    if numel != len {
+        return Err(Error::shape("upload", format!("shape {shape:?} holds {numel} values, got {len}")));
+    }
+    Ok(())
 }

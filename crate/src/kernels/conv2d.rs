@@ -1,11 +1,12 @@
-//! Launcher for `conv2d.wgsl`: 2-d convolution of NCHW f32 activations by f32 or
-//! packed-f16 weights, as an implicit GEMM (no im2col buffer), with an f16-math variant
-//! for devices with shader-f16.
+//! Launcher for `conv2d.wgsl`: 2-d convolution of NCHW f32 activations by f32,
+//! packed-f16, q8 or q4 weights, as an implicit GEMM (no im2col buffer), with an f16-math
+//! variant for devices with shader-f16.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
+use crate::quant;
 
 const SHADER: &str = "conv2d.wgsl";
 const OP: &str = "conv2d";
@@ -28,10 +29,12 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     k: u32,
-    w_offset: u32,
+    w_first_row: u32,
+    w_first_col: u32,
     w_stride: u32,
     bias_offset: u32,
-    _pad: u32,
+    w_row_words: u32,
+    _pad: [u32; 3],
 }
 
 /// How to convolve: stride, zero padding, an optional bias and the multiply precision.
@@ -119,8 +122,8 @@ pub struct ConvPart {
     pub accumulate: bool,
 }
 
-/// `x` `[N, C, H, W]` f32 convolved with `weight` `[OC, C, KH, KW]` (f32 or packed
-/// f16), plus the optional bias: `[N, OC, OH, OW]` f32.
+/// `x` `[N, C, H, W]` f32 convolved with `weight` `[OC, C, KH, KW]` (f32, packed f16,
+/// q8 or q4), plus the optional bias: `[N, OC, OH, OW]` f32.
 pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> Result<Tensor> {
     let [batch, channels, _, _] = dims4("input", x)?;
     let [out_channels, weight_channels, _, _] = dims4("weight", weight)?;
@@ -161,7 +164,9 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
     if x.dtype() != DType::F32 {
         return Err(Error::shape(OP, format!("input must be f32, got {:?}", x.dtype())));
     }
-    weight.is_f16_float(OP)?;
+    if !weight.dtype().is_quantized() {
+        weight.is_f16_float(OP)?;
+    }
     if let Some(bias) = opts.bias {
         bias.is_f16_float(OP)?;
     }
@@ -200,10 +205,12 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         pad_left: opts.padding[2] as u32,
         k: (channels * taps) as u32,
         // Inside the weight, whose element count check_indexable bounded.
-        w_offset: ((part.out_start * weight_channels + part.in_start) * taps) as u32,
+        w_first_row: part.out_start as u32,
+        w_first_col: (part.in_start * taps) as u32,
         w_stride: (weight_channels * taps) as u32,
         bias_offset: part.out_start as u32,
-        _pad: 0,
+        w_row_words: quant::row_words(weight.dtype(), weight_channels * taps) as u32,
+        _pad: [0; 3],
     };
     Ok((params, [out_h, out_w]))
 }
@@ -225,8 +232,11 @@ fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: 
 
 fn defines(weight: DType, bias: Option<DType>, f16_math: bool, accumulate: bool) -> Vec<(&'static str, String)> {
     let mut defines = Vec::new();
-    if weight == DType::F16 {
-        defines.push(("W_F16", String::new()));
+    match weight {
+        DType::F16 => defines.push(("W_F16", String::new())),
+        DType::Q8 => defines.push(("WEIGHT_QUANT", String::new())),
+        DType::Q4 => defines.extend([("WEIGHT_QUANT", String::new()), ("WEIGHT_Q4", String::new())]),
+        DType::F32 | DType::U32 => {}
     }
     if let Some(bias) = bias {
         defines.push(("BIAS", String::new()));
@@ -247,7 +257,7 @@ fn defines(weight: DType, bias: Option<DType>, f16_math: bool, accumulate: bool)
 pub fn variants() -> Vec<KernelKey> {
     let mut keys = Vec::new();
     for (f16_math, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
-        for weight in [DType::F32, DType::F16] {
+        for weight in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
             for bias in [None, Some(DType::F32), Some(DType::F16)] {
                 let reads = if bias.is_some() { 3 } else { 2 };
                 let mut bindings = vec![Access::Read; reads];

@@ -1,5 +1,6 @@
 //! Launcher for `gather.wgsl`: rows of a table picked by index (the token embedding
-//! lookup), so an embedding table can stay on the GPU. A table larger than one storage
+//! lookup), so an embedding table can stay on the GPU, as f32, packed f16, q8 or q4
+//! (dequantized as it is read). A table larger than one storage
 //! binding (CLIP-L's f32 table is 152 MB, WebGPU binds 128 MiB) is read through views
 //! of row chunks, one launch per chunk.
 
@@ -7,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
+use crate::quant;
 
 const SHADER: &str = "gather.wgsl";
 const ENTRY: &str = "gather_rows";
@@ -19,12 +21,17 @@ struct Params {
     dim: u32,
     table_rows: u32,
     row_start: u32,
+    row_words: u32,
+    pad: [u32; 3],
 }
 
-fn key(table_f16: bool, row_range: bool) -> KernelKey {
+fn key(table: DType, row_range: bool) -> KernelKey {
     let mut defines = Vec::new();
-    if table_f16 {
-        defines.push(("TABLE_F16", String::new()));
+    match table {
+        DType::F16 => defines.push(("TABLE_F16", String::new())),
+        DType::Q8 => defines.push(("WEIGHT_QUANT", String::new())),
+        DType::Q4 => defines.extend([("WEIGHT_QUANT", String::new()), ("WEIGHT_Q4", String::new())]),
+        DType::F32 | DType::U32 => {}
     }
     if row_range {
         defines.push(("ROW_RANGE", String::new()));
@@ -32,7 +39,7 @@ fn key(table_f16: bool, row_range: bool) -> KernelKey {
     KernelKey { shader: SHADER, entry: ENTRY, defines, bindings: vec![Access::Read, Access::Read, Access::ReadWrite] }
 }
 
-/// `table[ids]`: `table` is `[V, D]` (f32 or packed f16), `ids` u32 of any shape; the
+/// `table[ids]`: `table` is `[V, D]` (f32, packed f16, q8 or q4), `ids` u32 of any shape; the
 /// result is f32 `[..ids.shape, D]`. The ids are not read back: callers check them
 /// (`< V`) before uploading. The kernel clamps any that are not, to stay in bounds (a
 /// table read in chunks leaves their rows unwritten instead). A table larger than the
@@ -44,7 +51,8 @@ pub fn gather_rows(gpu: &Gpu, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// `gather_rows`, binding the table in chunks of whole rows of at most `max_chunk_bytes`
 /// (and at most the device's binding limit) when it is larger than that: one launch per
 /// chunk, each writing the output rows whose ids fall in its rows. A table that fits is
-/// one launch, as in `gather_rows`. Either way the values are copied exactly.
+/// one launch, as in `gather_rows`. Either way the values are copied exactly (q8 and q4
+/// as `quant::dequantize` gives them).
 pub fn gather_rows_chunked(gpu: &Gpu, table: &Tensor, ids: &Tensor, max_chunk_bytes: u64) -> Result<Tensor> {
     const OP: &str = "gather_rows";
     let (rows, dim) = check_operands(OP, table, ids)?;
@@ -84,7 +92,9 @@ fn check_operands(op: &'static str, table: &Tensor, ids: &Tensor) -> Result<(usi
     let &[rows, dim] = table.shape() else {
         return Err(Error::shape(op, format!("table must be [rows, dim], got {:?}", table.shape())));
     };
-    table.is_f16_float(op)?;
+    if !table.dtype().is_quantized() {
+        table.is_f16_float(op)?;
+    }
     if ids.dtype() != DType::U32 {
         return Err(Error::shape(op, format!("ids must be u32 indices, got {:?} of shape {:?}", ids.dtype(), ids.shape())));
     }
@@ -105,7 +115,7 @@ fn check_operands(op: &'static str, table: &Tensor, ids: &Tensor) -> Result<(usi
 /// rows whose bytes are a multiple of the storage offset alignment, so that every
 /// chunk's view starts where the device can bind it.
 fn rows_per_chunk(table: &Tensor, limit: u64) -> Result<usize> {
-    let row_bytes = table.shape()[1] as u64 * table.dtype().element_bytes();
+    let row_bytes = table.bytes_before(0, 1);
     let alignment = u64::from(table.gpu().info().storage_offset_alignment).max(4);
     let step = alignment / gcd(row_bytes, alignment);
     let rows = limit / row_bytes / step * step;
@@ -133,8 +143,16 @@ fn launch(gpu: &Gpu, table: &Tensor, row_start: usize, ids: &Tensor, out: &Tenso
         return Ok(());
     }
     // check_operands bounded every value by u32.
-    let params = Params { n: n as u32, dim: table.shape()[1] as u32, table_rows: table.shape()[0] as u32, row_start: row_start as u32 };
-    let KernelKey { shader, entry, defines, .. } = key(table.dtype() == DType::F16, row_range);
+    let dim = table.shape()[1];
+    let params = Params {
+        n: n as u32,
+        dim: dim as u32,
+        table_rows: table.shape()[0] as u32,
+        row_start: row_start as u32,
+        row_words: quant::row_words(table.dtype(), dim) as u32,
+        pad: [0; 3],
+    };
+    let KernelKey { shader, entry, defines, .. } = key(table.dtype(), row_range);
     gpu.launch(Launch {
         shader,
         entry,
@@ -147,5 +165,6 @@ fn launch(gpu: &Gpu, table: &Tensor, row_start: usize, ids: &Tensor, out: &Tenso
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    [(false, false), (true, false), (false, true), (true, true)].into_iter().map(|(f16, range)| key(f16, range)).collect()
+    let tables = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+    tables.into_iter().flat_map(|table| [false, true].map(|range| key(table, range))).collect()
 }

@@ -1,12 +1,13 @@
 //! Launchers for `matmul.wgsl`: batched matrix products with either operand
-//! transposed, f32 or packed-f16 `b`, a fused bias and activation, and an f16-math
-//! variant for devices with shader-f16.
+//! transposed, f32, packed-f16 or (as a Linear weight) q8/q4 `b`, a fused bias and
+//! activation, and an f16-math variant for devices with shader-f16.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::elementwise::Unary;
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
+use crate::quant;
 
 const SHADER: &str = "matmul.wgsl";
 const ENTRY: &str = "matmul";
@@ -25,7 +26,8 @@ struct Params {
     b_batch_stride: u32,
     act_a: f32,
     act_b: f32,
-    pad: [u32; 3],
+    b_row_words: u32,
+    pad: [u32; 2],
 }
 
 /// What `matmul` computes besides the plain product.
@@ -49,7 +51,7 @@ pub struct MatmulOptions<'a> {
 struct Variant {
     transpose_a: bool,
     transpose_b: bool,
-    b_f16: bool,
+    b: DType,
     bias: Option<DType>,
     activation: Option<&'static str>,
     f16_math: bool,
@@ -60,7 +62,9 @@ impl Variant {
         let flags = [
             (self.transpose_a, "TRANS_A"),
             (self.transpose_b, "TRANS_B"),
-            (self.b_f16, "B_F16"),
+            (self.b == DType::F16, "B_F16"),
+            (self.b.is_quantized(), "WEIGHT_QUANT"),
+            (self.b == DType::Q4, "WEIGHT_Q4"),
             (self.bias.is_some(), "BIAS"),
             (self.bias == Some(DType::F16), "BIAS_F16"),
             (self.f16_math, "F16_MATH"),
@@ -106,7 +110,16 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
     if a.dtype() != DType::F32 {
         return Err(Error::shape(OP, format!("a must be f32, got {:?}", a.dtype())));
     }
-    b.is_f16_float(OP)?;
+    if b.dtype().is_quantized() {
+        if !opts.transpose_b || b.shape().len() != 2 {
+            return Err(Error::shape(
+                OP,
+                format!("{} b must be a 2-d [N, K] weight used transposed, got {:?}", b.dtype().name(), b.shape()),
+            ));
+        }
+    } else {
+        b.is_f16_float(OP)?;
+    }
     if let Some(bias) = opts.bias {
         bias.is_f16_float(OP)?;
     }
@@ -161,8 +174,9 @@ pub fn workgroups(gpu: &Gpu, rows: usize, cols: usize, batches: usize) -> Result
 
 /// `act(op(a) @ op(b) + bias)`. `a` is f32 `[M, K]` or `[B, M, K]`; `b` is f32 or
 /// packed f16 `[K, N]` or `[B, K, N]` (a 2-D operand is shared by every batch of the
-/// other); `transpose_*` swap the stored order of the last two dimensions. The
-/// result is f32 `[M, N]`, or `[B, M, N]` when either operand has a batch.
+/// other), or a q8/q4 weight `[N, K]` with `transpose_b`; `transpose_*` swap the stored
+/// order of the last two dimensions. The result is f32 `[M, N]`, or `[B, M, N]` when
+/// either operand has a batch.
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     let dims = dims(a, b, opts)?;
     let (act_a, act_b) = match opts.activation {
@@ -173,7 +187,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
     let variant = Variant {
         transpose_a: opts.transpose_a,
         transpose_b: opts.transpose_b,
-        b_f16: b.dtype() == DType::F16,
+        b: b.dtype(),
         bias: opts.bias.map(Tensor::dtype),
         activation: opts.activation.and_then(fused_name),
         f16_math: opts.f16_math && gpu.has_shader_f16(),
@@ -188,7 +202,8 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
         b_batch_stride: dims.b_batch_stride as u32,
         act_a,
         act_b,
-        pad: [0; 3],
+        b_row_words: quant::row_words(b.dtype(), dims.k) as u32,
+        pad: [0; 2],
     };
     let out = gpu.empty(&dims.out_shape, DType::F32)?;
     let mut bindings = vec![(a, Access::Read), (b, Access::Read)];
@@ -207,7 +222,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
 }
 
 /// PyTorch's `Linear`: `x` is `[.., in]` with any leading dimensions, `weight` is
-/// `[out, in]` (f32 or f16), `bias` `[out]`; the result is `[.., out]`.
+/// `[out, in]` (f32, f16, q8 or q4), `bias` `[out]`; the result is `[.., out]`.
 pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (&features, leading) = x.shape().split_last().ok_or_else(|| Error::shape("linear", "x needs at least one dimension"))?;
     if weight.shape().len() != 2 {
@@ -224,12 +239,18 @@ pub fn variants() -> Vec<KernelKey> {
     let fused = Unary::ALL.into_iter().filter(|&op| op != Unary::Identity);
     let activations: Vec<Option<&'static str>> = [None].into_iter().chain(fused.map(fused_name)).collect();
     let mut keys = Vec::new();
-    for bits in 0..16u32 {
+    for bits in 0..8u32 {
         let on = |bit: u32| bits & (1 << bit) != 0;
-        for bias in [None, Some(DType::F32), Some(DType::F16)] {
-            for &activation in &activations {
-                let variant = Variant { transpose_a: on(0), transpose_b: on(1), b_f16: on(2), bias, activation, f16_math: on(3) };
-                keys.push(variant.key());
+        for b in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+            // Quantized b is only ever the transposed Linear weight.
+            if b.is_quantized() && !on(1) {
+                continue;
+            }
+            for bias in [None, Some(DType::F32), Some(DType::F16)] {
+                for &activation in &activations {
+                    let variant = Variant { transpose_a: on(0), transpose_b: on(1), b, bias, activation, f16_math: on(2) };
+                    keys.push(variant.key());
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Where a model's files come from.
 
+use super::weights::UploadedWeights;
 use crate::error::Result;
 
 /// Read access to the files of one model folder, by path relative to its root
@@ -9,6 +10,11 @@ pub trait ModelFiles {
     fn exists(&self, path: &str) -> bool;
     /// How to name `path` in an error message (the full path or URL).
     fn describe(&self, path: &str) -> String;
+    /// A component's tensors already on the GPU (a loaded package), which `Weights`
+    /// serves instead of reading a weights file; `None` for folders of files.
+    fn uploaded(&self, _component: &str) -> Option<UploadedWeights> {
+        None
+    }
 }
 
 /// A model held in memory, file by file (what the browser has after fetching).

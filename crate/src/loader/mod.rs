@@ -7,7 +7,7 @@ mod weights;
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::DirFiles;
 pub use files::{MemoryFiles, ModelFiles};
-pub use weights::{WeightPrecision, Weights};
+pub use weights::{UploadedWeights, WeightPrecision, Weights};
 
 use serde::de::DeserializeOwned;
 

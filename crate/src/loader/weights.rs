@@ -1,5 +1,6 @@
-//! One safetensors file of weights, uploaded tensor by tensor as a model asks for
-//! them, with every name and shape checked against what the config implies.
+//! One component's weights, served by name as a model asks for them, with every name
+//! and shape checked against what the config implies: a safetensors file uploaded
+//! tensor by tensor, or a package's tensors already on the GPU in their storage type.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -10,7 +11,9 @@ use safetensors::tensor::{Dtype, TensorInfo};
 use super::component_file;
 use super::files::ModelFiles;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::kernels::elementwise::{self as ew, Unary};
+use crate::lora::LoraTargets;
 
 /// How weights are stored on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,11 +28,25 @@ pub enum WeightPrecision {
 pub struct Weights {
     gpu: Gpu,
     file: String,
-    bytes: Vec<u8>,
-    data_start: usize,
-    index: HashMap<String, TensorInfo>,
+    store: Store,
     precision: WeightPrecision,
     used: Mutex<BTreeSet<String>>,
+    /// Where the component's LoRA-adaptable layers register as they load.
+    lora_targets: LoraTargets,
+}
+
+enum Store {
+    /// A safetensors file: its bytes and header, uploaded on request.
+    File { bytes: Vec<u8>, data_start: usize, index: HashMap<String, TensorInfo> },
+    /// Tensors on the GPU in the storage type a package chose.
+    Uploaded(HashMap<String, Tensor>),
+}
+
+/// A component's tensors already on the GPU; `file` names their origin in errors.
+#[derive(Clone)]
+pub struct UploadedWeights {
+    pub file: String,
+    pub tensors: HashMap<String, Tensor>,
 }
 
 /// The weight file names diffusers writes, preferred first.
@@ -37,8 +54,13 @@ const FILE_NAMES: [&str; 4] =
     ["diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"];
 
 impl Weights {
-    /// The weights of one component folder (`unet`, `vae`, `text_encoder`).
+    /// The weights of one component folder (`unet`, `vae`, `text_encoder`), or the
+    /// component's tensors where `files` has them on the GPU already (a package, whose
+    /// storage types stand: `precision` applies to files only).
     pub fn load(gpu: &Gpu, files: &dyn ModelFiles, component: &str, precision: WeightPrecision) -> Result<Self> {
+        if let Some(uploaded) = files.uploaded(component) {
+            return Ok(Self::from_uploaded(gpu, uploaded));
+        }
         let path = Self::file_of(files, component)?;
         Self::from_bytes(gpu, files.describe(&path), files.read(&path)?, precision)
     }
@@ -56,20 +78,39 @@ impl Weights {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format { file: file.clone(), detail: e.to_string() })?;
         let index = metadata.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
-        Ok(Self { gpu: gpu.clone(), file, bytes, data_start: 8 + header_len, index, precision, used: Mutex::default() })
+        let store = Store::File { bytes, data_start: 8 + header_len, index };
+        Ok(Self { gpu: gpu.clone(), file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() })
+    }
+
+    pub fn from_uploaded(gpu: &Gpu, uploaded: UploadedWeights) -> Self {
+        let store = Store::Uploaded(uploaded.tensors);
+        let precision = WeightPrecision::AsStored;
+        Self { gpu: gpu.clone(), file: uploaded.file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() }
     }
 
     pub fn file(&self) -> &str {
         &self.file
     }
 
+    /// The registry of this component's layers that LoRAs can adapt (see `lora`): layers
+    /// register as they load, the model keeps it to attach LoRAs later.
+    pub fn lora_targets(&self) -> &LoraTargets {
+        &self.lora_targets
+    }
+
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        match &self.store {
+            Store::File { index, .. } => index.contains_key(name),
+            Store::Uploaded(tensors) => tensors.contains_key(name),
+        }
     }
 
     /// A weight in the storage precision policy: for matmul/conv weights, biases and
     /// norm parameters, which the kernels read as f32 or packed f16.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Store::Uploaded(tensors) = &self.store {
+            return self.uploaded(tensors, name, shape).cloned();
+        }
         let (info, data) = self.raw(name, shape)?;
         match (info.dtype, self.precision) {
             (Dtype::F16, _) => {
@@ -84,11 +125,27 @@ impl Weights {
     /// A weight as f32 on the GPU, whatever the file stores (for operands the kernels
     /// need in f32, such as embeddings that are added to activations).
     pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.gpu.upload_f32(shape, &self.values(name, shape)?)
+        let Store::Uploaded(tensors) = &self.store else {
+            return self.gpu.upload_f32(shape, &self.values(name, shape)?);
+        };
+        let tensor = self.uploaded(tensors, name, shape)?;
+        match tensor.dtype() {
+            DType::F32 => Ok(tensor.clone()),
+            // Widening is exact.
+            DType::F16 => ew::unary(&self.gpu, tensor, Unary::Identity),
+            other => Err(Error::Unsupported {
+                file: self.file.clone(),
+                detail: format!("tensor {name} stored as {}, where f32 is needed", other.name()),
+            }),
+        }
     }
 
-    /// A weight's values on the CPU, widened to f32.
+    /// A weight's values on the CPU, widened to f32 (from a weights file only: a
+    /// package's tensors go straight to the GPU).
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Store::Uploaded(_) = &self.store {
+            return Err(Error::Unsupported { file: self.file.clone(), detail: format!("reading tensor {name} back to the CPU") });
+        }
         let (info, data) = self.raw(name, shape)?;
         self.to_f32(name, info, data)
     }
@@ -97,7 +154,11 @@ impl Weights {
     /// leaves weights behind, which is worth an error rather than a silent wrong model.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let mut unused: Vec<String> = self.index.keys().filter(|name| !used.contains(*name)).cloned().collect();
+        let names: Vec<&String> = match &self.store {
+            Store::File { index, .. } => index.keys().collect(),
+            Store::Uploaded(tensors) => tensors.keys().collect(),
+        };
+        let mut unused: Vec<String> = names.into_iter().filter(|name| !used.contains(*name)).cloned().collect();
         unused.sort();
         unused
     }
@@ -116,18 +177,37 @@ impl Weights {
     }
 
     fn raw(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, &[u8])> {
-        let info = self.index.get(name).ok_or_else(|| Error::MissingTensor { file: self.file.clone(), name: name.to_string() })?;
-        if info.shape != shape {
+        let Store::File { bytes, data_start, index } = &self.store else {
+            return Err(Error::Unsupported { file: self.file.clone(), detail: format!("reading tensor {name} as file bytes") });
+        };
+        let info = index.get(name).ok_or_else(|| self.missing(name))?;
+        self.check_shape(name, shape, &info.shape)?;
+        let (start, end) = info.data_offsets;
+        Ok((info, &bytes[data_start + start..data_start + end]))
+    }
+
+    fn uploaded<'t>(&self, tensors: &'t HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<&'t Tensor> {
+        let tensor = tensors.get(name).ok_or_else(|| self.missing(name))?;
+        self.check_shape(name, shape, tensor.shape())?;
+        Ok(tensor)
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor { file: self.file.clone(), name: name.to_string() }
+    }
+
+    /// Refuses a stored shape other than the config's; else marks the tensor used.
+    fn check_shape(&self, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+        if found != expected {
             return Err(Error::WeightShape {
                 file: self.file.clone(),
                 name: name.to_string(),
-                expected: shape.to_vec(),
-                found: info.shape.clone(),
+                expected: expected.to_vec(),
+                found: found.to_vec(),
             });
         }
         self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
-        let (start, end) = info.data_offsets;
-        Ok((info, &self.bytes[self.data_start + start..self.data_start + end]))
+        Ok(())
     }
 
     fn to_f32(&self, name: &str, info: &TensorInfo, data: &[u8]) -> Result<Vec<f32>> {

@@ -12,6 +12,7 @@ use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::gather::gather_rows_chunked;
 use crate::kernels::layout;
 use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+use crate::lora::LoraTargets;
 
 const OP: &str = "ClipTextModel";
 /// The weight names' prefix in hub checkpoints (transformers 4 saves it).
@@ -131,6 +132,7 @@ pub struct ClipTextModel {
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    lora_targets: LoraTargets,
 }
 
 impl ClipTextModel {
@@ -154,6 +156,7 @@ impl ClipTextModel {
                 .map(|i| EncoderLayer::load(&w, &p(&format!("encoder.layers.{i}")), &config))
                 .collect::<Result<_>>()?,
             final_layer_norm: LayerNorm::load(&w, &p("final_layer_norm"), hidden, config.layer_norm_eps)?,
+            lora_targets: w.lora_targets().clone(),
             config,
         };
         ensure_all_used_but_ignored(&w)?;
@@ -162,6 +165,11 @@ impl ClipTextModel {
 
     pub fn config(&self) -> &ClipTextConfig {
         &self.config
+    }
+
+    /// The layers LoRAs can adapt (`lora::attach`).
+    pub fn lora_targets(&self) -> &LoraTargets {
+        &self.lora_targets
     }
 
     /// Reads the token embedding table in row chunks of at most `bytes` (normally the

@@ -1,13 +1,16 @@
 //! The layers every network is made of, loaded by their diffusers/PyTorch names
-//! (`<prefix>.weight`, `<prefix>.bias`) and run with the kernels.
+//! (`<prefix>.weight`, `<prefix>.bias`) and run with the kernels. Linear and Conv2d
+//! register under their name for LoRAs (`lora::LoraTargets`) and add the side path of
+//! whatever LoRAs are attached at the time they run.
 
 use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::kernels::conv2d::{Conv2dOptions, conv2d};
-use crate::kernels::elementwise::Unary;
+use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
 use crate::loader::Weights;
+use crate::lora::{LayerShape, SidePathSlot};
 
 /// `prefix.name`, or `name` when the prefix is empty.
 pub fn join(prefix: &str, name: &str) -> String {
@@ -20,13 +23,15 @@ pub struct Linear {
     bias: Option<Tensor>,
     pub in_features: usize,
     pub out_features: usize,
+    lora: SidePathSlot,
 }
 
 impl Linear {
     pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
         let weight = w.get(&join(prefix, "weight"), &[out_features, in_features])?;
         let bias = if bias { Some(w.get(&join(prefix, "bias"), &[out_features])?) } else { None };
-        Ok(Self { weight, bias, in_features, out_features })
+        let lora = w.lora_targets().register(prefix, LayerShape::Linear { in_features, out_features });
+        Ok(Self { weight, bias, in_features, out_features, lora })
     }
 
     /// `x [.., in] -> [.., out]`.
@@ -34,13 +39,21 @@ impl Linear {
         self.forward_with(x, None)
     }
 
-    /// With an activation fused after the bias.
+    /// With an activation fused after the bias (applied after the LoRA side path, if any).
     pub fn forward_with(&self, x: &Tensor, activation: Option<Unary>) -> Result<Tensor> {
         let shape = x.shape();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
         let flat = x.reshape(&[rows, *shape.last().unwrap_or(&0)])?;
-        let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation, ..Default::default() };
-        let out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
+        let side_path = self.lora.current();
+        let fused_activation = if side_path.is_some() { None } else { activation };
+        let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation: fused_activation, ..Default::default() };
+        let mut out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
+        if let Some(side_path) = side_path {
+            out = side_path.add_to_linear(&flat, &out)?;
+            if let Some(activation) = activation {
+                out = ew::unary(x.gpu(), &out, activation)?;
+            }
+        }
         let mut out_shape = shape.to_vec();
         if let Some(last) = out_shape.last_mut() {
             *last = self.out_features;
@@ -56,6 +69,7 @@ pub struct Conv2d {
     stride: usize,
     padding: [usize; 4],
     pub out_channels: usize,
+    lora: SidePathSlot,
 }
 
 impl Conv2d {
@@ -77,12 +91,17 @@ impl Conv2d {
         let [in_channels, out_channels, kernel, stride] = dims;
         let weight = w.get(&join(prefix, "weight"), &[out_channels, in_channels, kernel, kernel])?;
         let bias = Some(w.get(&join(prefix, "bias"), &[out_channels])?);
-        Ok(Self { weight, bias, stride, padding, out_channels })
+        let lora = w.lora_targets().register(prefix, LayerShape::Conv2d { in_channels, out_channels, kernel });
+        Ok(Self { weight, bias, stride, padding, out_channels, lora })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), f16_math: false };
-        conv2d(x.gpu(), x, &self.weight, &opts)
+        let out = conv2d(x.gpu(), x, &self.weight, &opts)?;
+        if let Some(side_path) = self.lora.current() {
+            side_path.add_to_conv(x, self.stride, self.padding, &out)?;
+        }
+        Ok(out)
     }
 }
 

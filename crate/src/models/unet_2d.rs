@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+use crate::lora::LoraTargets;
 
 /// A config value given once for every block or as a list with one per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -321,6 +322,7 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock2D>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    lora_targets: LoraTargets,
 }
 
 impl UNet2DConditionModel {
@@ -364,12 +366,18 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out: GroupNorm::load(w, "conv_norm_out", plan.groups, first, c.norm_eps)?,
             conv_out: conv("conv_out", first, c.out_channels, c.conv_out_kernel)?,
+            lora_targets: w.lora_targets().clone(),
             config,
         })
     }
 
     pub fn config(&self) -> &UNet2DConditionConfig {
         &self.config
+    }
+
+    /// The layers LoRAs can adapt (`lora::attach`).
+    pub fn lora_targets(&self) -> &LoraTargets {
+        &self.lora_targets
     }
 
     /// The prediction for `sample [B, in_channels, H, W]` at one `timestep` for the whole

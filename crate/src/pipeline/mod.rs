@@ -7,6 +7,7 @@
 
 mod img2img;
 mod inpaint;
+mod lora;
 mod preview;
 
 use inpaint::Inpainting;
@@ -145,7 +146,7 @@ struct UNetSize {
     sample_size: Option<usize>,
 }
 
-/// A loaded diffusers Stable Diffusion folder.
+/// A loaded Stable Diffusion model: a diffusers folder or a webdiffusion package.
 pub struct StableDiffusion {
     gpu: Gpu,
     tokenizer: ClipTokenizer,
@@ -174,6 +175,9 @@ const PIPELINES: [&str; 4] =
     ["StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"];
 
 impl StableDiffusion {
+    /// Loads the model `files` holds: a diffusers folder, whose weights are uploaded in
+    /// `precision`, or a loaded `package::Package`, whose tensors are on the GPU already
+    /// in the package's storage types. Both go through the same name and shape checks.
     pub fn load(gpu: &Gpu, files: &dyn ModelFiles, precision: WeightPrecision) -> Result<Self> {
         let index: ModelIndex = read_config(files, "model_index.json")?;
         if !PIPELINES.contains(&index.class_name.as_str()) {

@@ -184,7 +184,7 @@ impl SchedulerConfig {
 
 /// Python's json writes non-finite floats as bare `-Infinity`, `Infinity` and `NaN`, which
 /// are not JSON: quote them (outside strings) for [`float_or_non_finite`].
-fn quote_non_finite(json: &str) -> String {
+pub(crate) fn quote_non_finite(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
     let mut rest = json;

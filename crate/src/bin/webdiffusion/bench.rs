@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use webdiffusion::Result;
-use webdiffusion::gpu::{Gpu, Tensor};
+use webdiffusion::gpu::{DType, Gpu, Tensor};
 use webdiffusion::kernels::attention::{AttentionOptions, attention};
 use webdiffusion::kernels::conv2d::{Conv2dOptions, conv2d};
 use webdiffusion::kernels::elementwise::{self as ew, Unary};
@@ -35,8 +35,9 @@ fn tensor(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     gpu.upload_f32(shape, &values(shape.iter().product()))
 }
 
-fn f16_tensor(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
-    gpu.upload_f32_as_f16(shape, &values(shape.iter().product()))
+/// A weight stored as `dtype` (f16, q8 or q4), as a package holds it.
+fn weight(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    gpu.upload_bytes(shape, dtype, &webdiffusion::quant::quantize(dtype, shape, &values(shape.iter().product()))?)
 }
 
 fn cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
@@ -72,23 +73,29 @@ fn cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
         launch: Box::new(move || ew::axpby(&gx, 0.5, &x, 0.3, &y, Some((0.2, &z)))),
     });
 
-    for (m, k, n, b_f16, f16_math) in [
-        (2 * tokens, 320, 320, false, false),
-        (2 * tokens, 320, 1280, false, false),
-        (2 * tokens, 320, 1280, true, false),
-        (2 * tokens, 320, 1280, true, true),
-        (154, 768, 3072, true, false),
+    for (m, k, n, b, f16_math) in [
+        (2 * tokens, 320, 320, DType::F32, false),
+        (2 * tokens, 320, 1280, DType::F32, false),
+        (2 * tokens, 320, 1280, DType::F16, false),
+        (2 * tokens, 320, 1280, DType::F16, true),
+        (2 * tokens, 320, 1280, DType::Q8, false),
+        (2 * tokens, 320, 1280, DType::Q4, false),
+        (154, 768, 3072, DType::F16, false),
+        (154, 768, 3072, DType::Q8, false),
+        (154, 768, 3072, DType::Q4, false),
     ] {
         if f16_math && !gpu.has_shader_f16() {
             continue;
         }
         let a = tensor(gpu, &[m, k])?;
-        let w = if b_f16 { f16_tensor(gpu, &[n, k])? } else { tensor(gpu, &[n, k])? };
+        let w = weight(gpu, &[n, k], b)?;
         let gx = g.clone();
-        let kernel = match (b_f16, f16_math) {
-            (false, _) => "matmul (linear, f32 weights)",
-            (true, false) => "matmul (linear, f16 weights)",
-            (true, true) => "matmul (linear, f16 math)",
+        let kernel = match (b, f16_math) {
+            (_, true) => "matmul (linear, f16 math)",
+            (DType::F16, false) => "matmul (linear, f16 weights)",
+            (DType::Q8, false) => "matmul (linear, q8 weights)",
+            (DType::Q4, false) => "matmul (linear, q4 weights)",
+            _ => "matmul (linear, f32 weights)",
         };
         cases.push(Case {
             kernel,
@@ -98,23 +105,30 @@ fn cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
         });
     }
 
-    for (c_in, c_out, size, kernel, stride, f16_math) in [
-        (320, 320, hw, 3, 1, false),
-        (320, 320, hw, 3, 1, true),
-        (320, 320, hw, 1, 1, false),
-        (320, 320, hw, 3, 2, false),
-        (128, 128, hw * 4, 3, 1, false),
+    for (c_in, c_out, size, kernel, stride, w_dtype, f16_math) in [
+        (320, 320, hw, 3, 1, DType::F16, false),
+        (320, 320, hw, 3, 1, DType::F16, true),
+        (320, 320, hw, 3, 1, DType::Q8, false),
+        (320, 320, hw, 3, 1, DType::Q4, false),
+        (320, 320, hw, 1, 1, DType::F16, false),
+        (320, 320, hw, 3, 2, DType::F16, false),
+        (128, 128, hw * 4, 3, 1, DType::F16, false),
     ] {
         if f16_math && !gpu.has_shader_f16() {
             continue;
         }
         let x = tensor(gpu, &[if size > hw { 1 } else { 2 }, c_in, size, size])?;
-        let w = f16_tensor(gpu, &[c_out, c_in, kernel, kernel])?;
+        let w = weight(gpu, &[c_out, c_in, kernel, kernel], w_dtype)?;
         let batch = x.shape()[0];
         let out = size / stride;
         let gx = g.clone();
         cases.push(Case {
-            kernel: if f16_math { "conv2d (f16 weights, f16 math)" } else { "conv2d (f16 weights)" },
+            kernel: match (w_dtype, f16_math) {
+                (_, true) => "conv2d (f16 weights, f16 math)",
+                (DType::Q8, _) => "conv2d (q8 weights)",
+                (DType::Q4, _) => "conv2d (q4 weights)",
+                _ => "conv2d (f16 weights)",
+            },
             shape: format!("{batch}x{c_in}x{size}x{size} k{kernel} s{stride} -> {c_out}"),
             work: Work::Flops(2.0 * (batch * c_out * out * out * c_in * kernel * kernel) as f64),
             launch: Box::new(move || conv2d(&gx, &x, &w, &Conv2dOptions::new(stride, kernel / 2).with_f16_math(f16_math))),

@@ -15,9 +15,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the GPU adapter, its features and its limits.
-    Info,
-    /// Generate an image from a prompt with a diffusers Stable Diffusion folder.
+    Info {
+        /// Also load this package (timed) and print what it holds.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+    },
+    /// Generate an image from a prompt with a package or a diffusers Stable Diffusion folder.
     Generate(Box<crate::generate::GenerateArgs>),
+    /// Convert a model into a webdiffusion package (f16, q8, q4 or mixed storage).
+    Convert(Box<crate::convert::ConvertArgs>),
     /// Time the kernels.
     Bench {
         #[command(subcommand)]
@@ -50,31 +56,48 @@ enum BenchTarget {
         #[arg(long)]
         taesd: Option<std::path::PathBuf>,
     },
+    /// Generate the evaluation prompts (models/eval/prompts.json) and score colour, shape,
+    /// position and size with a deterministic image analyser.
+    Quality(crate::quality::QualityArgs),
+    /// Package size and final-image PSNR against the f32 folder for f16, q8, q4 and mixed.
+    Fidelity(crate::fidelity::FidelityArgs),
 }
 
 pub fn main() -> ExitCode {
     env_logger_init();
     let cli = Cli::parse();
-    let result = pollster::block_on(async {
-        let gpu = Gpu::new().await?;
-        match cli.command {
-            Command::Info => {
-                println!("{}", gpu.info());
-                Ok(())
-            }
-            Command::Generate(args) => crate::generate::run(&gpu, *args).await,
-            Command::Bench { what: BenchTarget::Pipeline { model, steps, size, taesd } } => {
-                crate::bench::pipeline(&gpu, &model, steps, size, taesd.as_deref()).await
-            }
-            Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
-        }
-    });
+    let result = match cli.command {
+        // Converting needs no GPU.
+        Command::Convert(args) => crate::convert::run(*args),
+        command => pollster::block_on(run_on_gpu(command)),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run_on_gpu(command: Command) -> webdiffusion::Result<()> {
+    let gpu = Gpu::new().await?;
+    match command {
+        Command::Info { model } => {
+            println!("{}", gpu.info());
+            match model {
+                Some(model) => crate::package_info::run(&gpu, &model).await,
+                None => Ok(()),
+            }
+        }
+        Command::Generate(args) => crate::generate::run(&gpu, *args).await,
+        Command::Bench { what: BenchTarget::Pipeline { model, steps, size, taesd } } => {
+            crate::bench::pipeline(&gpu, &model, steps, size, taesd.as_deref()).await
+        }
+        Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
+        Command::Bench { what: BenchTarget::Quality(args) } => crate::quality::run(&gpu, args).await,
+        Command::Bench { what: BenchTarget::Fidelity(args) } => crate::fidelity::run(&gpu, args).await,
+        Command::Convert(args) => crate::convert::run(*args),
     }
 }
 

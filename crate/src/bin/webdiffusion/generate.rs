@@ -1,4 +1,4 @@
-//! `webdiffusion generate`: one image from a diffusers folder, written as PNG with
+//! `webdiffusion generate`: one image from a package or a diffusers folder, written as PNG with
 //! its parameters; optional starting latents in and final latents out (safetensors),
 //! or an init image (image to image) and a mask (inpainting) as PNG.
 
@@ -8,21 +8,28 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
-use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
+use webdiffusion::lora::{LoraFile, LoraSpec};
+use webdiffusion::package::manifest::MANIFEST;
+use webdiffusion::package::{DirSource, LoadProgress, load_package};
 use webdiffusion::pipeline::{Control, LatentPreview, Progress, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
+use crate::default_model;
+
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// A diffusers Stable Diffusion folder (model_index.json, unet/, vae/, ...).
+    /// A package folder (`webdiffusion convert`) or a diffusers Stable Diffusion folder
+    /// (model_index.json, unet/, vae/, ...); the built-in model when omitted.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Denoising steps: 4 with the built-in model, else 50 (diffusers' default).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Classifier-free guidance scale (1 or less: no guidance).
     #[arg(long, default_value_t = 7.5)]
     guidance: f32,
@@ -64,6 +71,10 @@ pub struct GenerateArgs {
     /// Write a cheap preview of the latents after every step into this folder.
     #[arg(long)]
     preview_dir: Option<PathBuf>,
+    /// A LoRA (kohya-ss or diffusers/PEFT safetensors) at a scale (1 when omitted);
+    /// repeat for several at once.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<LoraSpec>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -83,6 +94,14 @@ fn read_latents(path: &Path) -> Result<Vec<f32>> {
     Ok(bytemuck::pod_collect_to_vec(view.data()))
 }
 
+fn read_loras(specs: &[LoraSpec]) -> Result<Vec<(LoraFile, f32)>> {
+    let read = |spec: &LoraSpec| {
+        let bytes = std::fs::read(&spec.path).map_err(|e| io_error(&spec.path, e))?;
+        Ok((LoraFile::parse(&bytes, &spec.path.display().to_string())?, spec.scale))
+    };
+    specs.iter().map(read).collect()
+}
+
 fn read_png(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
     decode_png(&bytes).map_err(|e| match e {
@@ -99,9 +118,14 @@ fn write_latents(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
 }
 
 pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
-    let files = DirFiles::new(&args.model)?;
+    let loras = read_loras(&args.loras)?;
+    let (files, model_hash) = match &args.model {
+        Some(path) => open_model(gpu, path).await?,
+        None => open_built_in(gpu).await?,
+    };
     let precision = if args.f16_weights { WeightPrecision::F16 } else { WeightPrecision::AsStored };
-    let sd = StableDiffusion::load(gpu, &files, precision)?;
+    let mut sd = StableDiffusion::load(gpu, files.as_ref(), precision)?;
+    sd.set_loras(&loras.iter().map(|(lora, scale)| (lora, *scale)).collect::<Vec<_>>())?;
     let preview = match &args.preview_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
@@ -110,8 +134,11 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         None => None,
     };
     let first_seed = args.seed.unwrap_or_else(random_seed);
-    let model = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let model_hash = webdiffusion::loader::model_hash(&files)?;
+    let model = match &args.model {
+        Some(path) => path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        None => default_model::NAME.to_string(),
+    };
+    let steps = args.steps.unwrap_or(if args.model.is_none() { default_model::STEPS } else { 50 });
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
     let init_image = args.init_image.as_deref().map(read_png).transpose()?;
     let mask = args.mask.as_deref().map(read_png).transpose()?;
@@ -120,7 +147,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         let request = Request {
             prompt: args.prompt.clone(),
             negative_prompt: args.negative_prompt.clone(),
-            steps: args.steps,
+            steps,
             guidance_scale: args.guidance,
             scheduler: args.scheduler.clone(),
             seed,
@@ -147,7 +174,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
             write_latents(&name(path), generation.latents.shape(), &generation.latents.to_vec().await?)?;
         }
         let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
-        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model, Some(&model_hash))))?;
+        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model, model_hash.as_deref())))?;
         let out = name(&args.out);
         std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
         let mut start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
@@ -164,6 +191,39 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A package (a folder with `manifest.json`, streamed onto the GPU with progress on
+/// stderr) or a diffusers folder, and the model's AUTOMATIC1111 hash where known.
+async fn open_model(gpu: &Gpu, path: &Path) -> Result<(Box<dyn ModelFiles>, Option<String>)> {
+    if !path.join(MANIFEST).is_file() {
+        let files = DirFiles::new(path)?;
+        let hash = webdiffusion::loader::model_hash(&files)?;
+        return Ok((Box::new(files), Some(hash)));
+    }
+    let package = load_package(gpu, &DirSource::new(path)?, &mut load_report(&path.display().to_string())).await?;
+    let hash = package.model_hash().map(str::to_string);
+    Ok((Box::new(package), hash))
+}
+
+/// The model compiled into this binary.
+async fn open_built_in(gpu: &Gpu) -> Result<(Box<dyn ModelFiles>, Option<String>)> {
+    let package = load_package(gpu, &default_model::source(), &mut load_report(default_model::NAME)).await?;
+    let hash = package.model_hash().map(str::to_string);
+    Ok((Box::new(package), hash))
+}
+
+/// Progress on stderr every 10%.
+fn load_report(name: &str) -> impl FnMut(&LoadProgress) {
+    let name = name.to_string();
+    let mut shown = 0;
+    move |progress: &LoadProgress| {
+        let percent = progress.done * 100 / progress.total.max(1);
+        if percent >= shown + 10 || progress.done == progress.total {
+            shown = percent;
+            eprintln!("loading {name}: {percent}% of {} MiB", progress.total >> 20);
+        }
+    }
 }
 
 /// `path` itself for a single image, else `stem-<index+1>.ext`.

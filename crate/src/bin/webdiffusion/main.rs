@@ -6,7 +6,17 @@ mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
 #[cfg(not(target_arch = "wasm32"))]
+mod convert;
+#[cfg(not(target_arch = "wasm32"))]
+mod default_model;
+#[cfg(not(target_arch = "wasm32"))]
+mod fidelity;
+#[cfg(not(target_arch = "wasm32"))]
 mod generate;
+#[cfg(not(target_arch = "wasm32"))]
+mod package_info;
+#[cfg(not(target_arch = "wasm32"))]
+mod quality;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {

@@ -14,7 +14,7 @@ pub(crate) struct ActivationLimit {
 /// f32 bytes of `shape`, saturating instead of overflowing.
 fn f32_bytes(shape: &[usize]) -> u64 {
     let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
-    DType::F32.storage_bytes(elements.min(u64::MAX as usize / 4))
+    crate::quant::storage_bytes(DType::F32, &[elements.min(u64::MAX as usize / 4)])
 }
 
 impl ActivationLimit {

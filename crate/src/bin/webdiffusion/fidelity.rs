@@ -1,0 +1,189 @@
+//! `webdiffusion bench fidelity`: what each package storage type costs. The diffusers
+//! folder is converted to an f16, a q8, a q4 and a mixed package in a temporary folder
+//! (through the package writer, as `convert` does), each is loaded and run on a few
+//! evaluation prompts and seeds, and its final images are compared with the f32 folder's:
+//! package size per component and PSNR of the 8-bit images.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use webdiffusion::convert::diffusers::{COMPONENTS, read_diffusers};
+use webdiffusion::gpu::Gpu;
+use webdiffusion::image::RgbImage;
+use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::package::{DEFAULT_SHARD_BYTES, Policy, Quantization, WriteOptions, write_package};
+use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::{Error, Result};
+
+use crate::quality::{PromptList, generate_image, load_pipeline};
+
+#[derive(clap::Args)]
+pub struct FidelityArgs {
+    /// A diffusers folder: the f32 reference and the source of the packages.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Sampler; the model's own when omitted.
+    #[arg(long)]
+    sampler: Option<String>,
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// Prompts taken from the evaluation list, evenly spread over it.
+    #[arg(long, default_value_t = 4)]
+    prompts: usize,
+    /// Images per prompt, with seeds 0, 1, ...
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// The storage types to measure.
+    #[arg(long, value_delimiter = ',', default_value = "f16,q8,q4,mixed", value_parser = Quantization::NAMES)]
+    quant: Vec<String>,
+    /// PATTERN=TYPE (f32, f16, q8, q4) for tensors matching PATTERN in every package, as
+    /// `convert --quant-override` takes it. Repeatable.
+    #[arg(long)]
+    quant_override: Vec<String>,
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io { path: path.display().to_string(), detail: e.to_string() }
+}
+
+/// A folder removed with everything in it when dropped.
+struct TempFolder(PathBuf);
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        // Best effort: a leftover temporary folder is harmless.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A package written to `folder`: bytes per component's tensors and in all its files.
+struct Written {
+    component_bytes: BTreeMap<String, u64>,
+    folder_bytes: u64,
+}
+
+fn write_to(folder: &Path, model: &webdiffusion::convert::SourceModel, policy: Policy) -> Result<Written> {
+    let quantization = policy.quantization;
+    let options = WriteOptions {
+        policy,
+        shard_bytes: DEFAULT_SHARD_BYTES,
+        source: format!("{} (bench fidelity, {})", model.name, quantization.name()),
+        model_hash: None,
+    };
+    let mut folder_bytes = 0;
+    let mut write = |path: &str, bytes: &[u8]| -> Result<()> {
+        let file = folder.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        folder_bytes += bytes.len() as u64;
+        std::fs::write(&file, bytes).map_err(|e| io_error(&file, e))
+    };
+    let manifest = write_package(model, &options, &mut write)?;
+    let mut component_bytes = BTreeMap::new();
+    for tensor in &manifest.tensors {
+        *component_bytes.entry(tensor.component.clone()).or_default() += tensor.length;
+    }
+    Ok(Written { component_bytes, folder_bytes })
+}
+
+/// Mean squared error over all channels of two images of one size, in 8-bit levels.
+fn squared_error(a: &RgbImage, b: &RgbImage) -> (f64, u8) {
+    let mut sum = 0.0;
+    let mut max = 0u8;
+    for (x, y) in a.pixels.iter().zip(&b.pixels) {
+        let d = x.abs_diff(*y);
+        sum += f64::from(d) * f64::from(d);
+        max = max.max(d);
+    }
+    (sum / a.pixels.len().max(1) as f64, max)
+}
+
+fn psnr(mse: f64) -> String {
+    if mse == 0.0 { "identical".into() } else { format!("{:.2} dB", 10.0 * (255.0f64 * 255.0 / mse).log10()) }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / (1 << 20) as f64)
+}
+
+async fn generate_all(sd: &StableDiffusion, requests: &[Request]) -> Result<Vec<RgbImage>> {
+    let mut images = Vec::with_capacity(requests.len());
+    for request in requests {
+        images.push(generate_image(sd, request).await?);
+    }
+    Ok(images)
+}
+
+pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
+    let list = PromptList::builtin()?;
+    let count = args.prompts.clamp(1, list.prompts.len());
+    let mut requests = Vec::new();
+    for seed in 0..args.seeds {
+        for i in 0..count {
+            let prompt = &list.prompts[i * list.prompts.len() / count];
+            requests.push(Request {
+                prompt: prompt.prompt.clone(),
+                steps: args.steps,
+                guidance_scale: args.guidance,
+                scheduler: args.sampler.clone(),
+                seed,
+                ..Default::default()
+            });
+        }
+    }
+    let files = DirFiles::new(&args.model)?;
+    let name = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let model = read_diffusers(&files, &name)?;
+    let reference = generate_all(&StableDiffusion::load(gpu, &files, WeightPrecision::AsStored)?, &requests).await?;
+
+    let temp = TempFolder(std::env::temp_dir().join(format!("webdiffusion-fidelity-{}", std::process::id())));
+    let columns: Vec<String> = COMPONENTS.iter().map(|c| format!("{c} MiB")).collect();
+    println!("adapter: {} ({})", gpu.info().adapter, gpu.info().backend);
+    println!(
+        "model: {}, {} steps, guidance {}, {} images ({count} prompts x {} seeds)",
+        args.model.display(),
+        args.steps,
+        args.guidance,
+        requests.len(),
+        args.seeds
+    );
+    println!("\n| storage | {} | weights MiB | package MiB | PSNR (all images) | worst image | max diff |", columns.join(" | "));
+    println!("|---|{}---:|---:|---:|---:|---:|", "---:|".repeat(COMPONENTS.len()));
+    let f32_bytes =
+        |component: &str| model.components.get(component).map_or(0, |c| c.tensors.values().map(|t| 4 * t.values.len() as u64).sum());
+    let f32_columns: Vec<String> = COMPONENTS.iter().map(|c| mib(f32_bytes(c))).collect();
+    println!(
+        "| f32 (the folder) | {} | {} | - | reference | | |",
+        f32_columns.join(" | "),
+        mib(COMPONENTS.iter().map(|c| f32_bytes(c)).sum())
+    );
+    for quantization in args.quant.iter().filter_map(|n| Quantization::from_name(n)) {
+        let mut policy = Policy::new(quantization);
+        for spec in &args.quant_override {
+            policy = policy.with_override(spec)?;
+        }
+        let folder = temp.0.join(quantization.name());
+        let written = write_to(&folder, &model, policy)?;
+        let images = generate_all(&load_pipeline(gpu, &folder).await?, &requests).await?;
+        std::fs::remove_dir_all(&folder).map_err(|e| io_error(&folder, e))?;
+        let errors: Vec<(f64, u8)> = images.iter().zip(&reference).map(|(a, b)| squared_error(a, b)).collect();
+        let pooled = errors.iter().map(|e| e.0).sum::<f64>() / errors.len() as f64;
+        let worst = errors.iter().map(|e| e.0).fold(0.0, f64::max);
+        let max = errors.iter().map(|e| e.1).max().unwrap_or(0);
+        let sizes: Vec<String> = COMPONENTS.iter().map(|c| mib(written.component_bytes.get(*c).copied().unwrap_or(0))).collect();
+        let overrides = if args.quant_override.is_empty() { String::new() } else { format!(" + {}", args.quant_override.join(", ")) };
+        println!(
+            "| {}{overrides} | {} | {} | {} | {} | {} | {max} |",
+            quantization.name(),
+            sizes.join(" | "),
+            mib(written.component_bytes.values().sum()),
+            mib(written.folder_bytes),
+            psnr(pooled),
+            psnr(worst)
+        );
+    }
+    Ok(())
+}

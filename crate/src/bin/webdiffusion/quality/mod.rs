@@ -1,0 +1,105 @@
+//! `webdiffusion bench quality`: how often the model draws what the prompt asks. Every
+//! prompt of the fixed list (`models/eval/prompts.json`: one object of a named colour, shape,
+//! size and position, on seen and on held-out combinations) is generated through the
+//! engine and read back by a deterministic analyser; accuracies are printed per group.
+
+mod analyse;
+mod mask;
+mod prompts;
+mod score;
+mod shape;
+mod sheet;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use webdiffusion::gpu::Gpu;
+use webdiffusion::image::{RgbImage, encode_png, from_decoded};
+use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::package::manifest::MANIFEST;
+use webdiffusion::package::{DirSource, load_package};
+use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::{Error, Result};
+
+pub use prompts::PromptList;
+
+#[derive(clap::Args)]
+pub struct QualityArgs {
+    /// A package folder or a diffusers folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Sampler; the model's own when omitted.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// Images per prompt, with seeds 0, 1, ...
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Also write every image into this PNG, a row per 16 prompts, seed after seed.
+    #[arg(long)]
+    sheet: Option<PathBuf>,
+}
+
+/// A package folder (with `manifest.json`) or a diffusers folder, loaded as stored.
+pub async fn load_pipeline(gpu: &Gpu, path: &Path) -> Result<StableDiffusion> {
+    if path.join(MANIFEST).is_file() {
+        let package = load_package(gpu, &DirSource::new(path)?, &mut |_| {}).await?;
+        StableDiffusion::load(gpu, &package, WeightPrecision::AsStored)
+    } else {
+        StableDiffusion::load(gpu, &DirFiles::new(path)?, WeightPrecision::AsStored)
+    }
+}
+
+/// The first image `request` makes, as 8-bit pixels.
+pub async fn generate_image(sd: &StableDiffusion, request: &Request) -> Result<RgbImage> {
+    let generation = sd.generate(request)?;
+    let mut images = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
+    Ok(images.swap_remove(0))
+}
+
+pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
+    let list = PromptList::builtin()?;
+    let palette = list.palette();
+    let sd = load_pipeline(gpu, &args.model).await?;
+    let total = list.prompts.len() * args.seeds as usize;
+    let (mut outcomes, mut images) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let start = Instant::now();
+    for seed in 0..args.seeds {
+        for (index, prompt) in list.prompts.iter().enumerate() {
+            let request = Request {
+                prompt: prompt.prompt.clone(),
+                steps: args.steps,
+                guidance_scale: args.guidance,
+                scheduler: args.sampler.clone(),
+                seed,
+                ..Default::default()
+            };
+            let image = generate_image(&sd, &request).await?;
+            let analysis = analyse::analyse(&image, &palette);
+            eprintln!("{}/{total} seed {seed}: {:?} -> {}", outcomes.len() + 1, prompt.prompt, score::describe(&list, analysis.as_ref()));
+            outcomes.push(score::Outcome { prompt: index, analysis });
+            images.push(image);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64() / total.max(1) as f64;
+    println!("adapter: {} ({})", gpu.info().adapter, gpu.info().backend);
+    println!(
+        "model: {}, {} steps, sampler {}, guidance {}, seeds 0..{}: {total} images, {seconds:.2} s each",
+        args.model.display(),
+        args.steps,
+        args.sampler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
+        args.guidance,
+        args.seeds
+    );
+    println!("\n{}\n\n{}", score::summary(&list, &outcomes), score::per_shape(&list, &outcomes));
+    if let Some(path) = &args.sheet {
+        let png = encode_png(&sheet::contact_sheet(&images, 16, 2), None)?;
+        std::fs::write(path, png).map_err(|e| Error::Io { path: path.display().to_string(), detail: e.to_string() })?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! The evaluator's fixed prompt list, `models/eval/prompts.json` (written by
+//! `models/eval/make_prompts.py` from the training data's vocabulary), built into the binary
+//! so `bench quality` runs from anywhere.
+
+use serde::Deserialize;
+use webdiffusion::{Error, Result};
+
+use super::shape::Shape;
+
+const PROMPTS_JSON: &str = include_str!("../../../../../models/eval/prompts.json");
+const PROMPTS_FILE: &str = "models/eval/prompts.json";
+
+#[derive(Deserialize)]
+pub struct PromptList {
+    /// The training data's colours, in its order.
+    pub colours: Vec<NamedColour>,
+    pub shapes: Vec<String>,
+    /// The 3x3 position cells in reading order ("top left", "top", ...).
+    pub cells: Vec<String>,
+    pub prompts: Vec<EvalPrompt>,
+}
+
+#[derive(Deserialize)]
+pub struct NamedColour {
+    pub name: String,
+    /// The reference RGB in [0, 1] (the data jitters it by at most 0.04 per channel).
+    pub rgb: [f32; 3],
+}
+
+#[derive(Deserialize)]
+pub struct EvalPrompt {
+    pub prompt: String,
+    pub shape: String,
+    pub colour: String,
+    pub size: String,
+    pub cell: usize,
+    /// Which combination training never showed: `colour_shape`, `shape_position`, or none.
+    pub held_out_kind: Option<String>,
+}
+
+impl PromptList {
+    pub fn builtin() -> Result<Self> {
+        let list: PromptList = serde_json::from_str(PROMPTS_JSON).map_err(|e| format_error(e.to_string()))?;
+        // The analyser's shapes must be the data's, in its order.
+        if !list.shapes.iter().map(String::as_str).eq(Shape::ALL.iter().map(|s| s.name())) {
+            return Err(format_error(format!("shapes {:?} are not the analyser's", list.shapes)));
+        }
+        for prompt in &list.prompts {
+            if list.colour_index(&prompt.colour).is_none() || Shape::from_name(&prompt.shape).is_none() || prompt.cell >= list.cells.len() {
+                return Err(format_error(format!("prompt {:?} names an unknown colour, shape or cell", prompt.prompt)));
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn colour_index(&self, name: &str) -> Option<usize> {
+        self.colours.iter().position(|colour| colour.name == name)
+    }
+
+    pub fn palette(&self) -> Vec<[f32; 3]> {
+        self.colours.iter().map(|colour| colour.rgb).collect()
+    }
+}
+
+fn format_error(detail: String) -> Error {
+    Error::Format { file: PROMPTS_FILE.into(), detail }
+}

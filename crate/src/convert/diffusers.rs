@@ -1,0 +1,112 @@
+//! Reading a diffusers Stable Diffusion folder (`model_index.json`, `unet/`, `vae/`,
+//! `text_encoder/`, `scheduler/`, `tokenizer/`) into a `SourceModel`.
+
+use std::collections::BTreeMap;
+
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata};
+
+use super::{HostTensor, SourceComponent, SourceModel};
+use crate::error::{Error, Result};
+use crate::loader::{ModelFiles, Weights, component_file};
+
+/// The networks a Stable Diffusion pipeline runs, in the order a package stores them.
+pub const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
+
+/// The tokenizer files `ClipTokenizer` reads (the last two are optional).
+pub const TOKENIZER_FILES: [&str; 4] = ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"];
+
+const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+/// Non-float buffers that checkpoints carry but no model reads (CLIP's `arange` of
+/// positions, stored as i64): dropped rather than widened.
+const INTEGER_BUFFERS: [&str; 2] = ["text_model.embeddings.position_ids", "embeddings.position_ids"];
+
+/// Reads every component, the scheduler config, `model_index.json` and the tokenizer.
+/// `name` is the provenance recorded in the package (usually the folder's name).
+pub fn read_diffusers(files: &dyn ModelFiles, name: &str) -> Result<SourceModel> {
+    let mut components = BTreeMap::new();
+    for component in COMPONENTS {
+        components.insert(component.to_string(), read_component(files, component)?);
+    }
+    let mut tokenizer = BTreeMap::new();
+    for file in TOKENIZER_FILES {
+        let path = component_file("tokenizer", file);
+        if files.exists(&path) {
+            tokenizer.insert(file.to_string(), files.read(&path)?);
+        }
+    }
+    let family = detect_family(&components, &files.describe(&component_file("text_encoder", "config.json")))?;
+    Ok(SourceModel {
+        family,
+        name: name.to_string(),
+        components,
+        scheduler: Some(read_json(files, SCHEDULER_CONFIG)?),
+        model_index: Some(read_json(files, "model_index.json")?),
+        tokenizer,
+    })
+}
+
+/// One component folder: its `config.json` and its weights widened to f32.
+pub fn read_component(files: &dyn ModelFiles, component: &str) -> Result<SourceComponent> {
+    let config = read_json(files, &component_file(component, "config.json"))?;
+    let path = Weights::file_of(files, component)?;
+    let tensors = read_safetensors(&files.read(&path)?, &files.describe(&path))?;
+    Ok(SourceComponent { config, tensors })
+}
+
+/// Every float tensor of a safetensors file (f32, f16 or bf16) as f32; `file` names it in errors.
+pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<BTreeMap<String, HostTensor>> {
+    let format = |detail: String| Error::Format { file: file.to_string(), detail };
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in tensors.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(data),
+            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(data).into_iter().map(half::f16::to_f32).collect(),
+            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(data).into_iter().map(half::bf16::to_f32).collect(),
+            _ if INTEGER_BUFFERS.contains(&name.as_str()) => continue,
+            other => return Err(Error::Unsupported { file: file.to_string(), detail: format!("tensor {name} of type {other:?}") }),
+        };
+        out.insert(name, HostTensor { shape: view.shape().to_vec(), values });
+    }
+    Ok(out)
+}
+
+/// The names and shapes of the float tensors a safetensors header (the JSON after
+/// the 8-byte length) lists: enough to size a package without reading any weights.
+pub fn header_shapes(header: &[u8], file: &str) -> Result<BTreeMap<String, Vec<usize>>> {
+    let metadata: Metadata = serde_json::from_slice(header).map_err(|e| Error::Format { file: file.to_string(), detail: e.to_string() })?;
+    let mut shapes = BTreeMap::new();
+    for (name, info) in metadata.tensors() {
+        match info.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
+                shapes.insert(name, info.shape.clone());
+            }
+            _ if INTEGER_BUFFERS.contains(&name.as_str()) => {}
+            other => return Err(Error::Unsupported { file: file.to_string(), detail: format!("tensor {name} of type {other:?}") }),
+        }
+    }
+    Ok(shapes)
+}
+
+/// A JSON file as a value. Python writes non-finite floats as bare `-Infinity`; they
+/// become strings, which the scheduler config reader accepts.
+fn read_json(files: &dyn ModelFiles, path: &str) -> Result<serde_json::Value> {
+    let bytes = files.read(path)?;
+    let format = |detail: String| Error::Format { file: files.describe(path), detail };
+    let text = std::str::from_utf8(&bytes).map_err(|e| format(e.to_string()))?;
+    serde_json::from_str(&crate::schedulers::config::quote_non_finite(text)).map_err(|e| format(e.to_string()))
+}
+
+/// SD 1.x uses OpenAI's CLIP-L (quick GELU), SD 2.x OpenCLIP-H (exact GELU): the text
+/// encoder's activation tells them apart at any size.
+fn detect_family(components: &BTreeMap<String, SourceComponent>, file: &str) -> Result<String> {
+    let activation = components.get("text_encoder").and_then(|c| c.config.get("hidden_act")).and_then(|v| v.as_str());
+    match activation {
+        Some("quick_gelu") => Ok("sd1".into()),
+        Some("gelu") => Ok("sd2".into()),
+        other => Err(Error::Unsupported { file: file.to_string(), detail: format!("a text encoder with hidden_act {other:?}") }),
+    }
+}

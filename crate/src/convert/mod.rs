@@ -1,0 +1,40 @@
+//! Models in memory between a source (a diffusers folder, a single-file checkpoint)
+//! and a webdiffusion package: every component's config and f32 tensors, so that
+//! readers, LoRA merging and the package writer share one representation.
+
+pub mod checkpoint;
+pub mod diffusers;
+
+use std::collections::BTreeMap;
+
+/// A whole Stable Diffusion model as the converter holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceModel {
+    /// `sd1`, `sd2`, ...: detected from the configs or the tensors.
+    pub family: String,
+    /// Provenance: the source folder or file name.
+    pub name: String,
+    /// `unet`, `vae`, `text_encoder`, ...
+    pub components: BTreeMap<String, SourceComponent>,
+    /// diffusers' `scheduler_config.json`.
+    pub scheduler: Option<serde_json::Value>,
+    /// diffusers' `model_index.json`.
+    pub model_index: Option<serde_json::Value>,
+    /// The tokenizer folder's files by bare file name (`vocab.json`, `merges.txt`,
+    /// `special_tokens_map.json`, `tokenizer_config.json`); may be empty.
+    pub tokenizer: BTreeMap<String, Vec<u8>>,
+}
+
+/// One network: its diffusers `config.json` and its tensors by diffusers name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceComponent {
+    pub config: serde_json::Value,
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+/// A tensor on the host, widened to f32.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}

@@ -1,0 +1,259 @@
+//! The JavaScript API the page uses (wasm-bindgen): `Engine.load(baseUrl, onProgress)`
+//! streams a package onto the browser's GPU, `engine.generate(options, onStep)` makes
+//! one image with a preview after every step. Every failure reaches JavaScript as an
+//! `Error` carrying the library's message; nothing panics across the boundary.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use js_sys::{Function, Object, Reflect, Uint8ClampedArray};
+use wasm_bindgen::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::image::from_decoded;
+use crate::loader::WeightPrecision;
+use crate::package::{FetchSource, LoadProgress, load_package};
+use crate::pipeline::{Control, LatentPreview, Progress, Request, StableDiffusion};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** What `Engine.generate` makes; omitted fields take the defaults shown. */
+export interface GenerateOptions {
+  prompt: string;
+  /** "" */
+  negativePrompt?: string;
+  /** A random one; the result reports it. Integers up to 2^53 - 1. */
+  seed?: number;
+  /** 4 (the embedded LCM model's step count). */
+  steps?: number;
+  /** 7.5 (1 or less: no guidance). */
+  guidance?: number;
+}
+
+/** RGBA pixels, row-major, as `ImageData` takes them. */
+export interface GeneratedImage {
+  rgba: Uint8ClampedArray<ArrayBuffer>;
+  width: number;
+  height: number;
+  seed: number;
+}
+
+/** Bytes of the package's shards loaded so far, of `total`. */
+export type LoadProgressCallback = (done: number, total: number) => void;
+
+/** After step `step` of `total`: a cheap RGBA preview of the latents, `width` x `height`. */
+export type StepCallback = (step: number, total: number, rgba: Uint8ClampedArray<ArrayBuffer>, width: number, height: number) => void;
+"#;
+
+const DEFAULT_STEPS: usize = 4;
+const DEFAULT_GUIDANCE: f32 = 7.5;
+/// The largest integer a JavaScript number holds exactly.
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// A model loaded onto the browser's GPU, ready to generate.
+#[wasm_bindgen]
+pub struct Engine {
+    // Shared with the futures `generate` hands to JavaScript, which must own what they use.
+    loaded: Rc<Loaded>,
+}
+
+struct Loaded {
+    gpu: Gpu,
+    sd: StableDiffusion,
+    preview: LatentPreview,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Opens WebGPU and loads the package whose `manifest.json` is at `baseUrl`
+    /// (shards kept in Cache Storage, so a second visit downloads none), calling
+    /// `onProgress(done, total)` in bytes as shards arrive.
+    #[wasm_bindgen(js_name = load)]
+    pub async fn load(
+        #[wasm_bindgen(js_name = baseUrl)] base_url: String,
+        #[wasm_bindgen(js_name = onProgress, unchecked_param_type = "LoadProgressCallback | undefined")] on_progress: Option<Function>,
+    ) -> Result<Engine, JsValue> {
+        console_error_panic_hook::set_once();
+        install_console_logger();
+        let gpu = Gpu::new().await.map_err(to_js)?;
+        let source = FetchSource::new(&base_url);
+        let mut callback_error = None;
+        let mut report = |progress: &LoadProgress| {
+            if let (Some(callback), None) = (&on_progress, &callback_error) {
+                // The loader's callback cannot fail; the first exception is rethrown after it.
+                if let Err(e) = callback.call2(&JsValue::NULL, &(progress.done as f64).into(), &(progress.total as f64).into()) {
+                    callback_error = Some(e);
+                }
+            }
+        };
+        let package = load_package(&gpu, &source, &mut report).await.map_err(to_js)?;
+        if let Some(thrown) = callback_error {
+            return Err(thrown);
+        }
+        let sd = StableDiffusion::load(&gpu, &package, WeightPrecision::AsStored).map_err(to_js)?;
+        let preview = LatentPreview::fit(&gpu, sd.vae()).await.map_err(to_js)?;
+        Ok(Engine { loaded: Rc::new(Loaded { gpu, sd, preview }) })
+    }
+
+    /// The WebGPU adapter in use, for display (browsers often withhold its name).
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        let info = self.loaded.gpu.info();
+        let name = if info.adapter.is_empty() { "WebGPU".to_string() } else { format!("WebGPU ({})", info.adapter) };
+        format!("{name}, {} shader-f16", if info.shader_f16 { "with" } else { "without" })
+    }
+
+    /// Generates one image. `onStep(step, total, rgba, width, height)` is called with a
+    /// preview after every step, as the GPU finishes it.
+    #[wasm_bindgen(unchecked_return_type = "Promise<GeneratedImage>")]
+    pub fn generate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue,
+        #[wasm_bindgen(js_name = onStep, unchecked_param_type = "StepCallback | undefined")] on_step: Option<Function>,
+    ) -> js_sys::Promise {
+        let loaded = self.loaded.clone();
+        wasm_bindgen_futures::future_to_promise(async move { loaded.generate(&options, on_step.as_ref()).await })
+    }
+}
+
+impl Loaded {
+    async fn generate(&self, options: &JsValue, on_step: Option<&Function>) -> Result<JsValue, JsValue> {
+        let request = request_from(options)?;
+        // `generate_with` only records GPU work; its step callback cannot wait for the
+        // GPU. Each step's preview read is started there, so that it lands in the queue
+        // right behind that step and resolves as soon as the GPU has done it.
+        let mut previews = Vec::new();
+        let mut start_preview = |progress: &Progress| -> Result<Control> {
+            let rgb = self.preview.project(progress.latents)?;
+            previews.push((progress.done, progress.total, rgb.shape().to_vec(), start_read(rgb)));
+            Ok(Control::Continue)
+        };
+        let generation = self.sd.generate_with(&request, &mut start_preview).map_err(to_js)?;
+        let image = start_read(generation.image.clone());
+        for (done, total, shape, read) in previews {
+            let (rgba, width, height) = rgba(&read.await.map_err(to_js)?, &shape).map_err(to_js)?;
+            if let Some(callback) = on_step {
+                let args = js_sys::Array::of5(&done.into(), &total.into(), &rgba, &width.into(), &height.into());
+                callback.apply(&JsValue::NULL, &args)?;
+            }
+        }
+        let (rgba, width, height) = rgba(&image.await.map_err(to_js)?, generation.image.shape()).map_err(to_js)?;
+        let result = Object::new();
+        for (key, value) in [("rgba", rgba), ("width", width.into()), ("height", height.into()), ("seed", (request.seed as f64).into())] {
+            Reflect::set(&result, &key.into(), &value)?;
+        }
+        Ok(result.into())
+    }
+}
+
+type Read = Pin<Box<dyn Future<Output = Result<Vec<f32>>>>>;
+
+/// Reads `tensor` back, submitting the copy now: `to_vec` submits on its first poll,
+/// and an `.await` only after `generate_with` returned would queue every preview's copy
+/// behind the whole generation.
+fn start_read(tensor: Tensor) -> Read {
+    let mut read: Read = Box::pin(async move { tensor.to_vec().await });
+    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        // Polled again later with the executor's waker, which the map callback then wakes.
+        Poll::Pending => read,
+        Poll::Ready(done) => Box::pin(std::future::ready(done)),
+    }
+}
+
+/// `[1, 3, H, W]` values in [-1, 1] to RGBA bytes, post-processed as PNGs are.
+fn rgba(values: &[f32], shape: &[usize]) -> Result<(JsValue, usize, usize)> {
+    let image = from_decoded(values, shape)?.swap_remove(0);
+    let pixels: Vec<u8> = image.pixels.chunks(3).flat_map(|rgb| [rgb[0], rgb[1], rgb[2], 255]).collect();
+    Ok((Uint8ClampedArray::from(&pixels[..]).into(), image.width, image.height))
+}
+
+/// The request `options` (a `GenerateOptions`) describes, with the defaults above.
+fn request_from(options: &JsValue) -> Result<Request, JsValue> {
+    if !options.is_object() {
+        return Err(type_error("generate: options must be an object such as { prompt: \"a red circle\" }"));
+    }
+    let prompt = string_field(options, "prompt")?.ok_or_else(|| type_error("generate: options.prompt is required"))?;
+    let negative_prompt = string_field(options, "negativePrompt")?.unwrap_or_default();
+    let seed = match number_field(options, "seed")? {
+        Some(seed) if seed < 0.0 || seed.fract() != 0.0 || seed > MAX_SAFE_INTEGER => {
+            return Err(type_error(&format!("generate: options.seed must be an integer from 0 to 2^53 - 1, got {seed}")));
+        }
+        Some(seed) => seed as u64,
+        None => (js_sys::Math::random() * 4_294_967_296.0) as u64,
+    };
+    let steps = match number_field(options, "steps")? {
+        Some(steps) if !(1.0..=1000.0).contains(&steps) || steps.fract() != 0.0 => {
+            return Err(type_error(&format!("generate: options.steps must be an integer from 1 to 1000, got {steps}")));
+        }
+        Some(steps) => steps as usize,
+        None => DEFAULT_STEPS,
+    };
+    let guidance_scale = match number_field(options, "guidance")? {
+        Some(guidance) if !guidance.is_finite() => {
+            return Err(type_error(&format!("generate: options.guidance must be finite, got {guidance}")));
+        }
+        Some(guidance) => guidance as f32,
+        None => DEFAULT_GUIDANCE,
+    };
+    Ok(Request { prompt, negative_prompt, steps, guidance_scale, seed, ..Request::default() })
+}
+
+fn field(options: &JsValue, name: &str) -> Result<Option<JsValue>, JsValue> {
+    let value = Reflect::get(options, &name.into())?;
+    Ok((!value.is_undefined() && !value.is_null()).then_some(value))
+}
+
+fn string_field(options: &JsValue, name: &str) -> Result<Option<String>, JsValue> {
+    field(options, name)?
+        .map(|value| value.as_string().ok_or_else(|| type_error(&format!("generate: options.{name} must be a string"))))
+        .transpose()
+}
+
+fn number_field(options: &JsValue, name: &str) -> Result<Option<f64>, JsValue> {
+    field(options, name)?
+        .map(|value| value.as_f64().ok_or_else(|| type_error(&format!("generate: options.{name} must be a number"))))
+        .transpose()
+}
+
+fn type_error(message: &str) -> JsValue {
+    js_sys::TypeError::new(message).into()
+}
+
+/// The library's error as a JavaScript `Error` with its message.
+fn to_js(error: Error) -> JsValue {
+    js_sys::Error::new(&error.to_string()).into()
+}
+
+/// The library reports recoverable trouble (an unavailable cache, a resumed download)
+/// through `log`; in the browser that goes to the console.
+struct ConsoleLogger;
+
+impl log::Log for ConsoleLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let text = JsValue::from(format!("webdiffusion: {}", record.args()));
+            match record.level() {
+                log::Level::Error => web_sys::console::error_1(&text),
+                _ => web_sys::console::warn_1(&text),
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CONSOLE_LOGGER: ConsoleLogger = ConsoleLogger;
+
+fn install_console_logger() {
+    // Fails only when a logger is already installed, which then keeps the messages.
+    if log::set_logger(&CONSOLE_LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}

@@ -1,0 +1,83 @@
+"""The embedded model's networks: diffusers / transformers classes exactly, so the engine loads them as it loads SD 1.x."""
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+LATENT_CHANNELS = 4
+LATENT_SIZE = 16  # 64 px images, VAE downsamples x4
+TEXT_WIDTH = 64
+LCM_GUIDANCE_EMBEDDING = 256  # time_cond_proj_dim of the LCM student
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=LATENT_CHANNELS,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    norm_num_groups=32,
+    sample_size=64,
+    scaling_factor=1.0,  # replaced by 1/std of the trained encoder's latents
+)
+
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=TEXT_WIDTH,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=TEXT_WIDTH,
+    # SD 1.x's text encoder config values; the tokenizer pads with <|endoftext|>.
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+
+UNET_CONFIG = dict(
+    sample_size=LATENT_SIZE,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    block_out_channels=(64, 96, 96),  # 3.7 M parameters: fp32 weights stay under 16 MB
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1,
+    cross_attention_dim=TEXT_WIDTH,
+    attention_head_dim=[2, 3, 3],  # diffusers' name for the head count: 32-wide heads
+    norm_num_groups=32,
+)
+
+
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def build_text_encoder() -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+
+
+def build_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def build_lcm_student(teacher: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The teacher plus a guidance embedding; its projection starts at zero so the student starts as the teacher."""
+    student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=LCM_GUIDANCE_EMBEDDING)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert missing == ["time_embedding.cond_proj.weight"] and not unexpected, (missing, unexpected)
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":
+    unet = build_unet()
+    for name, module in [("vae", build_vae()), ("text_encoder", build_text_encoder()), ("unet", unet), ("lcm unet", build_lcm_student(unet))]:
+        count = parameter_count(module)
+        print(f"{name:14s} {count / 1e6:7.3f} M parameters, {count * 4 / 2**20:6.2f} MiB fp32")

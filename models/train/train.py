@@ -1,0 +1,311 @@
+"""Trains the embedded default model: `python train.py STAGE... --workdir W [--outdir O]`.
+
+Stages, in order: vae, unet (text encoder + UNet), lcm (latent consistency distillation), export (diffusers
+folders), samples (a PNG grid of both pipelines). Each training stage stops at --budget-seconds or --max-steps,
+whichever comes first, checkpoints into the workdir and resumes from there when rerun. With --outdir, the
+returnable files (package.py) are refreshed there after every stage, so a late failure keeps earlier results.
+"""
+
+import argparse
+import copy
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+import architecture
+import diffusion
+import loop
+import package
+import shapes
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "tokenizer"
+STAGES = ["vae", "unet", "lcm", "export", "samples"]
+DATA_STREAM = {"vae": 1, "unet": 2, "lcm": 3, "scaling": 4}
+
+DEFAULTS = {
+    # batch, learning rate, warmup steps, max steps, budget seconds
+    "vae": dict(batch=128, lr=4e-4, warmup=100, max_steps=20000, budget_seconds=60),
+    "unet": dict(batch=256, lr=5e-4, warmup=200, max_steps=50000, budget_seconds=270),
+    "lcm": dict(batch=256, lr=1e-4, warmup=50, max_steps=20000, budget_seconds=100),
+}
+VAE_KL_WEIGHT = 1e-5  # per-pixel-mean reconstruction, KL summed per image: LDM's 1e-6 scale, a little firmer
+VAE_EDGE_WEIGHT = 0.5
+CAPTION_DROPOUT = 0.1
+UNET_EMA_DECAY = 0.999
+LCM_TARGET_DECAY = 0.95
+LCM_W_RANGE = (2.0, 8.0)  # w = guidance_scale - 1, as LatentConsistencyModelPipeline embeds it
+SCALING_BATCHES = 8
+
+
+def tokenizer() -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+def token_ids(tok: CLIPTokenizer, texts: list, dev) -> torch.Tensor:
+    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids.to(dev)
+
+
+def frozen(module: torch.nn.Module, dev) -> torch.nn.Module:
+    return module.to(dev).eval().requires_grad_(False)
+
+
+def stage_vae(args, dev, workdir: Path):
+    hp = args.hp["vae"]
+    vae = architecture.build_vae().to(dev)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=hp["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+
+    def loss_fn(step):
+        images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["vae"], step, dev)
+        noise_generator = loop.step_generator(dev, args.seed, "vae", step)
+        with loop.autocast(dev):
+            posterior = vae.encode(images).latent_dist
+            recon = vae.decode(posterior.sample(generator=noise_generator)).sample.float()
+        error = recon - images
+        edges = (error[..., 1:, :] - error[..., :-1, :]).abs().mean() + (error[..., :, 1:] - error[..., :, :-1]).abs().mean()
+        kl = posterior.kl().float().mean() / images[0].numel()
+        return error.abs().mean() + (error**2).mean() + VAE_EDGE_WEIGHT * edges + VAE_KL_WEIGHT * kl
+
+    loop.train("vae", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("vae"), hp["lr"], hp["warmup"], info={"batch": hp["batch"]})
+
+    # SD's convention: scaling_factor = 1 / std of the encoder's sampled latents.
+    latents = []
+    with torch.no_grad():
+        for index in range(SCALING_BATCHES):
+            images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["scaling"], index, dev)
+            generator = loop.step_generator(dev, args.seed, "scaling", index)
+            with loop.autocast(dev):
+                latents.append(vae.encode(images).latent_dist.sample(generator=generator).float())
+        latents = torch.cat(latents)
+        with loop.autocast(dev):
+            recon_error = (vae.decode(latents[-hp["batch"] :]).sample.float() - images).abs().mean().item()
+    scaling_factor = 1.0 / latents.std().item()
+    vae.register_to_config(scaling_factor=scaling_factor)
+    vae.save_pretrained(workdir / "vae", safe_serialization=True)
+    loop.update_train_log(
+        workdir,
+        "vae_scaling",
+        {"scaling_factor": scaling_factor, "latent_mean": latents.mean().item(), "latent_std": latents.std().item(), "held_out_l1": recon_error},
+    )
+    print(f"[vae] scaling_factor {scaling_factor:.5f}, L1 on fresh images {recon_error:.4f}", flush=True)
+
+
+def stage_unet(args, dev, workdir: Path):
+    hp = args.hp["unet"]
+    vae = frozen(AutoencoderKL.from_pretrained(workdir / "vae"), dev)
+    scaling_factor = vae.config.scaling_factor
+    tok = tokenizer()
+    text_encoder = architecture.build_text_encoder().to(dev)
+    unet = architecture.build_unet().to(dev)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
+    emas = {"text_encoder": loop.Ema(text_encoder, UNET_EMA_DECAY), "unet": loop.Ema(unet, UNET_EMA_DECAY)}
+    scheduler = diffusion.noise_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
+
+    def loss_fn(step):
+        images, captions, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["unet"], step, dev)
+        caption_generator = loop.step_generator(torch.device("cpu"), args.seed, "unet-captions", step)
+        dropped = (torch.rand(len(captions), generator=caption_generator) < CAPTION_DROPOUT).tolist()
+        ids = token_ids(tok, ["" if drop else c for c, drop in zip(captions, dropped)], dev)
+        generator = loop.step_generator(dev, args.seed, "unet", step)
+        with torch.no_grad(), loop.autocast(dev):
+            latents = vae.encode(images).latent_dist.sample(generator=generator).float() * scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=dev)
+        timesteps = torch.randint(0, diffusion.TRAIN_TIMESTEPS, (latents.shape[0],), generator=generator, device=dev)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with loop.autocast(dev):
+            context = text_encoder(ids).last_hidden_state
+            prediction = unet(noisy, timesteps, context).sample.float()
+        per_sample = ((prediction - noise) ** 2).mean(dim=(1, 2, 3))
+        return (per_sample * diffusion.min_snr_weight(alphas_cumprod, timesteps)).mean()
+
+    loop.train(
+        "unet",
+        workdir,
+        {"text_encoder": text_encoder, "unet": unet},
+        optimizer,
+        loss_fn,
+        args.budget("unet"),
+        hp["lr"],
+        hp["warmup"],
+        emas=emas,
+        params_to_clip=params,
+        info={"batch": hp["batch"], "ema_decay": UNET_EMA_DECAY, "caption_dropout": CAPTION_DROPOUT, "min_snr_gamma": 5.0},
+    )
+    emas["text_encoder"].shadow.save_pretrained(workdir / "text_encoder", safe_serialization=True)
+    emas["unet"].shadow.save_pretrained(workdir / "unet", safe_serialization=True)
+
+
+def stage_lcm(args, dev, workdir: Path):
+    hp = args.hp["lcm"]
+    vae = frozen(AutoencoderKL.from_pretrained(workdir / "vae"), dev)
+    scaling_factor = vae.config.scaling_factor
+    tok = tokenizer()
+    text_encoder = frozen(CLIPTextModel.from_pretrained(workdir / "text_encoder"), dev)
+    teacher = frozen(UNet2DConditionModel.from_pretrained(workdir / "unet"), dev)
+    student = architecture.build_lcm_student(teacher).to(dev).train().requires_grad_(True)
+    target = copy.deepcopy(student).eval().requires_grad_(False)  # the EMA target network, fixed decay
+    optimizer = torch.optim.AdamW(student.parameters(), lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
+    scheduler = diffusion.noise_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
+    solver = diffusion.DdimSolver(scheduler.alphas_cumprod, dev)
+    with torch.no_grad(), loop.autocast(dev):
+        uncond = text_encoder(token_ids(tok, [""], dev)).last_hidden_state
+
+    def loss_fn(step):
+        images, captions, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["lcm"], step, dev)
+        generator = loop.step_generator(dev, args.seed, "lcm", step)
+        batch = images.shape[0]
+        with torch.no_grad(), loop.autocast(dev):
+            context = text_encoder(token_ids(tok, captions, dev)).last_hidden_state
+            latents = vae.encode(images).latent_dist.sample(generator=generator).float() * scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=dev)
+        index = torch.randint(0, diffusion.LCM_DDIM_STEPS, (batch,), generator=generator, device=dev)
+        start = solver.timesteps[index]
+        previous = (start - solver.skip).clamp(min=0)
+        c_skip_start, c_out_start = diffusion.boundary_scalings(start)
+        c_skip, c_out = diffusion.boundary_scalings(previous)
+        noisy = scheduler.add_noise(latents, noise, start)
+        w = LCM_W_RANGE[0] + (LCM_W_RANGE[1] - LCM_W_RANGE[0]) * torch.rand(batch, generator=generator, device=dev)
+        w_embedding = diffusion.guidance_scale_embedding(w, architecture.LCM_GUIDANCE_EMBEDDING)
+        w = w.view(-1, 1, 1, 1)
+
+        with loop.autocast(dev):
+            eps = student(noisy, start, timestep_cond=w_embedding, encoder_hidden_states=context).sample.float()
+        prediction = c_skip_start * noisy + c_out_start * diffusion.predicted_x0(eps, start, noisy, alphas_cumprod)
+
+        with torch.no_grad():
+            with loop.autocast(dev):
+                both = teacher(
+                    torch.cat([noisy, noisy]), torch.cat([start, start]), torch.cat([context, uncond.expand_as(context)])
+                ).sample.float()
+            cond_eps, uncond_eps = both.chunk(2)
+            cond_x0 = diffusion.predicted_x0(cond_eps, start, noisy, alphas_cumprod)
+            uncond_x0 = diffusion.predicted_x0(uncond_eps, start, noisy, alphas_cumprod)
+            guided_x0 = cond_x0 + w * (cond_x0 - uncond_x0)
+            guided_eps = cond_eps + w * (cond_eps - uncond_eps)
+            x_prev = solver.step(guided_x0, guided_eps, index)
+            with loop.autocast(dev):
+                target_eps = target(x_prev, previous, timestep_cond=w_embedding, encoder_hidden_states=context).sample.float()
+            goal = c_skip * x_prev + c_out * diffusion.predicted_x0(target_eps, previous, x_prev, alphas_cumprod)
+        return diffusion.huber(prediction, goal)
+
+    def update_target(step):
+        with torch.no_grad():
+            for shadow, live in zip(target.parameters(), student.parameters()):
+                shadow.lerp_(live.detach(), 1 - LCM_TARGET_DECAY)
+
+    loop.train(
+        "lcm",
+        workdir,
+        {"student": student},
+        optimizer,
+        loss_fn,
+        args.budget("lcm"),
+        hp["lr"],
+        hp["warmup"],
+        companions={"target": target},
+        after_step=update_target,
+        params_to_clip=list(student.parameters()),
+        info={"batch": hp["batch"], "w_range": LCM_W_RANGE, "target_decay": LCM_TARGET_DECAY, "huber_c": diffusion.LCM_HUBER_C},
+    )
+    target.save_pretrained(workdir / "lcm_unet", safe_serialization=True)
+
+
+def stage_export(args, dev, workdir: Path):
+    import export
+
+    export.export_pipelines(workdir, workdir / "export", TOKENIZER_DIR)
+
+
+def stage_samples(args, dev, workdir: Path):
+    import export
+
+    prompts = export.sample_grid(workdir / "export", workdir / "samples.png", dev, args.seed)
+    loop.update_train_log(workdir, "samples", prompts)
+
+
+RUNNERS = {"vae": stage_vae, "unet": stage_unet, "lcm": stage_lcm, "export": stage_export, "samples": stage_samples}
+NEEDS = {"vae": [], "unet": ["vae"], "lcm": ["vae", "text_encoder", "unet"], "export": ["vae", "text_encoder", "unet"], "samples": ["export/embedded"]}
+
+
+def per_stage(text: str | None, cast) -> dict:
+    """'70' applies to every stage; 'vae=70,unet=290' to the stages named."""
+    if text is None:
+        return {}
+    if "=" not in text:
+        return {stage: cast(text) for stage in DEFAULTS}
+    return {name.strip(): cast(value) for name, value in (item.split("=") for item in text.split(","))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stages", nargs="+", choices=STAGES)
+    parser.add_argument("--workdir", type=Path, required=True, help="checkpoints, stage outputs, train_log.json")
+    parser.add_argument("--outdir", type=Path, help="refresh the returnable files here after every stage")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", help="batch size: one number, or stage=N,...")
+    parser.add_argument("--lr", help="learning rate: one number, or stage=X,...")
+    parser.add_argument("--warmup", help="warmup steps: one number, or stage=N,...")
+    parser.add_argument("--max-steps", help="one number, or stage=N,...")
+    parser.add_argument("--budget-seconds", help="one number, or stage=S,...")
+    args = parser.parse_args()
+
+    overrides = {
+        "batch": per_stage(args.batch, int),
+        "lr": per_stage(args.lr, float),
+        "warmup": per_stage(args.warmup, int),
+        "max_steps": per_stage(args.max_steps, int),
+        "budget_seconds": per_stage(args.budget_seconds, float),
+    }
+    args.hp = {stage: {key: overrides[key].get(stage, value) for key, value in hp.items()} for stage, hp in DEFAULTS.items()}
+    args.budget = lambda stage: loop.Budget(args.hp[stage]["max_steps"], args.hp[stage]["budget_seconds"])
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(args.seed)
+    loop.configure_backends()
+    dev = loop.device()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    loop.update_train_log(
+        args.workdir,
+        "environment",
+        {
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "seed": args.seed,
+            "hyperparameters": args.hp,
+        },
+    )
+    failed = []
+    for stage in args.stages:
+        missing = [need for need in NEEDS[stage] if not (args.workdir / need).exists()]
+        if missing:
+            print(f"[{stage}] skipped: missing {missing}", flush=True)
+            failed.append(stage)
+            continue
+        start = time.perf_counter()
+        try:
+            RUNNERS[stage](args, dev, args.workdir)
+        except Exception:
+            traceback.print_exc()
+            loop.update_train_log(args.workdir, f"{stage}_error", {"traceback": traceback.format_exc()})
+            failed.append(stage)
+        print(f"[{stage}] wall {time.perf_counter() - start:.1f} s", flush=True)
+        if args.outdir is not None:
+            package.collect(args.workdir, args.outdir)
+    if failed:
+        print(f"failed or skipped stages: {failed}", flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+// The page: loads the embedded model through the wasm API, then generates on demand,
+// drawing a preview after every step and the final image. State for tests and users is
+// on <body>: data-state (loading, ready, generating, done, error), data-load-ms,
+// data-generate-ms and data-preview-ms (when each preview of the last generation arrived,
+// in ms from its start, comma-separated).
+
+import init, { Engine, type GenerateOptions } from "./pkg/webdiffusion.js";
+
+const MODEL_URL = new URL("models/embedded-lcm/", document.baseURI).href;
+
+function element<T extends HTMLElement>(id: string, type: { new (): T }): T {
+  const found = document.getElementById(id);
+  if (!(found instanceof type)) throw new Error(`the page has no <${type.name}> #${id}`);
+  return found;
+}
+
+const ui = {
+  status: element("status", HTMLElement),
+  loadProgress: element("load-progress", HTMLProgressElement),
+  form: element("generate-form", HTMLFormElement),
+  prompt: element("prompt", HTMLTextAreaElement),
+  negativePrompt: element("negative-prompt", HTMLInputElement),
+  seed: element("seed", HTMLInputElement),
+  steps: element("steps", HTMLInputElement),
+  guidance: element("guidance", HTMLInputElement),
+  generate: element("generate", HTMLButtonElement),
+  error: element("error", HTMLElement),
+  preview: element("preview", HTMLCanvasElement),
+  stepLabel: element("step-label", HTMLElement),
+  result: element("result", HTMLCanvasElement),
+  resultInfo: element("result-info", HTMLElement),
+  download: element("download", HTMLAnchorElement),
+};
+
+type State = "loading" | "ready" | "generating" | "done" | "error";
+
+function setState(state: State): void {
+  document.body.dataset["state"] = state;
+}
+
+function showError(error: unknown): void {
+  const message = error instanceof Error ? error.message : String(error);
+  ui.error.textContent = message;
+  setState("error");
+  console.error(error);
+}
+
+function draw(canvas: HTMLCanvasElement, rgba: Uint8ClampedArray<ArrayBuffer>, width: number, height: number): void {
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  if (!context) throw new Error("no 2D canvas context");
+  context.putImageData(new ImageData(rgba, width, height), 0, 0);
+}
+
+function megabytes(bytes: number): string {
+  return (bytes / 1e6).toFixed(1);
+}
+
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** The form as options; an empty seed means a random one. */
+function readOptions(): GenerateOptions {
+  const options: GenerateOptions = {
+    prompt: ui.prompt.value,
+    negativePrompt: ui.negativePrompt.value,
+    steps: ui.steps.valueAsNumber,
+    guidance: ui.guidance.valueAsNumber,
+  };
+  if (ui.seed.value !== "") options.seed = ui.seed.valueAsNumber;
+  return options;
+}
+
+async function load(): Promise<Engine> {
+  if (!("gpu" in navigator)) {
+    throw new Error("This browser has no WebGPU (navigator.gpu is missing). Try a recent Chrome or Edge.");
+  }
+  await init();
+  ui.status.textContent = "Loading the model…";
+  const started = performance.now();
+  const engine = await Engine.load(MODEL_URL, (done, total) => {
+    ui.loadProgress.max = total;
+    ui.loadProgress.value = done;
+    ui.status.textContent = `Loading the model: ${megabytes(done)} of ${megabytes(total)} MB`;
+  });
+  const elapsed = performance.now() - started;
+  document.body.dataset["loadMs"] = elapsed.toFixed(0);
+  ui.status.textContent = `Ready in ${seconds(elapsed)} on ${engine.adapter}.`;
+  return engine;
+}
+
+async function generate(engine: Engine): Promise<void> {
+  ui.generate.disabled = true;
+  ui.error.textContent = "";
+  ui.download.hidden = true;
+  setState("generating");
+  const previewMs: string[] = [];
+  const started = performance.now();
+  try {
+    const image = await engine.generate(readOptions(), (step, total, rgba, width, height) => {
+      const elapsed = performance.now() - started;
+      draw(ui.preview, rgba, width, height);
+      ui.stepLabel.textContent = `step ${step} of ${total} (${seconds(elapsed)})`;
+      previewMs.push(elapsed.toFixed(0));
+      document.body.dataset["previewMs"] = previewMs.join(",");
+    });
+    const elapsed = performance.now() - started;
+    draw(ui.result, image.rgba, image.width, image.height);
+    ui.resultInfo.textContent = `seed ${image.seed}, ${seconds(elapsed)}`;
+    ui.download.href = ui.result.toDataURL("image/png");
+    ui.download.download = `webdiffusion-${image.seed}.png`;
+    ui.download.hidden = false;
+    document.body.dataset["generateMs"] = elapsed.toFixed(0);
+    setState("done");
+  } catch (error) {
+    showError(error);
+  } finally {
+    ui.generate.disabled = false;
+  }
+}
+
+async function main(): Promise<void> {
+  const engine = await load();
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    void generate(engine);
+  });
+  ui.generate.disabled = false;
+  setState("ready");
+}
+
+main().catch((error: unknown) => {
+  ui.status.textContent = "The model could not be loaded.";
+  showError(error);
+});
