@@ -258,11 +258,15 @@ fn packages_from_a_folder_and_a_checkpoint_generate_what_the_folder_does() {
     let output = webdiffusion().arg("convert").arg("--from").arg(&folder).arg("--plan").output().unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.lines().any(|line| line.starts_with("| q4 |")) && table.lines().count() == 6, "{table}");
-    let output = webdiffusion().arg("convert").arg("--from").arg(&checkpoint).arg("--to").arg(temp("never")).args(tiny).output().unwrap();
-    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--tokenizer"));
+    // Without --tokenizer a checkpoint gets the built-in copy of CLIP's vocabulary.
+    let default_tokenizer = temp("package-default-tokenizer");
+    convert(&checkpoint, &default_tokenizer, &[&tiny[..], &sd2[..4]].concat());
+    for file in ["vocab.json", "merges.txt"] {
+        assert_eq!(std::fs::read(default_tokenizer.join("tokenizer").join(file)).unwrap(), std::fs::read(tokenizer.join(file)).unwrap());
+    }
     let output = webdiffusion().arg("convert").arg("--from").arg(&folder).arg("--to").arg(&from_folder).output().unwrap();
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("not empty"));
-    for dir in [from_folder, from_checkpoint] {
+    for dir in [from_folder, from_checkpoint, default_tokenizer] {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1
   if [ "${WD_SMOKE:-0}" = 1 ]; then
     SCALE=(--batch 4 --max-steps 15 --warmup 2 --budget-seconds 600)
   else
-    SCALE=(--budget-seconds vae=60,unet=270,lcm=100)
+    SCALE=(--budget-seconds vae=60,unet=300,lcm=105)
   fi
   cd "$HERE"
   "$PY" train.py vae unet lcm export samples --workdir "$WORK" --outdir "$OUT" "${SCALE[@]}"

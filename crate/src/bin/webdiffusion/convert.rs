@@ -16,6 +16,8 @@ use webdiffusion::package::{DEFAULT_SHARD_BYTES, PackageSize, Policy, Quantizati
 use webdiffusion::schedulers::Prediction;
 use webdiffusion::{Error, Result};
 
+use crate::default_model;
+
 #[derive(clap::Args)]
 pub struct ConvertArgs {
     /// A diffusers Stable Diffusion folder, or a single-file `.safetensors` checkpoint in
@@ -33,8 +35,8 @@ pub struct ConvertArgs {
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
     loras: Vec<LoraSpec>,
     /// A tokenizer folder whose `vocab.json` and `merges.txt` (CLIP's BPE vocabulary) the
-    /// package gets: needed for a checkpoint, which has none; a diffusers folder's own
-    /// otherwise.
+    /// package gets; by default a diffusers folder's own, and for a checkpoint, which has
+    /// none, the built-in model's copy of CLIP's vocabulary.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     #[command(flatten)]
@@ -143,7 +145,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         println!("{}", plan_table(&shapes.collect::<Vec<_>>(), |q| policy(&args, q), args.shard_mib << 20)?);
         return Ok(());
     }
-    add_tokenizer(&mut model, args.tokenizer.as_deref(), &args.from)?;
+    add_tokenizer(&mut model, args.tokenizer.as_deref())?;
     let to = args.to.as_deref().ok_or_else(|| Error::Format { file: "--to".into(), detail: "missing".into() })?;
     let quantization = quantization(&args)?;
     let options = WriteOptions {
@@ -156,22 +158,19 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     write(&model, &options, to)
 }
 
-/// CLIP's BPE vocabulary from `--tokenizer`, which a checkpoint lacks; the settings
-/// files (padding token, length) stay the source's, since they differ by family.
-fn add_tokenizer(model: &mut SourceModel, folder: Option<&Path>, from: &Path) -> Result<()> {
+/// CLIP's BPE vocabulary from `--tokenizer`, else the source's, else (a checkpoint has
+/// none) the built-in copy; the settings files (padding token, length) stay the
+/// source's, since they differ by family.
+fn add_tokenizer(model: &mut SourceModel, folder: Option<&Path>) -> Result<()> {
     if let Some(folder) = folder {
         for file in ["vocab.json", "merges.txt"] {
             let path = folder.join(file);
             model.tokenizer.insert(file.to_string(), std::fs::read(&path).map_err(|e| io_error(&path, e))?);
         }
     }
-    for file in ["vocab.json", "merges.txt"] {
-        if !model.tokenizer.contains_key(file) {
-            return Err(Error::Format {
-                file: from.display().to_string(),
-                detail: format!("it has no tokenizer {file}: name a tokenizer folder (a diffusers model's tokenizer/) with --tokenizer"),
-            });
-        }
+    for (file, bytes) in default_model::CLIP_VOCABULARY {
+        let file = file.trim_start_matches("tokenizer/");
+        model.tokenizer.entry(file.to_string()).or_insert_with(|| bytes.to_vec());
     }
     Ok(())
 }

@@ -16,16 +16,20 @@ macro_rules! package_file {
     };
 }
 
+/// CLIP's BPE vocabulary, the real one every SD 1.x and 2.x model uses: what a
+/// single-file checkpoint, which carries no tokenizer, is converted with by default.
+pub const CLIP_VOCABULARY: [(&str, &[u8]); 2] = [package_file!("tokenizer/vocab.json"), package_file!("tokenizer/merges.txt")];
+
 pub fn source() -> MemorySource {
     MemorySource::new(
         concat!("(built in) ", "embedded-lcm"),
         [
             package_file!("manifest.json"),
             package_file!("shard-00000.bin"),
-            package_file!("tokenizer/merges.txt"),
+            CLIP_VOCABULARY[0],
+            CLIP_VOCABULARY[1],
             package_file!("tokenizer/special_tokens_map.json"),
             package_file!("tokenizer/tokenizer_config.json"),
-            package_file!("tokenizer/vocab.json"),
         ],
     )
 }
