@@ -7,7 +7,7 @@
 //! term over at most a few hundred terms, well under 1e-4; a wrong mask, block edge or
 //! rescale is off by far more.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;

@@ -5,7 +5,7 @@
 //! networks built from a checkpoint, and a package converted from it, compute exactly what
 //! the folders compute.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
 //! The `webdiffusion` command line as other tools drive it.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The CLIP tokenizer and text encoder against transformers' outputs (the fixtures of
 //! tests/fixtures/generate.py), and the row-gather kernel against its CPU reference.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! conv2d on the GPU against the CPU reference.
 
-mod common;
+use crate::common;
 
 use common::{gpu, random, read};
 use webdiffusion::Error;

@@ -1,6 +1,6 @@
 //! Elementwise kernels on the GPU against the CPU reference.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, gpu, random, read};
 use webdiffusion::kernels::elementwise::{self as ew, Unary};

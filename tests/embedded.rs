@@ -2,7 +2,7 @@
 //! diffusers generates from the same stored weights: tests/fixtures/generate_embedded.py
 //! decodes the packages in numpy and runs diffusers' pipelines in f32 on the CPU.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

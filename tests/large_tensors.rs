@@ -3,7 +3,7 @@
 //! unsplit computation on the same device, and real tensors over the limit on this
 //! device: a 136 MB activation and a CLIP-L-sized 152 MB f32 embedding table.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! Layout kernels (concat, narrow/chunk, permute, nearest upsampling) and the
 //! timestep embedding on the GPU against the CPU reference.
 
-mod common;
+use crate::common;
 
 use common::{gpu, random, read};
 use webdiffusion::Error;

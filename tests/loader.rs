@@ -1,6 +1,6 @@
 //! Weights from safetensors: conversions, name and shape checks, bad files.
 
-mod common;
+use crate::common;
 
 use common::{gpu, read};
 use safetensors::tensor::{Dtype, TensorView};

@@ -3,7 +3,7 @@
 //! switched off again, and merged into the weights at conversion; and the errors that
 //! files which do not fit give, naming the modules.
 
-mod common;
+use crate::common;
 
 use common::fixtures::path;
 use common::{gpu, random, read};

@@ -12,7 +12,7 @@
 //! Activations are at most 1.13-Lipschitz (GELU's slope peaks there), hence the 1.2 factor, and
 //! their approximations (erf to 1.2e-7) add at most ATOL.
 
-mod common;
+use crate::common;
 
 use common::{gpu, random, read};
 use webdiffusion::Error;

@@ -5,7 +5,7 @@
 //! 1e-5 relative is about 100 ulp of headroom. Inputs offset by 1000 are the
 //! exception (see `statistics_are_stable_under_a_large_offset`).
 
-mod common;
+use crate::common;
 
 use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;

@@ -3,7 +3,7 @@
 //! package came from, deterministic bytes, every manifest and shard error, and the
 //! sizes of full-size SD 1.5 / SD 2.1 packages from their real tensor shapes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Whole generations against diffusers' pipelines on the tiny fixture models.
 
-mod common;
+use crate::common;
 
 use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu, read};

@@ -7,7 +7,7 @@
 //! exact in f32), so only summation order differs: 1e-4 of S = sum |a * w| + |bias| in
 //! f32, 2e-3 of S under f16 math (each term rounded to f16 a few times).
 
-mod common;
+use crate::common;
 
 use common::{gpu, random, read};
 use half::f16;

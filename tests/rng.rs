@@ -1,6 +1,6 @@
 //! Seeded noise against torch's own `randn` (fixtures written by torch 2.15 on the CPU).
 
-mod common;
+use crate::common;
 
 use common::assert_close;
 use common::fixtures::Outputs;

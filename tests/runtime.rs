@@ -1,6 +1,6 @@
 //! The runtime itself: buffer reuse, batching, limits and a lost device.
 
-mod common;
+use crate::common;
 
 use common::{gpu, read};
 use webdiffusion::Error;

@@ -3,7 +3,7 @@
 //! driven as a pipeline drives it), Karras sigmas against DPM-Solver's, the LMS
 //! coefficients, per-class config defaults, and the configs they must refuse.
 
-mod common;
+use crate::common;
 
 use common::fixtures::{Outputs, SchedulerCase, scheduler_cases};
 use common::{gpu, read};

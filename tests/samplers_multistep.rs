@@ -2,7 +2,7 @@
 //! of theirs in outputs/schedulers.safetensors (timesteps, sigmas and a whole stateful run
 //! driven as a pipeline drives it), the lcm-tiny run, and the configs they must refuse.
 
-mod common;
+use crate::common;
 
 use common::fixtures::{Outputs, SchedulerCase, path, scheduler_cases};
 use common::{assert_close, gpu, read};

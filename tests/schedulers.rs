@@ -1,6 +1,6 @@
 //! Schedulers against diffusers: timesteps and whole stateful runs on fixed model outputs.
 
-mod common;
+use crate::common;
 
 use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu, read};

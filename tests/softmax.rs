@@ -4,7 +4,7 @@
 //! 3 + 2|x| ulp, and |x| reaches ~30 here) times a reciprocal of an f32 sum, so
 //! 1e-6 absolute plus 1e-4 relative.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;

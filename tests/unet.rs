@@ -2,7 +2,7 @@
 //! f16 weights, linear projections, per-block heads and transformer depths, lcm-tiny with a
 //! guidance embedding), plus the errors a bad config, bad weights or bad inputs give.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -7,7 +7,7 @@
 //! (about 1e-6 of the output scale after a dozen layers). 1e-4 of the output's largest
 //! magnitude leaves room for that and still catches any wrong operation.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
