@@ -440,6 +440,7 @@ fn checkpoint_package_generates_the_folders_image() {
         shard_bytes: DEFAULT_SHARD_BYTES,
         source: SD2_FILE.into(),
         model_hash: None,
+        latent_rgb: None,
     };
     let dir = std::env::temp_dir().join(format!("webdiffusion-checkpoint-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

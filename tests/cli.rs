@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::fixtures::{Outputs, path};
+use common::{assert_close, gpu};
 use safetensors::tensor::{Dtype, TensorView};
+use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
+use webdiffusion::pipeline::fit_latent_rgb;
 
 fn webdiffusion() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
@@ -124,10 +128,16 @@ fn several_images_use_successive_seeds_and_previews_come_every_step() {
     };
     assert_eq!(pixels("many-2.png"), pixels("single.png"), "the second image is seed 8");
     assert_ne!(pixels("many-1.png").2, pixels("many-2.png").2);
+    // No linear map reads this random VAE's latents (a fitted one explains 6% of the
+    // colour variance), so previews decode: the last one is the picture itself.
+    let (w, h, _) = pixels("single.png");
     for image in 1..=2 {
         for step in 1..=3 {
-            let (w, h, _) = pixels(&format!("previews/step-{step:03}-{image}.png"));
-            assert_eq!((w, h), (8, 8), "previews are at latent resolution");
+            let preview = pixels(&format!("previews/step-{step:03}-{image}.png"));
+            assert_eq!((preview.0, preview.1), (w, h), "decoded previews are full size");
+            if step == 3 {
+                assert_eq!(preview, pixels(&format!("many-{image}.png")), "the last preview is the image");
+            }
         }
     }
     std::fs::remove_dir_all(dir).unwrap();
@@ -250,6 +260,16 @@ fn packages_from_a_folder_and_a_checkpoint_generate_what_the_folder_does() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         std::fs::read(file).unwrap()
     };
+    // The converter fits the VAE's preview map into the manifest: the fit of the folder's
+    // own VAE (f16 weights, which the converter runs as f32: measured 0.5% apart).
+    let vae = AutoencoderKl::load(gpu(), &DirFiles::new(&folder).unwrap(), "vae", WeightPrecision::AsStored).unwrap();
+    let fitted = pollster::block_on(fit_latent_rgb(gpu(), &vae)).unwrap();
+    for package in [&from_folder, &from_checkpoint] {
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json")).unwrap()).unwrap();
+        let stored: LatentRgb = serde_json::from_value(manifest["latent_rgb"].clone()).unwrap();
+        let values = |map: &LatentRgb| map.weight.concat().into_iter().chain(map.bias).chain(map.explained).collect::<Vec<f32>>();
+        assert_close("preview map", &values(&stored), &values(&fitted), 1e-2, 1e-2);
+    }
     // f16 weights stay f16 in the package, so the results are identical.
     let want = latents(&folder, "folder");
     assert_eq!(latents(&from_folder, "from-folder"), want);

@@ -32,7 +32,13 @@ fn source(model: &str) -> SourceModel {
 }
 
 fn options(quantization: Quantization) -> WriteOptions {
-    WriteOptions { policy: Policy::new(quantization), shard_bytes: SHARD_BYTES, source: "tests/package.rs".into(), model_hash: None }
+    WriteOptions {
+        policy: Policy::new(quantization),
+        shard_bytes: SHARD_BYTES,
+        source: "tests/package.rs".into(),
+        model_hash: None,
+        latent_rgb: None,
+    }
 }
 
 /// The package's files in memory.
@@ -292,6 +298,13 @@ fn bad_manifests_are_refused_naming_the_field_or_tensor() {
     assert!(error.contains("components.tokenizer.files") && error.contains("tokenizer/merges.txt"), "{error}");
     let error = broken(&|j| j["shards"].as_array_mut().unwrap().truncate(1));
     assert!(error.contains("larger than the whole package"), "{error}");
+    let error = broken(&|j| j["latent_rgb"] = serde_json::json!({"weight": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "bias": [0, 0, 0]}));
+    assert!(error.contains("manifest.json") && error.contains("3 coefficients for 4 latent channels"), "{error}");
+    let error = broken(&|j| {
+        j["latent_rgb"] = serde_json::json!({"weight": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "bias": [0, 0, 0]});
+        j["components"]["vae"]["config"]["latent_channels"] = "four".into();
+    });
+    assert!(error.contains("latent_channels is \"four\""), "{error}");
     let error = broken(&|j| j["unknown_field"] = 1.into());
     assert!(error.contains("unknown_field"), "{error}");
     let error = parse_manifest(b"{\"format\": ").unwrap_err().to_string();

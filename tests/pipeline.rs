@@ -5,8 +5,10 @@ use crate::common;
 use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu, read};
 use webdiffusion::Error;
-use webdiffusion::loader::{DirFiles, WeightPrecision};
-use webdiffusion::pipeline::{Control, LatentPreview, Request, StableDiffusion};
+use webdiffusion::kernels::elementwise as ew;
+use webdiffusion::loader::{DirFiles, MemoryFiles, WeightPrecision};
+use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
+use webdiffusion::pipeline::{Control, LatentPreview, Previewer, Request, StableDiffusion};
 use webdiffusion::rng::TorchGenerator;
 
 fn load(model: &str) -> StableDiffusion {
@@ -102,12 +104,12 @@ fn every_step_is_reported_and_a_callback_can_cancel() {
 }
 
 #[test]
-fn latent_previews_project_on_the_gpu_and_fit_the_vae() {
+fn latent_previews_project_on_the_gpu() {
     let gpu = gpu();
     // A known map: the GPU projection against the same arithmetic on the CPU.
     let weight = [vec![0.5, -0.25, 0.125, 1.0], vec![0.0, 1.0, -1.0, 0.5], vec![-0.75, 0.25, 0.5, 0.0]];
     let bias = [0.1, -0.2, 0.3];
-    let preview = LatentPreview::from_coefficients(gpu, &weight, bias).unwrap();
+    let preview = LatentPreview::new(gpu, &LatentRgb { weight: weight.clone(), bias, explained: None }).unwrap();
     let latents = TorchGenerator::new(5).randn(2 * 4 * 3 * 5);
     let got = read(&preview.project(&gpu.upload_f32(&[2, 4, 3, 5], &latents).unwrap()).unwrap());
     let want: Vec<f32> = (0..2 * 3 * 15)
@@ -117,35 +119,47 @@ fn latent_previews_project_on_the_gpu_and_fit_the_vae() {
         })
         .collect();
     assert_close("projection", &got, &want, 1e-6, 1e-6);
+}
 
-    // Fitted to sd2-tiny's VAE, the map explains part of the decoded colour of latents
-    // it was not fitted on: random weights make this VAE far from linear, so the bar is
-    // modest, but predicting the mean colour explains 0, and a map fitted to another
-    // VAE (sd1-tiny's) explains less.
-    let sd = load("sd2-tiny");
-    let fitted = pollster::block_on(LatentPreview::fit(gpu, sd.vae())).unwrap();
-    let other = pollster::block_on(LatentPreview::fit(gpu, load("sd1-tiny").vae())).unwrap();
-    let factor = sd.vae().downsampling_factor();
-    let side = 8;
-    let latents = TorchGenerator::new(99).randn(4 * side * side);
-    let scaled: Vec<f32> = latents.iter().map(|v| v / sd.vae().scaling_factor()).collect();
-    let image = read(&sd.vae().decode(&gpu.upload_f32(&[1, 4, side, side], &scaled).unwrap()).unwrap());
-    let latents = gpu.upload_f32(&[1, 4, side, side], &latents).unwrap();
-    let big = side * factor;
-    let block_mean = |k: usize, p: usize| -> f32 {
-        let (y, x) = (p / side, p % side);
-        (0..factor * factor).map(|i| image[k * big * big + (y * factor + i / factor) * big + x * factor + i % factor]).sum::<f32>()
-            / (factor * factor) as f32
-    };
-    let target: Vec<f32> = (0..3 * side * side).map(|i| block_mean(i / (side * side), i % (side * side))).collect();
-    let mean = target.iter().sum::<f32>() / target.len() as f32;
-    let variance: f32 = target.iter().map(|t| (t - mean).powi(2)).sum();
-    let explained = |preview: &LatentPreview| {
-        let projected = read(&preview.project(&latents).unwrap());
-        1.0 - target.iter().zip(&projected).map(|(t, p)| (t - p).powi(2)).sum::<f32>() / variance
-    };
-    let (own, foreign) = (explained(&fitted), explained(&other));
-    assert!(own > 0.2 && own > foreign, "the preview explains {own} of the colour variance, another VAE's {foreign}");
+/// sd1-tiny's VAE folder in memory, with `latent_rgb` as its `vae/latent_rgb.json`.
+fn vae_with_map(latent_rgb: &str) -> MemoryFiles {
+    let mut files = MemoryFiles::new("sd1-tiny");
+    for entry in std::fs::read_dir(path("models/sd1-tiny/vae")).unwrap() {
+        let entry = entry.unwrap();
+        files.insert(format!("vae/{}", entry.file_name().to_string_lossy()), std::fs::read(entry.path()).unwrap());
+    }
+    files.insert("vae/latent_rgb.json", latent_rgb.as_bytes().to_vec());
+    files
+}
+
+#[test]
+fn a_stored_preview_map_is_used_as_it_says_and_a_bad_one_is_named() {
+    let gpu = gpu();
+    let load_vae = |json: &str| AutoencoderKl::load(gpu, &vae_with_map(json), "vae", WeightPrecision::AsStored);
+    let map = r#"{"weight": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "bias": [0, 0, 0]}"#;
+    let vae = load_vae(map).unwrap();
+    let latents = gpu.upload_f32(&[1, 4, 2, 3], &TorchGenerator::new(3).randn(24)).unwrap();
+    // A map with no measured fit is trusted: the preview is its projection, here the first three channels.
+    let previewer = pollster::block_on(Previewer::for_vae(gpu, &vae)).unwrap();
+    assert!(matches!(previewer, Previewer::Linear(_)), "{}", previewer.name());
+    assert_eq!(read(&previewer.render(&vae, &latents).unwrap()), read(&latents)[..18]);
+    // One that says it explains little gives way to the decoder.
+    let poor = load_vae(&map.replace("}", r#", "explained": 0.2}"#)).unwrap();
+    let previewer = pollster::block_on(Previewer::for_vae(gpu, &poor)).unwrap();
+    assert!(matches!(previewer, Previewer::Decoder), "{}", previewer.name());
+    let scaled = ew::scale(gpu, &latents, 1.0 / poor.scaling_factor()).unwrap();
+    assert_eq!(read(&previewer.render(&poor, &latents).unwrap()), read(&poor.decode(&scaled).unwrap()));
+
+    for (json, needle) in [
+        (r#"{"weight": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "bias": [0, 0, 0]}"#, "row 0 has 3 coefficients for 4 latent channels"),
+        (r#"{"weight": [[1, 0, 0, 0], [0, 1, 0, 0]], "bias": [0, 0, 0]}"#, "expected an array of length 3"),
+        (r#"{"weight": [[1e39, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "bias": [0, 0, 0]}"#, "not finite"),
+        (&map.replace("}", r#", "explained": 1.5}"#), "over 1"),
+        (&map.replace("}", r#", "fitted": true}"#), "unknown field `fitted`"),
+    ] {
+        let error = load_vae(json).err().unwrap_or_else(|| panic!("{json} loaded")).to_string();
+        assert!(error.contains("sd1-tiny/vae/latent_rgb.json") && error.contains(needle), "{json}: {error}");
+    }
 }
 
 #[test]
@@ -208,15 +222,15 @@ fn text_to_image_from_a_seed_matches_diffusers_for_every_sampler() {
 #[test]
 fn taesd_previews_decode_like_diffusers() {
     use webdiffusion::models::taesd::AutoencoderTiny;
-    use webdiffusion::pipeline::Previewer;
     let gpu = gpu();
     let files = DirFiles::new(path("models/taesd-tiny")).unwrap();
     let previewer = Previewer::Taesd(AutoencoderTiny::load(gpu, &files, "", WeightPrecision::AsStored).unwrap());
     let outputs = Outputs::load("taesd-tiny");
     let (latents, shape) = outputs.f32("taesd.decode.latents");
     let (want, want_shape) = outputs.f32("taesd.decode.image");
-    // taesd-tiny's scaling factor is 1, so the preview is diffusers' decode itself.
-    let got = previewer.render(&gpu.upload_f32(&shape, &latents).unwrap()).unwrap();
+    // taesd-tiny's scaling factor is 1, so the preview is diffusers' decode itself (the
+    // model's own VAE, which only `Previewer::Decoder` uses, is sd1-tiny's).
+    let got = previewer.render(load("sd1-tiny").vae(), &gpu.upload_f32(&shape, &latents).unwrap()).unwrap();
     assert_eq!(got.shape(), want_shape.as_slice());
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert_close("TAESD preview", &read(&got), &want, 1e-4 * scale, 0.0);

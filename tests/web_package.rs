@@ -231,8 +231,13 @@ fn tiny_model() -> SourceModel {
 /// The tiny model as package files, and its manifest.
 fn tiny_package() -> (SourceModel, BTreeMap<String, Vec<u8>>, Manifest) {
     let model = tiny_model();
-    let options =
-        WriteOptions { policy: Policy::new(Quantization::Mixed), shard_bytes: SHARD_BYTES, source: "tests".into(), model_hash: None };
+    let options = WriteOptions {
+        policy: Policy::new(Quantization::Mixed),
+        shard_bytes: SHARD_BYTES,
+        source: "tests".into(),
+        model_hash: None,
+        latent_rgb: None,
+    };
     let mut files = BTreeMap::new();
     let manifest = write_package(&model, &options, &mut |path, bytes| {
         files.insert(path.to_string(), bytes.to_vec());
@@ -460,6 +465,7 @@ async fn wasm_memory_stays_far_below_the_package_size() {
         model_hash: None,
         components: BTreeMap::from([("unet".to_string(), Component { config: Some(serde_json::json!({})), files: None })]),
         model_index: None,
+        latent_rgb: None,
         files: vec![],
         shards,
         tensors,

@@ -16,7 +16,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::image::from_decoded;
 use crate::loader::WeightPrecision;
 use crate::package::{FetchSource, LoadProgress, load_package};
-use crate::pipeline::{Control, LatentPreview, Progress, Request, StableDiffusion};
+use crate::pipeline::{Control, Previewer, Progress, Request, StableDiffusion};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -63,7 +63,7 @@ pub struct Engine {
 struct Loaded {
     gpu: Gpu,
     sd: StableDiffusion,
-    preview: LatentPreview,
+    preview: Previewer,
 }
 
 #[wasm_bindgen]
@@ -94,7 +94,7 @@ impl Engine {
             return Err(thrown);
         }
         let sd = StableDiffusion::load(&gpu, &package, WeightPrecision::AsStored).map_err(to_js)?;
-        let preview = LatentPreview::fit(&gpu, sd.vae()).await.map_err(to_js)?;
+        let preview = Previewer::for_vae(&gpu, sd.vae()).await.map_err(to_js)?;
         Ok(Engine { loaded: Rc::new(Loaded { gpu, sd, preview }) })
     }
 
@@ -127,7 +127,7 @@ impl Loaded {
         // right behind that step and resolves as soon as the GPU has done it.
         let mut previews = Vec::new();
         let mut start_preview = |progress: &Progress| -> Result<Control> {
-            let rgb = self.preview.project(progress.latents)?;
+            let rgb = self.preview.render(self.sd.vae(), progress.latents)?;
             previews.push((progress.done, progress.total, rgb.shape().to_vec(), start_read(rgb)));
             Ok(Control::Continue)
         };

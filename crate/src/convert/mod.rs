@@ -4,6 +4,9 @@
 
 pub mod checkpoint;
 pub mod diffusers;
+mod on_gpu;
+
+pub use on_gpu::ComponentOnGpu;
 
 use std::collections::BTreeMap;
 

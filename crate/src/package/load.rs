@@ -12,6 +12,7 @@ use super::writer::{hex, sha256_hex};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, StreamedTensor, Tensor};
 use crate::loader::{ModelFiles, UploadedWeights, component_file};
+use crate::models::vae::LATENT_RGB_FILE;
 
 /// How far loading has come: bytes of shards read, overall and per component (a
 /// component's bytes are its tensors').
@@ -145,8 +146,8 @@ fn rename_file(error: Error, file: &str) -> Error {
     }
 }
 
-/// The configs as the files a diffusers folder would hold, so the models' own
-/// config readers parse them.
+/// The configs (and the VAE's preview map) as the files a diffusers folder would hold,
+/// so the models' own readers parse them.
 fn config_files(manifest: &Manifest, manifest_file: &str) -> Result<HashMap<String, Vec<u8>>> {
     let json = |value: &serde_json::Value| {
         serde_json::to_vec(value).map_err(|e| Error::Format { file: manifest_file.to_string(), detail: e.to_string() })
@@ -160,6 +161,10 @@ fn config_files(manifest: &Manifest, manifest_file: &str) -> Result<HashMap<Stri
     }
     if let Some(index) = &manifest.model_index {
         files.insert("model_index.json".to_string(), json(index)?);
+    }
+    if let Some(map) = &manifest.latent_rgb {
+        let value = serde_json::to_value(map).map_err(|e| Error::Format { file: manifest_file.to_string(), detail: e.to_string() })?;
+        files.insert(component_file("vae", LATENT_RGB_FILE), json(&value)?);
     }
     Ok(files)
 }

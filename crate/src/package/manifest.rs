@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::DType;
+use crate::models::vae::LatentRgb;
 use crate::quant;
 
 /// The `format` field of every package manifest.
@@ -37,6 +38,9 @@ pub struct Manifest {
     pub components: BTreeMap<String, Component>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_index: Option<serde_json::Value>,
+    /// The VAE's preview map, fitted by the converter; served as `vae/latent_rgb.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent_rgb: Option<LatentRgb>,
     pub files: Vec<FileEntry>,
     pub shards: Vec<ShardEntry>,
     pub tensors: Vec<TensorEntry>,
@@ -108,6 +112,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
     }
     manifest.placements()?;
     manifest.check_files()?;
+    manifest.check_latent_rgb()?;
     Ok(manifest)
 }
 
@@ -198,6 +203,18 @@ impl Manifest {
             }
         }
         Ok(placements)
+    }
+
+    /// The preview map, if any, against the VAE's `latent_channels` (diffusers' default 4).
+    fn check_latent_rgb(&self) -> Result<()> {
+        let Some(map) = &self.latent_rgb else { return Ok(()) };
+        let vae = self.components.get("vae").and_then(|c| c.config.as_ref());
+        let vae = vae.ok_or_else(|| invalid("`latent_rgb` is given but there is no `vae` component with a config".into()))?;
+        let channels = match vae.get("latent_channels") {
+            None => 4,
+            Some(value) => value.as_u64().ok_or_else(|| invalid(format!("components.vae.config.latent_channels is {value}")))? as usize,
+        };
+        map.validate(channels, MANIFEST)
     }
 
     /// The small files: plain paths, valid hashes, and every tokenizer file listed.

@@ -12,6 +12,7 @@ use crate::convert::diffusers::COMPONENTS;
 use crate::convert::{SourceComponent, SourceModel};
 use crate::error::{Error, Result};
 use crate::gpu::DType;
+use crate::models::vae::LatentRgb;
 use crate::quant;
 
 /// The default shard size: small enough for a browser to cache and retry each one.
@@ -24,6 +25,8 @@ pub struct WriteOptions {
     /// Provenance recorded in the manifest (the source and the converter).
     pub source: String,
     pub model_hash: Option<String>,
+    /// The VAE's preview map (see `pipeline::fit_latent_rgb`).
+    pub latent_rgb: Option<LatentRgb>,
 }
 
 /// Writes the package's files through `write(path, bytes)`: the shards in order, then
@@ -73,6 +76,7 @@ pub fn write_package(model: &SourceModel, options: &WriteOptions, write: &mut dy
         model_hash: options.model_hash.clone(),
         components,
         model_index: Some(model.model_index.clone().unwrap_or_else(|| serde_json::json!({ "_class_name": "StableDiffusionPipeline" }))),
+        latent_rgb: options.latent_rgb.clone(),
         files,
         shards,
         tensors,

@@ -11,7 +11,7 @@ mod lora;
 mod preview;
 
 use inpaint::Inpainting;
-pub use preview::{LatentPreview, Previewer};
+pub use preview::{LatentPreview, MIN_EXPLAINED, Previewer, fit_latent_rgb};
 
 use serde::Deserialize;
 

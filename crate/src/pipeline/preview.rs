@@ -1,6 +1,11 @@
 //! Cheap previews of the latents at every step: a linear map from the latent channels
-//! to RGB (plus a bias), applied on the GPU at latent resolution. The map is fitted to
-//! the model's own VAE by least squares, so it needs no per-model table.
+//! to RGB (plus a bias), applied on the GPU at latent resolution. The map is the one
+//! stored with the VAE (the converter fits one into every package), or one fitted to
+//! the VAE at load, so no model needs a hand-made table. Where no linear map reads a
+//! VAE's latents (our small embedded model's: a flat image of the right mean colour is
+//! closer than the best map), previews decode with the VAE itself.
+
+use rand_mt::Mt;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -8,8 +13,7 @@ use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::models::taesd::AutoencoderTiny;
-use crate::models::vae::AutoencoderKl;
-use crate::rng::TorchGenerator;
+use crate::models::vae::{AutoencoderKl, LatentRgb};
 
 /// `rgb = weight @ latent + bias` per latent pixel, RGB in [-1, 1] like a VAE's output.
 pub struct LatentPreview {
@@ -18,63 +22,59 @@ pub struct LatentPreview {
     channels: usize,
 }
 
-/// How step previews are drawn: the fitted linear map (nearly free, latent resolution)
-/// or TAESD (a tiny decoder, full resolution, still far cheaper than a step).
+/// How step previews are drawn: the fitted linear map (nearly free, latent resolution),
+/// the model's own VAE decoder (full resolution; for VAEs no linear map reads), or TAESD
+/// (a tiny decoder, full resolution, still far cheaper than a step).
 pub enum Previewer {
     Linear(LatentPreview),
+    Decoder,
     Taesd(AutoencoderTiny),
 }
 
+/// A map explaining less of the colour variance than this previews by decoding.
+pub const MIN_EXPLAINED: f32 = 0.5;
+
 impl Previewer {
-    /// The preview of the sampler's `latents` as an image `[B, 3, H, W]` in about [-1, 1].
-    pub fn render(&self, latents: &Tensor) -> Result<Tensor> {
+    /// The linear map stored with `vae` (else fitted now), or the decoder where that map
+    /// says it explains too little.
+    pub async fn for_vae(gpu: &Gpu, vae: &AutoencoderKl) -> Result<Self> {
+        let map = match vae.latent_rgb() {
+            Some(map) => map.clone(),
+            None => fit_latent_rgb(gpu, vae).await?,
+        };
+        if map.explained.is_some_and(|e| e < MIN_EXPLAINED) {
+            return Ok(Previewer::Decoder);
+        }
+        Ok(Previewer::Linear(LatentPreview::new(gpu, &map)?))
+    }
+
+    /// The preview of the sampler's `latents` as an image `[B, 3, H, W]` in about [-1, 1];
+    /// `vae` is the model's (what `Decoder` decodes with).
+    pub fn render(&self, vae: &AutoencoderKl, latents: &Tensor) -> Result<Tensor> {
         match self {
             Previewer::Linear(map) => map.project(latents),
+            Previewer::Decoder => vae.decode(&ew::scale(latents.gpu(), latents, 1.0 / vae.scaling_factor())?),
             // Like diffusers with TAESD as the VAE: decode(latents / scaling_factor).
             Previewer::Taesd(taesd) => taesd.decode(&ew::scale(latents.gpu(), latents, 1.0 / taesd.scaling_factor())?),
         }
     }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Previewer::Linear(_) => "linear map",
+            Previewer::Decoder => "VAE decoder",
+            Previewer::Taesd(_) => "TAESD",
+        }
+    }
 }
 
-/// Latent pixels the fit decodes: a 16x16 grid is plenty for C+1 unknowns per colour
-/// and keeps the decode at a sixteenth of a 512x512 image's cost.
-const FIT_SIDE: usize = 16;
-
 impl LatentPreview {
-    /// `weight` rows are R, G, B over the latent channels.
-    pub fn from_coefficients(gpu: &Gpu, weight: &[Vec<f32>; 3], bias: [f32; 3]) -> Result<Self> {
-        let channels = weight[0].len();
-        if weight.iter().any(|row| row.len() != channels) || channels == 0 {
+    pub fn new(gpu: &Gpu, map: &LatentRgb) -> Result<Self> {
+        let channels = map.channels();
+        if map.weight.iter().any(|row| row.len() != channels) || channels == 0 {
             return Err(Error::shape("LatentPreview", "the three rows need one coefficient per latent channel"));
         }
-        Ok(Self { weight: gpu.upload_f32(&[3, channels], &weight.concat())?, bias: gpu.upload_f32(&[3], &bias)?, channels })
-    }
-
-    /// Fits the map to `vae`: decodes seeded standard-normal latents (the sampler's
-    /// scale) and regresses each decoded pixel block's mean colour on its latent.
-    pub async fn fit(gpu: &Gpu, vae: &AutoencoderKl) -> Result<Self> {
-        let channels = vae.config().latent_channels;
-        let factor = vae.downsampling_factor();
-        let shape = [1, channels, FIT_SIDE, FIT_SIDE];
-        let latents = TorchGenerator::new(0).randn(shape.iter().product());
-        let scaled: Vec<f32> = latents.iter().map(|v| v / vae.scaling_factor()).collect();
-        let image = vae.decode(&gpu.upload_f32(&shape, &scaled)?)?.to_vec().await?;
-        let side = FIT_SIDE * factor;
-        let pixels = FIT_SIDE * FIT_SIDE;
-        let mut samples = Vec::with_capacity(pixels);
-        for y in 0..FIT_SIDE {
-            for x in 0..FIT_SIDE {
-                let input: Vec<f64> = (0..channels).map(|c| latents[c * pixels + y * FIT_SIDE + x] as f64).collect();
-                let colour: [f64; 3] = std::array::from_fn(|rgb| {
-                    let block =
-                        (0..factor * factor).map(|i| image[rgb * side * side + (y * factor + i / factor) * side + x * factor + i % factor]);
-                    block.map(f64::from).sum::<f64>() / (factor * factor) as f64
-                });
-                samples.push((input, colour));
-            }
-        }
-        let (weight, bias) = least_squares(&samples, channels)?;
-        Self::from_coefficients(gpu, &weight, bias)
+        Ok(Self { weight: gpu.upload_f32(&[3, channels], &map.weight.concat())?, bias: gpu.upload_f32(&[3], &map.bias)?, channels })
     }
 
     /// `latents [B, C, h, w]` to an RGB preview `[B, 3, h, w]` in about [-1, 1].
@@ -90,6 +90,72 @@ impl LatentPreview {
         let rgb = matmul(gpu, &pixels, &self.weight, &MatmulOptions { transpose_b: true, bias: Some(&self.bias), ..Default::default() })?;
         layout::permute(gpu, &rgb.reshape(&[batch, h, w, 3])?, &[0, 3, 1, 2])
     }
+}
+
+/// Latent pixels per side of the image the fit encodes: 256 samples for C+1 unknowns
+/// per colour, at a sixteenth of a 512x512 image's encoding cost for SD.
+const FIT_SIDE: usize = 16;
+/// Flat patches painted over the fit image's background.
+const FIT_PATCHES: usize = 48;
+
+/// Fits a preview map to `vae` on what a preview should show: an image's colours. A
+/// seeded image of flat colour patches (aligned to latent pixels, colours uniform over
+/// the RGB cube) is encoded, and each latent pixel's mean latent, scaled as the sampler
+/// holds it, is regressed on its patch colour; a second such image, not fitted on,
+/// measures the share of colour variance the map explains. (Fitting the decoder on
+/// random latents instead fits it where no sampler goes.)
+pub async fn fit_latent_rgb(gpu: &Gpu, vae: &AutoencoderKl) -> Result<LatentRgb> {
+    let (weight, bias) = least_squares(&patch_samples(gpu, vae, 0).await?, vae.config().latent_channels)?;
+    let held_out = patch_samples(gpu, vae, 1).await?;
+    let predict = |latent: &[f64], k: usize| bias[k] as f64 + latent.iter().zip(&weight[k]).map(|(l, w)| l * *w as f64).sum::<f64>();
+    let mut mean = [0.0f64; 3];
+    for (_, colour) in &held_out {
+        (0..3).for_each(|k| mean[k] += colour[k] / held_out.len() as f64);
+    }
+    let (mut residual, mut total) = (0.0, 0.0);
+    for (latent, colour) in &held_out {
+        for k in 0..3 {
+            residual += (colour[k] - predict(latent, k)).powi(2);
+            total += (colour[k] - mean[k]).powi(2);
+        }
+    }
+    Ok(LatentRgb { weight, bias, explained: Some((1.0 - residual / total) as f32) })
+}
+
+/// (scaled mean latent, patch colour) of every latent pixel of patch image `seed`.
+async fn patch_samples(gpu: &Gpu, vae: &AutoencoderKl, seed: u32) -> Result<Vec<(Vec<f64>, [f64; 3])>> {
+    let channels = vae.config().latent_channels;
+    let factor = vae.downsampling_factor();
+    let colours = patch_colours(FIT_SIDE, FIT_PATCHES, seed);
+    let side = FIT_SIDE * factor;
+    let image: Vec<f32> = (0..3 * side * side)
+        .map(|i| {
+            let (rgb, y, x) = (i / (side * side), i / side % side, i % side);
+            colours[(y / factor) * FIT_SIDE + x / factor][rgb]
+        })
+        .collect();
+    let (mean, _) = vae.encode(&gpu.upload_f32(&[1, 3, side, side], &image)?)?;
+    let latents = mean.to_vec().await?;
+    let scale = vae.scaling_factor() as f64;
+    let pixels = FIT_SIDE * FIT_SIDE;
+    Ok((0..pixels).map(|p| ((0..channels).map(|c| latents[c * pixels + p] as f64 * scale).collect(), colours[p].map(f64::from))).collect())
+}
+
+/// A `side` x `side` grid of RGB colours in [-1, 1]: a background with `patches`
+/// rectangles of 1 to 4 cells a side painted over it.
+fn patch_colours(side: usize, patches: usize, seed: u32) -> Vec<[f32; 3]> {
+    let mut engine = Mt::new(seed);
+    let mut unit = || engine.next_u32() as f32 / 4_294_967_296.0;
+    let mut grid = vec![std::array::from_fn(|_| unit() * 2.0 - 1.0); side * side];
+    for _ in 0..patches {
+        let fill: [f32; 3] = std::array::from_fn(|_| unit() * 2.0 - 1.0);
+        let [w, h] = std::array::from_fn(|_| 1 + (unit() * 4.0) as usize);
+        let [x0, y0] = std::array::from_fn(|_| (unit() * side as f32) as usize);
+        for y in y0..(y0 + h).min(side) {
+            grid[y * side + x0..y * side + (x0 + w).min(side)].fill(fill);
+        }
+    }
+    grid
 }
 
 /// Per colour, the `channels` weights and bias minimising the squared error over

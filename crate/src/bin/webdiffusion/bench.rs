@@ -243,7 +243,7 @@ pub async fn pipeline(
 ) -> Result<()> {
     use webdiffusion::loader::{DirFiles, WeightPrecision};
     use webdiffusion::models::taesd::AutoencoderTiny;
-    use webdiffusion::pipeline::{Control, LatentPreview, Previewer, Request, StableDiffusion};
+    use webdiffusion::pipeline::{Control, Previewer, Request, StableDiffusion};
 
     let start = Instant::now();
     let sd = StableDiffusion::load(gpu, &DirFiles::new(model)?, WeightPrecision::AsStored)?;
@@ -251,10 +251,10 @@ pub async fn pipeline(
     let start = Instant::now();
     let preview = match taesd {
         Some(dir) => Previewer::Taesd(AutoencoderTiny::load(gpu, &DirFiles::new(dir)?, "", WeightPrecision::AsStored)?),
-        None => Previewer::Linear(LatentPreview::fit(gpu, sd.vae()).await?),
+        None => Previewer::for_vae(gpu, sd.vae()).await?,
     };
     let fit = start.elapsed().as_secs_f64();
-    let preview_kind = if taesd.is_some() { "TAESD" } else { "linear map" };
+    let preview_kind = preview.name();
     let request =
         Request { prompt: "a lighthouse on a cliff at dusk".into(), steps, seed: 1, width: size, height: size, ..Default::default() };
     let (mut step_times, mut preview_times) = (Vec::new(), Vec::new());
@@ -263,7 +263,7 @@ pub async fn pipeline(
         pollster::block_on(gpu.finish())?;
         step_times.push(last.elapsed().as_secs_f64());
         let start = Instant::now();
-        drop(preview.render(progress.latents)?);
+        drop(preview.render(sd.vae(), progress.latents)?);
         pollster::block_on(gpu.finish())?;
         preview_times.push(start.elapsed().as_secs_f64());
         last = Instant::now();

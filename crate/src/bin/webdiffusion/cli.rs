@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
     env_logger_init();
     let cli = Cli::parse();
     let result = match cli.command {
-        // Converting needs no GPU.
+        // Converting opens a GPU only to fit the preview map, and goes on without one.
         Command::Convert(args) => crate::convert::run(*args),
         command => pollster::block_on(run_on_gpu(command)),
     };

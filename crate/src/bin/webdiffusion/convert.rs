@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use webdiffusion::convert::SourceModel;
 use webdiffusion::convert::checkpoint::{CheckpointOptions, read_checkpoint};
 use webdiffusion::convert::diffusers::{COMPONENTS, header_shapes, read_diffusers};
-use webdiffusion::loader::{DirFiles, ModelFiles, Weights};
+use webdiffusion::convert::{ComponentOnGpu, SourceModel};
+use webdiffusion::gpu::Gpu;
+use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision, Weights};
 use webdiffusion::lora::{LoraFile, LoraSpec, merge};
+use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
 use webdiffusion::package::{DEFAULT_SHARD_BYTES, PackageSize, Policy, Quantization, WriteOptions, package_size, write_package};
+use webdiffusion::pipeline::fit_latent_rgb;
 use webdiffusion::schedulers::Prediction;
 use webdiffusion::{Error, Result};
 
@@ -154,8 +157,23 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         source: format!("{source}, webdiffusion {} convert --quant {}", env!("CARGO_PKG_VERSION"), quantization.name()),
         // A merged LoRA makes another model than the one the hash names.
         model_hash: args.loras.is_empty().then_some(model_hash),
+        latent_rgb: preview_map(&model)?,
     };
     write(&model, &options, to)
+}
+
+/// The VAE's preview map, fitted on the first GPU adapter (lavapipe will do). Without
+/// any adapter the package goes without one, and loaders fit it at load instead.
+fn preview_map(model: &SourceModel) -> Result<Option<LatentRgb>> {
+    let gpu = match pollster::block_on(Gpu::new()) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("warning: no GPU to fit the preview map on ({e}); the package goes without one");
+            return Ok(None);
+        }
+    };
+    let vae = AutoencoderKl::load(&gpu, &ComponentOnGpu::upload(&gpu, model, "vae")?, "vae", WeightPrecision::AsStored)?;
+    Ok(Some(pollster::block_on(fit_latent_rgb(&gpu, &vae))?))
 }
 
 /// CLIP's BPE vocabulary from `--tokenizer`, else the source's, else (a checkpoint has

@@ -71,6 +71,7 @@ fn write_to(folder: &Path, model: &webdiffusion::convert::SourceModel, policy: P
         shard_bytes: DEFAULT_SHARD_BYTES,
         source: format!("{} (bench fidelity, {})", model.name, quantization.name()),
         model_hash: None,
+        latent_rgb: None,
     };
     let mut folder_bytes = 0;
     let mut write = |path: &str, bytes: &[u8]| -> Result<()> {

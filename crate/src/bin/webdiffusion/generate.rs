@@ -12,7 +12,7 @@ use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::lora::{LoraFile, LoraSpec};
 use webdiffusion::package::manifest::MANIFEST;
 use webdiffusion::package::{DirSource, LoadProgress, load_package};
-use webdiffusion::pipeline::{Control, LatentPreview, Progress, Request, StableDiffusion};
+use webdiffusion::pipeline::{Control, Previewer, Progress, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
 use crate::default_model;
@@ -129,7 +129,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     let preview = match &args.preview_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-            Some(LatentPreview::fit(gpu, sd.vae()).await?)
+            Some(Previewer::for_vae(gpu, sd.vae()).await?)
         }
         None => None,
     };
@@ -162,7 +162,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         let name = |path: &Path| numbered(path, index, args.count);
         let mut write_preview = |progress: &Progress| -> Result<Control> {
             if let (Some(preview), Some(dir)) = (&preview, &args.preview_dir) {
-                let rgb = preview.project(progress.latents)?;
+                let rgb = preview.render(sd.vae(), progress.latents)?;
                 let image = from_decoded(&pollster::block_on(rgb.to_vec())?, rgb.shape())?;
                 let file = name(&dir.join(format!("step-{:03}.png", progress.done)));
                 std::fs::write(&file, encode_png(&image[0], None)?).map_err(|e| io_error(&file, e))?;

@@ -9,12 +9,14 @@ mod channel_chunks;
 mod decoder;
 mod distribution;
 mod encoder;
+mod latent_rgb;
 mod layers;
 mod mid_block;
 
 pub(crate) use activation_limit::ActivationLimit;
 pub use channel_chunks::ChannelChunks;
 pub use distribution::sample_latents;
+pub use latent_rgb::{LATENT_RGB_FILE, LatentRgb};
 
 use serde::Deserialize;
 
@@ -137,6 +139,8 @@ pub struct AutoencoderKl {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     decoder: Decoder,
+    /// The preview map stored with the model, if it has one.
+    latent_rgb: Option<LatentRgb>,
     /// Activations over this many bytes are split; `None` is the device's binding limit.
     activation_limit: Option<u64>,
 }
@@ -147,6 +151,7 @@ impl AutoencoderKl {
         let config_path = crate::loader::component_file(component, "config.json");
         let config: AutoencoderKlConfig = read_config(files, &config_path)?;
         config.validate(&files.describe(&config_path))?;
+        let latent_rgb = read_latent_rgb(files, component, config.latent_channels)?;
         let weights = Weights::load(gpu, files, component, precision)?;
         let moments = 2 * config.latent_channels;
         let model = Self {
@@ -157,6 +162,7 @@ impl AutoencoderKl {
                 .then(|| Conv2d::load(&weights, "post_quant_conv", config.latent_channels, config.latent_channels, 1, 1, 0))
                 .transpose()?,
             decoder: Decoder::load(&weights, "decoder", &config)?,
+            latent_rgb,
             activation_limit: None,
             config,
         };
@@ -166,6 +172,11 @@ impl AutoencoderKl {
 
     pub fn config(&self) -> &AutoencoderKlConfig {
         &self.config
+    }
+
+    /// The latent-to-RGB preview map stored with the model (`None`: fit one).
+    pub fn latent_rgb(&self) -> Option<&LatentRgb> {
+        self.latent_rgb.as_ref()
     }
 
     /// Splits every activation over `bytes` into channel chunks, instead of only those
@@ -235,6 +246,17 @@ impl AutoencoderKl {
         plan.check_whole("the image", image_shape)?;
         self.encoder.check_sizes(image_shape, &plan).map(|_| ())
     }
+}
+
+/// `component/latent_rgb.json` where the model has one, checked against the VAE.
+fn read_latent_rgb(files: &dyn ModelFiles, component: &str, latent_channels: usize) -> Result<Option<LatentRgb>> {
+    let path = crate::loader::component_file(component, LATENT_RGB_FILE);
+    if !files.exists(&path) {
+        return Ok(None);
+    }
+    let map: LatentRgb = read_config(files, &path)?;
+    map.validate(latent_channels, &files.describe(&path))?;
+    Ok(Some(map))
 }
 
 /// `t`'s shape as `[B, channels, H, W]`, or a shape error for `op`.
