@@ -15,20 +15,15 @@ use webdiffusion::package::{DEFAULT_SHARD_BYTES, Policy, Quantization, WriteOpti
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
-use crate::quality::{PromptList, generate_image, load_pipeline};
+use crate::quality::{PromptList, SamplingArgs, generate_image, load_pipeline};
 
 #[derive(clap::Args)]
 pub struct FidelityArgs {
     /// A diffusers folder: the f32 reference and the source of the packages.
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Sampler; the model's own when omitted.
-    #[arg(long)]
-    sampler: Option<String>,
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Prompts taken from the evaluation list, evenly spread over it.
     #[arg(long, default_value_t = 4)]
     prompts: usize,
@@ -125,14 +120,7 @@ pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
     for seed in 0..args.seeds {
         for i in 0..count {
             let prompt = &list.prompts[i * list.prompts.len() / count];
-            requests.push(Request {
-                prompt: prompt.prompt.clone(),
-                steps: args.steps,
-                guidance_scale: args.guidance,
-                scheduler: args.sampler.clone(),
-                seed,
-                ..Default::default()
-            });
+            requests.push(args.sampling.request(&prompt.prompt, seed));
         }
     }
     let files = DirFiles::new(&args.model)?;
@@ -146,8 +134,8 @@ pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
     println!(
         "model: {}, {} steps, guidance {}, {} images ({count} prompts x {} seeds)",
         args.model.display(),
-        args.steps,
-        args.guidance,
+        args.sampling.steps,
+        args.sampling.guidance,
         requests.len(),
         args.seeds
     );

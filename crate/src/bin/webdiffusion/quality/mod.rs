@@ -23,19 +23,39 @@ use webdiffusion::{Error, Result};
 
 pub use prompts::PromptList;
 
+/// How the evaluation benches sample each prompt.
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Sampler; the model's own when omitted.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f32,
+}
+
+impl SamplingArgs {
+    pub fn request(&self, prompt: &str, seed: u64) -> Request {
+        Request {
+            prompt: prompt.to_string(),
+            steps: self.steps,
+            guidance_scale: self.guidance,
+            scheduler: self.sampler.clone(),
+            seed,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct QualityArgs {
     /// A package folder or a diffusers folder.
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Sampler; the model's own when omitted.
-    #[arg(long)]
-    sampler: Option<String>,
-    /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Images per prompt, with seeds 0, 1, ...
     #[arg(long, default_value_t = 1)]
     seeds: u64,
@@ -70,14 +90,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     let start = Instant::now();
     for seed in 0..args.seeds {
         for (index, prompt) in list.prompts.iter().enumerate() {
-            let request = Request {
-                prompt: prompt.prompt.clone(),
-                steps: args.steps,
-                guidance_scale: args.guidance,
-                scheduler: args.sampler.clone(),
-                seed,
-                ..Default::default()
-            };
+            let request = args.sampling.request(&prompt.prompt, seed);
             let image = generate_image(&sd, &request).await?;
             let analysis = analyse::analyse(&image, &palette);
             eprintln!("{}/{total} seed {seed}: {:?} -> {}", outcomes.len() + 1, prompt.prompt, score::describe(&list, analysis.as_ref()));
@@ -90,9 +103,9 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     println!(
         "model: {}, {} steps, sampler {}, guidance {}, seeds 0..{}: {total} images, {seconds:.2} s each",
         args.model.display(),
-        args.steps,
-        args.sampler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
-        args.guidance,
+        args.sampling.steps,
+        args.sampling.sampler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
+        args.sampling.guidance,
         args.seeds
     );
     println!("\n{}\n\n{}", score::summary(&list, &outcomes), score::per_shape(&list, &outcomes));
