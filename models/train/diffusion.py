@@ -2,6 +2,7 @@
 examples/consistency_distillation/train_lcm_distill_sd_wds.py."""
 
 import math
+from typing import NamedTuple
 
 import torch
 from diffusers import DDPMScheduler
@@ -12,6 +13,7 @@ LCM_DDIM_STEPS = 50  # the teacher's solver grid: LCMScheduler's original_infere
 LCM_TIMESTEP_SCALING = 10.0
 LCM_SIGMA_DATA = 0.5
 LCM_HUBER_C = 0.001
+LCM_W_RANGE = (2.0, 8.0)  # w = guidance_scale - 1, as LatentConsistencyModelPipeline embeds it
 
 
 def noise_scheduler() -> DDPMScheduler:
@@ -68,6 +70,54 @@ class DdimSolver:
     def step(self, pred_x0: torch.Tensor, pred_eps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         alpha_bar_prev = gather(self.alphas_cumprod_prev, index)
         return alpha_bar_prev.sqrt() * pred_x0 + (1 - alpha_bar_prev).sqrt() * pred_eps
+
+
+class ConsistencyDraw(NamedTuple):
+    """One step's draw of consistency distillation: grid timesteps, the noised latents, the guidance w."""
+
+    index: torch.Tensor  # position on the solver grid
+    start: torch.Tensor  # the grid timestep the student sees
+    previous: torch.Tensor  # one solver step earlier, where the target is evaluated
+    noisy: torch.Tensor
+    w: torch.Tensor  # [B], w = guidance_scale - 1
+
+
+class ConsistencyDistillation:
+    """What both LCM stages (the whole student in train.py, the LoRA in lcm_lora.py) share: the noise schedule, the
+    teacher's DDIM solver, each step's draw, and the consistency-parameterised x0 of student, teacher and target."""
+
+    def __init__(self, device):
+        self.scheduler = noise_scheduler()
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+        self.solver = DdimSolver(self.scheduler.alphas_cumprod, device)
+        self.device = device
+
+    def draw(self, latents: torch.Tensor, generator: torch.Generator) -> ConsistencyDraw:
+        """Noise, grid index, then w: the order of draws the stages were trained with."""
+        batch = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator, device=self.device)
+        index = torch.randint(0, LCM_DDIM_STEPS, (batch,), generator=generator, device=self.device)
+        start = self.solver.timesteps[index]
+        previous = (start - self.solver.skip).clamp(min=0)
+        noisy = self.scheduler.add_noise(latents, noise, start)
+        w = LCM_W_RANGE[0] + (LCM_W_RANGE[1] - LCM_W_RANGE[0]) * torch.rand(batch, generator=generator, device=self.device)
+        return ConsistencyDraw(index, start, previous, noisy, w)
+
+    def student_x0(self, eps: torch.Tensor, draw: ConsistencyDraw) -> torch.Tensor:
+        c_skip, c_out = boundary_scalings(draw.start)
+        return c_skip * draw.noisy + c_out * predicted_x0(eps, draw.start, draw.noisy, self.alphas_cumprod)
+
+    def teacher_step(self, cond_uncond_eps: torch.Tensor, draw: ConsistencyDraw) -> torch.Tensor:
+        """x_prev: one guided DDIM step from the teacher's noise predictions for [cond; uncond]."""
+        cond_eps, uncond_eps = cond_uncond_eps.chunk(2)
+        cond_x0 = predicted_x0(cond_eps, draw.start, draw.noisy, self.alphas_cumprod)
+        uncond_x0 = predicted_x0(uncond_eps, draw.start, draw.noisy, self.alphas_cumprod)
+        w = draw.w.view(-1, 1, 1, 1)
+        return self.solver.step(cond_x0 + w * (cond_x0 - uncond_x0), cond_eps + w * (cond_eps - uncond_eps), draw.index)
+
+    def target_x0(self, eps: torch.Tensor, x_prev: torch.Tensor, draw: ConsistencyDraw) -> torch.Tensor:
+        c_skip, c_out = boundary_scalings(draw.previous)
+        return c_skip * x_prev + c_out * predicted_x0(eps, draw.previous, x_prev, self.alphas_cumprod)
 
 
 def huber(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

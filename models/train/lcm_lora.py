@@ -34,7 +34,6 @@ import train
 
 STAGE = "lcm_lora"
 DATA_STREAM = 5  # train.DATA_STREAM uses 1..4
-W_RANGE = (2.0, 8.0)  # w = guidance_scale - 1, as the full LCM stage (train.LCM_W_RANGE)
 # diffusers' LCM-LoRA targets: every attention projection, feed-forward linear, proj_in/out, resnet conv (3x3 and
 # the 1x1 shortcut), down/upsampler conv and resnet time-embedding projection; plus the UNet's time-embedding MLP.
 TARGET_MODULES = [
@@ -95,45 +94,33 @@ def run_train(args, dev):
     scaling_factor = vae.config.scaling_factor
     tok = train.tokenizer()
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=1e-2)
-    scheduler = diffusion.noise_scheduler()
-    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
-    solver = diffusion.DdimSolver(scheduler.alphas_cumprod, dev)
+    lcm = diffusion.ConsistencyDistillation(dev)
     with torch.no_grad():
         uncond = text_encoder(train.token_ids(tok, [""], dev)).last_hidden_state
 
     def loss_fn(step):
         images, captions, _ = shapes.batch(args.batch, args.seed * 10 + DATA_STREAM, step, dev)
         generator = loop.step_generator(dev, args.seed, STAGE, step)
-        batch = images.shape[0]
         with torch.no_grad(), loop.autocast(dev):
             context = text_encoder(train.token_ids(tok, captions, dev)).last_hidden_state
             latents = vae.encode(images).latent_dist.sample(generator=generator).float() * scaling_factor
-        noise = torch.randn(latents.shape, generator=generator, device=dev)
-        index = torch.randint(0, diffusion.LCM_DDIM_STEPS, (batch,), generator=generator, device=dev)
-        start = solver.timesteps[index]
-        previous = (start - solver.skip).clamp(min=0)
-        c_skip_start, c_out_start = diffusion.boundary_scalings(start)
-        c_skip, c_out = diffusion.boundary_scalings(previous)
-        noisy = scheduler.add_noise(latents, noise, start)
-        w = W_RANGE[0] + (W_RANGE[1] - W_RANGE[0]) * torch.rand(batch, generator=generator, device=dev)
-        w = w.view(-1, 1, 1, 1)
+        draw = lcm.draw(latents, generator)
 
         with loop.autocast(dev):
-            eps = unet(noisy, start, encoder_hidden_states=context).sample.float()
-        prediction = c_skip_start * noisy + c_out_start * diffusion.predicted_x0(eps, start, noisy, alphas_cumprod)
+            eps = unet(draw.noisy, draw.start, encoder_hidden_states=context).sample.float()
+        prediction = lcm.student_x0(eps, draw)
 
         with torch.no_grad():
             unet.disable_adapters()  # the teacher is the same UNet without its LoRA
             with loop.autocast(dev):
-                both = unet(torch.cat([noisy, noisy]), torch.cat([start, start]), torch.cat([context, uncond.expand_as(context)])).sample.float()
+                both = unet(
+                    torch.cat([draw.noisy, draw.noisy]), torch.cat([draw.start, draw.start]), torch.cat([context, uncond.expand_as(context)])
+                ).sample.float()
             unet.enable_adapters()
-            cond_eps, uncond_eps = both.chunk(2)
-            cond_x0 = diffusion.predicted_x0(cond_eps, start, noisy, alphas_cumprod)
-            uncond_x0 = diffusion.predicted_x0(uncond_eps, start, noisy, alphas_cumprod)
-            x_prev = solver.step(cond_x0 + w * (cond_x0 - uncond_x0), cond_eps + w * (cond_eps - uncond_eps), index)
+            x_prev = lcm.teacher_step(both, draw)
             with loop.autocast(dev):
-                target_eps = unet(x_prev, previous, encoder_hidden_states=context).sample.float()
-            goal = c_skip * x_prev + c_out * diffusion.predicted_x0(target_eps, previous, x_prev, alphas_cumprod)
+                target_eps = unet(x_prev, draw.previous, encoder_hidden_states=context).sample.float()
+            goal = lcm.target_x0(target_eps, x_prev, draw)
         return diffusion.huber(prediction, goal)
 
     loop.train(
@@ -153,7 +140,7 @@ def run_train(args, dev):
             "alpha": args.alpha,
             "lora_parameters": sum(p.numel() for p in params),
             "target_modules": TARGET_MODULES,
-            "w_range": W_RANGE,
+            "w_range": diffusion.LCM_W_RANGE,
             "huber_c": diffusion.LCM_HUBER_C,
             "threads": torch.get_num_threads(),
         },

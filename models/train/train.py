@@ -40,7 +40,6 @@ VAE_EDGE_WEIGHT = 0.5
 CAPTION_DROPOUT = 0.1
 UNET_EMA_DECAY = 0.999
 LCM_TARGET_DECAY = 0.95
-LCM_W_RANGE = (2.0, 8.0)  # w = guidance_scale - 1, as LatentConsistencyModelPipeline embeds it
 SCALING_BATCHES = 8
 
 
@@ -153,48 +152,32 @@ def stage_lcm(args, dev, workdir: Path):
     student = architecture.build_lcm_student(teacher).to(dev).train().requires_grad_(True)
     target = copy.deepcopy(student).eval().requires_grad_(False)  # the EMA target network, fixed decay
     optimizer = torch.optim.AdamW(student.parameters(), lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
-    scheduler = diffusion.noise_scheduler()
-    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
-    solver = diffusion.DdimSolver(scheduler.alphas_cumprod, dev)
+    lcm = diffusion.ConsistencyDistillation(dev)
     with torch.no_grad(), loop.autocast(dev):
         uncond = text_encoder(token_ids(tok, [""], dev)).last_hidden_state
 
     def loss_fn(step):
         images, captions, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["lcm"], step, dev)
         generator = loop.step_generator(dev, args.seed, "lcm", step)
-        batch = images.shape[0]
         with torch.no_grad(), loop.autocast(dev):
             context = text_encoder(token_ids(tok, captions, dev)).last_hidden_state
             latents = vae.encode(images).latent_dist.sample(generator=generator).float() * scaling_factor
-        noise = torch.randn(latents.shape, generator=generator, device=dev)
-        index = torch.randint(0, diffusion.LCM_DDIM_STEPS, (batch,), generator=generator, device=dev)
-        start = solver.timesteps[index]
-        previous = (start - solver.skip).clamp(min=0)
-        c_skip_start, c_out_start = diffusion.boundary_scalings(start)
-        c_skip, c_out = diffusion.boundary_scalings(previous)
-        noisy = scheduler.add_noise(latents, noise, start)
-        w = LCM_W_RANGE[0] + (LCM_W_RANGE[1] - LCM_W_RANGE[0]) * torch.rand(batch, generator=generator, device=dev)
-        w_embedding = diffusion.guidance_scale_embedding(w, architecture.LCM_GUIDANCE_EMBEDDING)
-        w = w.view(-1, 1, 1, 1)
+        draw = lcm.draw(latents, generator)
+        w_embedding = diffusion.guidance_scale_embedding(draw.w, architecture.LCM_GUIDANCE_EMBEDDING)
 
         with loop.autocast(dev):
-            eps = student(noisy, start, timestep_cond=w_embedding, encoder_hidden_states=context).sample.float()
-        prediction = c_skip_start * noisy + c_out_start * diffusion.predicted_x0(eps, start, noisy, alphas_cumprod)
+            eps = student(draw.noisy, draw.start, timestep_cond=w_embedding, encoder_hidden_states=context).sample.float()
+        prediction = lcm.student_x0(eps, draw)
 
         with torch.no_grad():
             with loop.autocast(dev):
                 both = teacher(
-                    torch.cat([noisy, noisy]), torch.cat([start, start]), torch.cat([context, uncond.expand_as(context)])
+                    torch.cat([draw.noisy, draw.noisy]), torch.cat([draw.start, draw.start]), torch.cat([context, uncond.expand_as(context)])
                 ).sample.float()
-            cond_eps, uncond_eps = both.chunk(2)
-            cond_x0 = diffusion.predicted_x0(cond_eps, start, noisy, alphas_cumprod)
-            uncond_x0 = diffusion.predicted_x0(uncond_eps, start, noisy, alphas_cumprod)
-            guided_x0 = cond_x0 + w * (cond_x0 - uncond_x0)
-            guided_eps = cond_eps + w * (cond_eps - uncond_eps)
-            x_prev = solver.step(guided_x0, guided_eps, index)
+            x_prev = lcm.teacher_step(both, draw)
             with loop.autocast(dev):
-                target_eps = target(x_prev, previous, timestep_cond=w_embedding, encoder_hidden_states=context).sample.float()
-            goal = c_skip * x_prev + c_out * diffusion.predicted_x0(target_eps, previous, x_prev, alphas_cumprod)
+                target_eps = target(x_prev, draw.previous, timestep_cond=w_embedding, encoder_hidden_states=context).sample.float()
+            goal = lcm.target_x0(target_eps, x_prev, draw)
         return diffusion.huber(prediction, goal)
 
     def update_target(step):
@@ -214,7 +197,7 @@ def stage_lcm(args, dev, workdir: Path):
         companions={"target": target},
         after_step=update_target,
         params_to_clip=list(student.parameters()),
-        info={"batch": hp["batch"], "w_range": LCM_W_RANGE, "target_decay": LCM_TARGET_DECAY, "huber_c": diffusion.LCM_HUBER_C},
+        info={"batch": hp["batch"], "w_range": diffusion.LCM_W_RANGE, "target_decay": LCM_TARGET_DECAY, "huber_c": diffusion.LCM_HUBER_C},
     )
     target.save_pretrained(workdir / "lcm_unet", safe_serialization=True)
 
