@@ -328,3 +328,17 @@ fn generate_without_a_model_uses_the_built_in_package() {
     std::fs::remove_file(built_in).ok();
     std::fs::remove_file(from_folder).ok();
 }
+
+#[test]
+fn bench_quality_scores_a_sheet_without_a_model() {
+    let ground_truth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/eval/ground_truth.png");
+    let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).arg(&ground_truth).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The generator's own drawings: the analyser reads every attribute of all 128 right.
+    assert!(stdout.contains("| all prompts | 128 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |"), "{stdout}");
+    let other = path("img2img_init.png");
+    let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).arg(&other).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("img2img_init.png") && stderr.contains("is not rows of 16 tiles"), "{stderr}");
+}

@@ -87,53 +87,33 @@ fn nearest_colour(rgb: [f32; 3], palette: &[[f32; 3]]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
     use webdiffusion::image::{RgbImage, decode_png};
 
     use super::{Shape, analyse, hue, nearest_colour};
     use crate::quality::prompts::PromptList;
-
-    /// Where `prompts.json` says the ground-truth tiles are.
-    #[derive(Deserialize)]
-    struct GroundTruth {
-        image: String,
-        tile: usize,
-        columns: usize,
-        tiles: usize,
-    }
-
-    fn tile(grid: &RgbImage, index: usize, size: usize, columns: usize) -> RgbImage {
-        let (x0, y0) = ((index % columns) * size, (index / columns) * size);
-        let pixels = (0..size)
-            .flat_map(|y| (0..size * 3).map(move |i| (y, i)))
-            .map(|(y, i)| grid.pixels[((y0 + y) * grid.width + x0) * 3 + i])
-            .collect();
-        RgbImage { width: size, height: size, pixels }
-    }
+    use crate::quality::sheet_outcomes;
 
     /// The analyser's own proof: it reads the training data generator's images of every
     /// evaluation prompt (two jittered draws each) right.
     #[test]
     fn reads_the_generators_images_right() {
-        let eval = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/eval");
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{eval}/prompts.json")).unwrap()).unwrap();
-        let truth = GroundTruth::deserialize(&json["ground_truth"]).unwrap();
-        let grid = decode_png(&std::fs::read(format!("{eval}/{}", truth.image)).unwrap()).unwrap();
         let list = PromptList::builtin().unwrap();
-        let palette = list.palette();
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/eval/ground_truth.png");
+        let outcomes = sheet_outcomes(&list, &decode_png(&std::fs::read(file).unwrap()).unwrap(), file).unwrap();
+        assert_eq!(outcomes.len(), 128, "every prompt twice");
         let (mut colour, mut shape, mut cell, mut size) = (0, 0, 0, 0);
-        for index in 0..truth.tiles {
-            let prompt = &list.prompts[index % list.prompts.len()];
-            let Some(found) = analyse(&tile(&grid, index, truth.tile, truth.columns), &palette) else { continue };
+        for outcome in &outcomes {
+            let prompt = &list.prompts[outcome.prompt];
+            let Some(found) = &outcome.analysis else { continue };
             colour += usize::from(Some(found.colour) == list.colour_index(&prompt.colour));
             shape += usize::from(Some(found.shape) == Shape::from_name(&prompt.shape));
             cell += usize::from(found.cell == prompt.cell);
             size += usize::from(found.large == (prompt.size == "large"));
         }
-        let share = |right: usize| right as f64 / truth.tiles as f64;
-        eprintln!("ground truth: colour {colour}, shape {shape}, cell {cell}, size {size} of {}", truth.tiles);
+        let share = |right: usize| right as f64 / outcomes.len() as f64;
+        eprintln!("ground truth: colour {colour}, shape {shape}, cell {cell}, size {size} of {}", outcomes.len());
         for (what, right) in [("colour", colour), ("shape", shape), ("position", cell), ("size", size)] {
-            assert!(share(right) >= 0.95, "{what}: {right} of {} right", truth.tiles);
+            assert!(share(right) >= 0.95, "{what}: {right} of {} right", outcomes.len());
         }
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use webdiffusion::gpu::Gpu;
-use webdiffusion::image::{RgbImage, encode_png, from_decoded};
+use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
 use webdiffusion::loader::{DirFiles, WeightPrecision};
 use webdiffusion::package::manifest::MANIFEST;
 use webdiffusion::package::{DirSource, load_package};
@@ -52,8 +52,13 @@ impl SamplingArgs {
 #[derive(clap::Args)]
 pub struct QualityArgs {
     /// A package folder or a diffusers folder.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "score_sheet")]
+    model: Option<PathBuf>,
+    /// Score the images of this PNG instead of generating any: tiles laid out as
+    /// `models/eval/ground_truth.png` (64x64, 16 to a row, tile t showing prompt t % 64), as
+    /// `models/eval/vae_ceiling.py` writes a VAE's reconstructions of the ground truth.
+    #[arg(long, conflicts_with_all = ["model", "sheet"])]
+    score_sheet: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Images per prompt, with seeds 0, 1, ...
@@ -84,7 +89,12 @@ pub async fn generate_image(sd: &StableDiffusion, request: &Request) -> Result<R
 pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     let list = PromptList::builtin()?;
     let palette = list.palette();
-    let sd = load_pipeline(gpu, &args.model).await?;
+    let model = match (&args.model, &args.score_sheet) {
+        (Some(model), _) => model,
+        (None, Some(path)) => return score_sheet(&list, path),
+        (None, None) => return Err(Error::Format { file: "--model".into(), detail: "missing".into() }),
+    };
+    let sd = load_pipeline(gpu, model).await?;
     let total = list.prompts.len() * args.seeds as usize;
     let (mut outcomes, mut images) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let start = Instant::now();
@@ -102,7 +112,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     println!("adapter: {} ({})", gpu.info().adapter, gpu.info().backend);
     println!(
         "model: {}, {} steps, sampler {}, guidance {}, seeds 0..{}: {total} images, {seconds:.2} s each",
-        args.model.display(),
+        model.display(),
         args.sampling.steps,
         args.sampling.sampler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
         args.sampling.guidance,
@@ -114,5 +124,35 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
         std::fs::write(path, png).map_err(|e| Error::Io { path: path.display().to_string(), detail: e.to_string() })?;
         eprintln!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// Every tile of `sheet` (laid out as the ground truth) analysed against its prompt;
+/// `file` names the sheet in errors.
+pub fn sheet_outcomes(list: &PromptList, sheet: &RgbImage, file: &str) -> Result<Vec<score::Outcome>> {
+    let layout = &list.ground_truth;
+    let rows = sheet.height / layout.tile;
+    if sheet.width != layout.tile * layout.columns || rows == 0 || sheet.height % layout.tile != 0 {
+        return Err(Error::Format {
+            file: file.to_string(),
+            detail: format!("{}x{} is not rows of {} tiles of {} pixels", sheet.width, sheet.height, layout.columns, layout.tile),
+        });
+    }
+    let palette = list.palette();
+    Ok((0..rows * layout.columns)
+        .map(|index| {
+            let analysis = analyse::analyse(&sheet::tile(sheet, index, layout.tile, layout.columns), &palette);
+            score::Outcome { prompt: index % list.prompts.len(), analysis }
+        })
+        .collect())
+}
+
+/// Scores the sheet at `path` and prints the tables.
+fn score_sheet(list: &PromptList, path: &Path) -> Result<()> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: file.clone(), detail: e.to_string() })?;
+    let outcomes = sheet_outcomes(list, &decode_png(&bytes)?, &file)?;
+    println!("sheet: {file} ({} tiles)", outcomes.len());
+    println!("\n{}\n\n{}", score::summary(list, &outcomes), score::per_shape(list, &outcomes));
     Ok(())
 }

@@ -18,6 +18,15 @@ pub struct PromptList {
     /// The 3x3 position cells in reading order ("top left", "top", ...).
     pub cells: Vec<String>,
     pub prompts: Vec<EvalPrompt>,
+    pub ground_truth: SheetLayout,
+}
+
+/// How a sheet of evaluation images is laid out, as `ground_truth.png` is: square tiles,
+/// `columns` to a row, tile t showing prompt t % prompts.
+#[derive(Deserialize)]
+pub struct SheetLayout {
+    pub tile: usize,
+    pub columns: usize,
 }
 
 #[derive(Deserialize)]

@@ -36,3 +36,13 @@ mod tests {
         assert_eq!([row(0), row(1), row(2), row(3)], [vec![1, 1, 2, 2], vec![1, 1, 2, 2], vec![3, 3, 0, 0], vec![3, 3, 0, 0]]);
     }
 }
+
+/// Tile `index` of a sheet of `size`-pixel tiles laid out `columns` to a row.
+pub fn tile(sheet: &RgbImage, index: usize, size: usize, columns: usize) -> RgbImage {
+    let (x0, y0) = ((index % columns) * size, (index / columns) * size);
+    let pixels = (0..size)
+        .flat_map(|y| (0..size * 3).map(move |i| (y, i)))
+        .map(|(y, i)| sheet.pixels[((y0 + y) * sheet.width + x0) * 3 + i])
+        .collect();
+    RgbImage { width: size, height: size, pixels }
+}
