@@ -132,7 +132,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
 pub fn sheet_outcomes(list: &PromptList, sheet: &RgbImage, file: &str) -> Result<Vec<score::Outcome>> {
     let layout = &list.ground_truth;
     let rows = sheet.height / layout.tile;
-    if sheet.width != layout.tile * layout.columns || rows == 0 || sheet.height % layout.tile != 0 {
+    if sheet.width != layout.tile * layout.columns || rows == 0 || !sheet.height.is_multiple_of(layout.tile) {
         return Err(Error::Format {
             file: file.to_string(),
             detail: format!("{}x{} is not rows of {} tiles of {} pixels", sheet.width, sheet.height, layout.columns, layout.tile),
