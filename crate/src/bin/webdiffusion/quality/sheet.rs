@@ -1,4 +1,5 @@
-//! A contact sheet: images side by side in a grid, each enlarged by pixel repetition.
+//! A contact sheet: images side by side in a grid, each enlarged by pixel repetition; and
+//! one tile of such a sheet back.
 
 use webdiffusion::image::RgbImage;
 
@@ -23,9 +24,19 @@ pub fn contact_sheet(images: &[RgbImage], columns: usize, scale: usize) -> RgbIm
     RgbImage { width, height, pixels }
 }
 
+/// Tile `index` of a sheet of `size`-pixel tiles laid out `columns` to a row.
+pub fn tile(sheet: &RgbImage, index: usize, size: usize, columns: usize) -> RgbImage {
+    let (x0, y0) = ((index % columns) * size, (index / columns) * size);
+    let pixels = (0..size)
+        .flat_map(|y| (0..size * 3).map(move |i| (y, i)))
+        .map(|(y, i)| sheet.pixels[((y0 + y) * sheet.width + x0) * 3 + i])
+        .collect();
+    RgbImage { width: size, height: size, pixels }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{RgbImage, contact_sheet};
+    use super::{RgbImage, contact_sheet, tile};
 
     #[test]
     fn tiles_enlarged_in_rows() {
@@ -35,14 +46,14 @@ mod tests {
         let row = |y: usize| (0..4).map(|x| sheet.pixels[(y * 4 + x) * 3]).collect::<Vec<_>>();
         assert_eq!([row(0), row(1), row(2), row(3)], [vec![1, 1, 2, 2], vec![1, 1, 2, 2], vec![3, 3, 0, 0], vec![3, 3, 0, 0]]);
     }
-}
 
-/// Tile `index` of a sheet of `size`-pixel tiles laid out `columns` to a row.
-pub fn tile(sheet: &RgbImage, index: usize, size: usize, columns: usize) -> RgbImage {
-    let (x0, y0) = ((index % columns) * size, (index / columns) * size);
-    let pixels = (0..size)
-        .flat_map(|y| (0..size * 3).map(move |i| (y, i)))
-        .map(|(y, i)| sheet.pixels[((y0 + y) * sheet.width + x0) * 3 + i])
-        .collect();
-    RgbImage { width: size, height: size, pixels }
+    #[test]
+    fn a_tile_comes_back_whole() {
+        let image = |v: u8| RgbImage { width: 2, height: 2, pixels: (0..12).map(|i| v + i).collect() };
+        let images: Vec<RgbImage> = (0..5).map(|k| image(20 * k)).collect();
+        let sheet = contact_sheet(&images, 3, 1);
+        for (index, want) in images.iter().enumerate() {
+            assert_eq!(tile(&sheet, index, 2, 3), *want, "tile {index}");
+        }
+    }
 }
