@@ -90,8 +90,12 @@ impl Policy {
 
     /// The storage type of `component`'s tensor `name`: the default rule, then the
     /// last matching override; a quantized type falls back to f16 where the rows do not
-    /// fit whole blocks.
+    /// fit whole blocks, and what the model reads as f32 stays f32 whatever was asked
+    /// (a broad `text_encoder/*=q8` would otherwise write a package that cannot load).
     pub fn storage_type(&self, component: &str, name: &str, shape: &[usize]) -> DType {
+        if KEEP_F32.iter().any(|p| glob(p, name)) {
+            return DType::F32;
+        }
         let path = format!("{component}/{name}");
         let matches = |pattern: &str| if pattern.contains('/') { glob(pattern, &path) } else { glob(pattern, name) };
         let chosen = self
@@ -105,9 +109,6 @@ impl Policy {
 
     fn default_type(&self, component: &str, name: &str, shape: &[usize]) -> DType {
         let path = format!("{component}/{name}");
-        if KEEP_F32.iter().any(|p| glob(p, name)) {
-            return DType::F32;
-        }
         // Biases and norm parameters are tiny and feed activations directly.
         if shape.len() < 2 || KEEP_F16.iter().any(|p| glob(p, &path)) {
             return DType::F16;
@@ -165,6 +166,11 @@ mod tests {
         let overridden = Policy::new(Quantization::F16).with_override("*=q4").unwrap();
         assert_eq!(overridden.storage_type("unet", "conv_out.weight", &[4, 320, 3, 3]), DType::Q4);
         assert_eq!(overridden.storage_type("unet", "conv_in.bias", &[320]), DType::F16);
+        let text_q8 = Policy::new(Quantization::F16).with_override("text_encoder/*=q8").unwrap();
+        for policy in [&overridden, &text_q8] {
+            assert_eq!(policy.storage_type("text_encoder", "embeddings.position_embedding.weight", &[77, 768]), DType::F32);
+        }
+        assert_eq!(text_q8.storage_type("text_encoder", "embeddings.token_embedding.weight", &[49408, 768]), DType::Q8);
         for bad in ["no-type", "*=q3", "*=u32"] {
             assert!(Policy::new(Quantization::F16).with_override(bad).is_err(), "{bad}");
         }
