@@ -125,6 +125,16 @@ pub struct Progress<'a> {
     pub total: usize,
     pub timestep: f64,
     pub latents: &'a Tensor,
+    /// The sampler's estimate of the clean latents at this step, where it forms one.
+    pub denoised: Option<&'a Tensor>,
+}
+
+impl Progress<'_> {
+    /// What a step preview shows: the clean estimate where the sampler has one (LCM's
+    /// intermediate latents are that estimate noised again), else the latents.
+    pub fn preview_latents(&self) -> &Tensor {
+        self.denoised.unwrap_or(self.latents)
+    }
 }
 
 /// A step callback's answer.
@@ -287,7 +297,7 @@ impl StableDiffusion {
             if let Some(inpainting) = &inpainting {
                 latents = inpainting.after_step(scheduler.as_ref(), &latents, step)?;
             }
-            let progress = Progress { done: i + 1, total: timesteps.len(), timestep: t, latents: &latents };
+            let progress = Progress { done: i + 1, total: timesteps.len(), timestep: t, latents: &latents, denoised: scheduler.denoised() };
             if on_step(&progress)? == Control::Cancel {
                 return Err(Error::Cancelled { done: i + 1, total: timesteps.len() });
             }

@@ -170,4 +170,9 @@ impl Scheduler for DpmSolver {
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         add_noise_at_sigma(&self.schedule, original, noise, step, "DPM-Solver add_noise")
     }
+
+    /// The data prediction of the last step (kept as the next step's previous one).
+    fn denoised(&self) -> Option<&Tensor> {
+        self.previous.as_ref()
+    }
 }

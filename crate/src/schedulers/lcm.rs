@@ -56,12 +56,6 @@ impl Lcm {
         })
     }
 
-    /// The consistency model's estimate of the clean latents at the last step run (diffusers'
-    /// `LCMSchedulerOutput.denoised`; after the final step it equals the returned latents).
-    pub fn denoised(&self) -> Option<&Tensor> {
-        self.denoised.as_ref()
-    }
-
     /// `get_scalings_for_boundary_condition_discrete` in f32, as torch computes it for a
     /// timestep tensor: `(c_skip, c_out)` with `sigma_data` 0.5.
     pub fn boundary_scalings(&self, timestep: f64) -> (f32, f32) {
@@ -145,5 +139,10 @@ impl Scheduler for Lcm {
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         let timestep = timestep_at(&self.timesteps, step, "LCM add_noise")? as usize;
         add_noise_at_alpha(original, noise, self.alphas_cumprod[timestep])
+    }
+
+    /// `LCMSchedulerOutput.denoised`; after the final step it equals the returned latents.
+    fn denoised(&self) -> Option<&Tensor> {
+        self.denoised.as_ref()
     }
 }

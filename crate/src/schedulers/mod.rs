@@ -50,6 +50,12 @@ pub trait Scheduler {
     /// `add_noise`, as the pipelines call it at the begin index and, for inpainting with
     /// a 4-channel UNet, after each step at the next one).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor>;
+    /// The model's estimate of the clean latents at the last `step`, where the sampler
+    /// forms one anyway (LCM's `denoised`, DPM-Solver's data prediction): what a step
+    /// preview should show, since the latents themselves still hold the noise.
+    fn denoised(&self) -> Option<&Tensor> {
+        None
+    }
 }
 
 /// A begin index must name a timestep and come before the first step.
