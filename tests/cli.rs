@@ -342,3 +342,18 @@ fn bench_quality_scores_a_sheet_without_a_model() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("img2img_init.png") && stderr.contains("is not rows of 16 tiles"), "{stderr}");
 }
+
+#[test]
+fn info_describes_a_package_and_its_previews() {
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/embedded-lcm");
+    let output = webdiffusion().args(["info", "--model"]).arg(&package).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(package.join("manifest.json")).unwrap()).unwrap();
+    let explained = manifest["latent_rgb"]["explained"].as_f64().unwrap();
+    let line = format!("preview map: explains {:.1}% of the colour variance; previews decode with the VAE", 100.0 * explained);
+    assert!(stdout.contains(&line), "{stdout}");
+    for component in ["text_encoder", "unet", "vae"] {
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with(&format!("{component}: "))), "{stdout}");
+    }
+}

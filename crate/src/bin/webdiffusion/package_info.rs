@@ -1,5 +1,5 @@
 //! `webdiffusion info --model PACKAGE`: loads a package onto the GPU (timed) and
-//! prints what it holds, per component and storage type.
+//! prints what it holds, per component and storage type, and how it previews.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use webdiffusion::Result;
 use webdiffusion::gpu::Gpu;
 use webdiffusion::package::{DirSource, load_package};
+use webdiffusion::pipeline::MIN_EXPLAINED;
 
 pub async fn run(gpu: &Gpu, path: &Path) -> Result<()> {
     let start = Instant::now();
@@ -24,6 +25,14 @@ pub async fn run(gpu: &Gpu, path: &Path) -> Result<()> {
     for (component, types) in &sizes {
         let types: Vec<String> = types.iter().map(|(dtype, bytes)| format!("{dtype} {:.1} MiB", mib(*bytes))).collect();
         println!("  {component}: {}", types.join(", "));
+    }
+    match &manifest.latent_rgb {
+        Some(map) => {
+            let explained = map.explained.map_or_else(|| "fit not measured".to_string(), |e| format!("explains {:.1}%", 100.0 * e));
+            let use_it = if map.explained.is_some_and(|e| e < MIN_EXPLAINED) { "previews decode with the VAE" } else { "previews use it" };
+            println!("  preview map: {explained} of the colour variance; {use_it}");
+        }
+        None => println!("  preview map: none stored (fitted at load)"),
     }
     let total = manifest.stream_bytes();
     println!("  {} shards, {:.1} MiB, loaded in {seconds:.2} s ({:.0} MiB/s)", manifest.shards.len(), mib(total), mib(total) / seconds);
