@@ -1,13 +1,15 @@
-//! PLMS (pndm), Euler, Euler ancestral, Heun and LMS against diffusers: every case of
-//! theirs in outputs/schedulers.safetensors (timesteps, sigmas and a whole stateful run
-//! driven as a pipeline drives it), Karras sigmas against DPM-Solver's, the LMS
-//! coefficients, per-class config defaults, and the configs they must refuse.
+//! DDIM, PLMS (pndm), Euler, Euler ancestral, Heun and LMS against diffusers: every case
+//! of theirs in outputs/schedulers.safetensors (timesteps, sigmas and a whole stateful run
+//! driven as a pipeline drives it, with each step's clean estimate), Karras sigmas against
+//! DPM-Solver's, the LMS coefficients, per-class config defaults, and the configs they must
+//! refuse.
 
 use crate::common;
 
 use common::fixtures::{Outputs, SchedulerCase, scheduler_cases};
 use common::{gpu, read};
 use webdiffusion::Error;
+use webdiffusion::schedulers::ddim::Ddim;
 use webdiffusion::schedulers::euler::Euler;
 use webdiffusion::schedulers::euler_ancestral::EulerAncestral;
 use webdiffusion::schedulers::heun::Heun;
@@ -15,7 +17,7 @@ use webdiffusion::schedulers::lms::{Lms, lms_coefficient};
 use webdiffusion::schedulers::pndm::Pndm;
 use webdiffusion::schedulers::{self, Noise, Scheduler, SchedulerConfig};
 
-const SAMPLERS: [&str; 5] = ["pndm", "euler", "euler-a", "heun", "lms"];
+const SAMPLERS: [&str; 6] = ["ddim", "pndm", "euler", "euler-a", "heun", "lms"];
 
 /// Timesteps and sigmas: numpy and torch compute them in f64 and f32 with the same
 /// formulas as ours; 1e-6 relative allows the last f32 ulp of a logarithm or an exp.
@@ -49,16 +51,17 @@ const HEUN_RUN_TOL: f32 = 3e-5;
 
 fn cases(outputs: &Outputs) -> Vec<SchedulerCase> {
     let mine = scheduler_cases(outputs, &SAMPLERS);
-    // 5 samplers x 6 bases x 5 step counts, less zsnr for PNDM, Heun and LMS (no such
+    // 6 samplers x 6 bases x 5 step counts, less zsnr for PNDM, Heun and LMS (no such
     // option in diffusers) and "sample" for PNDM and Euler ancestral (diffusers raises).
-    assert_eq!(mine.len(), 150 - 25, "cases of our samplers");
+    assert_eq!(mine.len(), 180 - 25, "cases of our samplers");
     mine
 }
 
-/// The sampler and its sigmas (none for PNDM).
+/// The sampler and its sigmas (none for DDIM and PNDM).
 fn build(case: &SchedulerCase) -> (Box<dyn Scheduler>, Option<Vec<f32>>) {
     let (config, file, steps) = (&case.config, case.name.as_str(), case.steps);
     match case.sampler.as_str() {
+        "ddim" => (Box::new(Ddim::new(config, file, steps).unwrap()), None),
         "pndm" => (Box::new(Pndm::new(config, file, steps).unwrap()), None),
         "euler" => {
             let sampler = Euler::new(config, file, steps).unwrap();
@@ -191,6 +194,17 @@ fn run_cases(feed: Feed) -> Vec<(&'static str, f32, String)> {
             let what = format!("{} step {k}", case.name);
             let tol = if case.sampler == "heun" { HEUN_RUN_TOL } else { RUN_TOL };
             let ratio = scaled_error(&what, &read(&sample), &after, scale, tol);
+            // The clean estimate where diffusers' output carries one (`pred_original_sample`).
+            let estimate = sampler.denoised().unwrap();
+            let key = format!("{}.denoised", case.name);
+            match (estimate, outputs.has(&key)) {
+                (Some(got), true) => {
+                    let (want, _) = entry(&outputs.f32(&key).0, &mshape, k);
+                    scaled_error(&format!("{what} estimate"), &read(&got), &want, max_abs(&want).max(scale), tol);
+                }
+                (None, false) => {}
+                (got, _) => panic!("{what}: our estimate is {}, diffusers' {}", got.is_some(), outputs.has(&key)),
+            }
             let slot = worst.iter_mut().find(|w| w.0 == case.sampler).unwrap();
             if ratio > slot.1 {
                 (slot.1, slot.2) = (ratio, what);

@@ -153,7 +153,7 @@ fn lcm_denoised_matches_diffusers() {
             let sample = gpu.upload_f32(&latent, &start).unwrap();
             let output = gpu.upload_f32(&latent, &entry(&model_outputs, &mshape, k).0).unwrap();
             lcm.step(&output, k, &sample, &mut noise).unwrap();
-            let got = read(lcm.denoised().unwrap());
+            let got = read(&lcm.denoised().unwrap().unwrap());
             scaled_error(&format!("{} denoised {k}", case.name), &got, &entry(&denoised, &mshape, k).0, RUN_TOL);
         }
     }
@@ -187,7 +187,7 @@ fn lcm_tiny_run_matches_diffusers() {
         }
         let output = gpu.upload_f32(&latent, &entry(&model_outputs, &mshape, k).0).unwrap();
         sample = lcm.step(&output, k, &sample, &mut noise).unwrap();
-        scaled_error(&format!("denoised {k}"), &read(lcm.denoised().unwrap()), &entry(&denoised, &mshape, k).0, RUN_TOL);
+        scaled_error(&format!("denoised {k}"), &read(&lcm.denoised().unwrap().unwrap()), &entry(&denoised, &mshape, k).0, RUN_TOL);
         scaled_error(&format!("sample {k}"), &read(&sample), &entry(&samples, &sshape, k + 1).0, RUN_TOL);
     }
 }

@@ -127,7 +127,7 @@ impl Loaded {
         // right behind that step and resolves as soon as the GPU has done it.
         let mut previews = Vec::new();
         let mut start_preview = |progress: &Progress| -> Result<Control> {
-            let rgb = self.preview.render(self.sd.vae(), progress.preview_latents())?;
+            let rgb = self.preview.render(self.sd.vae(), &progress.preview_latents()?)?;
             previews.push((progress.done, progress.total, rgb.shape().to_vec(), start_read(rgb)));
             Ok(Control::Continue)
         };

@@ -26,6 +26,10 @@ impl Outputs {
     }
 
     /// An f32 tensor's values and shape.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors().tensor(name).is_ok()
+    }
+
     pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let tensors = self.tensors();
         let view = tensors.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));

@@ -125,15 +125,20 @@ pub struct Progress<'a> {
     pub total: usize,
     pub timestep: f64,
     pub latents: &'a Tensor,
-    /// The sampler's estimate of the clean latents at this step, where it forms one.
-    pub denoised: Option<&'a Tensor>,
+    scheduler: &'a dyn Scheduler,
 }
 
 impl Progress<'_> {
+    /// The sampler's estimate of the clean latents at this step, where it forms one;
+    /// computed on asking (a launch at latent size), so steps nobody previews pay nothing.
+    pub fn denoised(&self) -> Result<Option<Tensor>> {
+        self.scheduler.denoised()
+    }
+
     /// What a step preview shows: the clean estimate where the sampler has one (LCM's
     /// intermediate latents are that estimate noised again), else the latents.
-    pub fn preview_latents(&self) -> &Tensor {
-        self.denoised.unwrap_or(self.latents)
+    pub fn preview_latents(&self) -> Result<Tensor> {
+        Ok(self.denoised()?.unwrap_or_else(|| self.latents.clone()))
     }
 }
 
@@ -297,7 +302,7 @@ impl StableDiffusion {
             if let Some(inpainting) = &inpainting {
                 latents = inpainting.after_step(scheduler.as_ref(), &latents, step)?;
             }
-            let progress = Progress { done: i + 1, total: timesteps.len(), timestep: t, latents: &latents, denoised: scheduler.denoised() };
+            let progress = Progress { done: i + 1, total: timesteps.len(), timestep: t, latents: &latents, scheduler: scheduler.as_ref() };
             if on_step(&progress)? == Control::Cancel {
                 return Err(Error::Cancelled { done: i + 1, total: timesteps.len() });
             }

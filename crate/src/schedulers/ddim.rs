@@ -2,6 +2,7 @@
 //! step whose update is `c_x * sample + c_m * model_output`, the coefficients plain
 //! Rust math, the combination one GPU launch.
 
+use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::{Noise, Scheduler, add_noise_at_alpha, spaced_timesteps, timestep_at};
 use crate::error::{Error, Result};
@@ -14,6 +15,7 @@ pub struct Ddim {
     timesteps: Vec<f64>,
     step_ratio: usize,
     prediction: Prediction,
+    estimate: Option<CleanEstimate>,
 }
 
 impl Ddim {
@@ -33,15 +35,18 @@ impl Ddim {
             prediction: config.prediction(file)?,
             alphas_cumprod,
             final_alpha_cumprod,
+            estimate: None,
         })
+    }
+
+    fn alpha_cumprod(&self, timestep: usize) -> Result<f64> {
+        let alpha = self.alphas_cumprod.get(timestep);
+        Ok(*alpha.ok_or_else(|| Error::shape("DDIM step", format!("timestep {timestep} is past the schedule")))? as f64)
     }
 
     /// `(c_x, c_m)` with `prev = c_x * sample + c_m * model_output` at `timestep`.
     pub fn coefficients(&self, timestep: usize) -> Result<(f32, f32)> {
-        let alpha = *self
-            .alphas_cumprod
-            .get(timestep)
-            .ok_or_else(|| Error::shape("DDIM step", format!("timestep {timestep} is past the schedule")))? as f64;
+        let alpha = self.alpha_cumprod(timestep)?;
         let prev = timestep.checked_sub(self.step_ratio).map_or(self.final_alpha_cumprod, |t| self.alphas_cumprod[t]) as f64;
         let (sa, sb) = (alpha.sqrt(), (1.0 - alpha).sqrt());
         let (sp, sq) = (prev.sqrt(), (1.0 - prev).sqrt());
@@ -69,8 +74,21 @@ impl Scheduler for Ddim {
     }
 
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
-        let (cx, cm) = self.coefficients(timestep_at(&self.timesteps, step, "DDIM step")? as usize)?;
+        let timestep = timestep_at(&self.timesteps, step, "DDIM step")? as usize;
+        let (cx, cm) = self.coefficients(timestep)?;
+        let alpha = self.alpha_cumprod(timestep)?;
+        let (sa, sb) = (alpha.sqrt(), (1.0 - alpha).sqrt());
+        let clean = match self.prediction {
+            Prediction::Epsilon => (1.0 / sa, -sb / sa),
+            Prediction::VPrediction => (sa, -sb),
+            Prediction::Sample => (0.0, 1.0),
+        };
+        self.estimate = Some(CleanEstimate::new(clean, sample, model_output));
         ew::axpby(sample.gpu(), cx, sample, cm, model_output, None)
+    }
+
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        self.estimate.as_ref().map(CleanEstimate::compute).transpose()
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {

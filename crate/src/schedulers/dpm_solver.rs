@@ -172,7 +172,7 @@ impl Scheduler for DpmSolver {
     }
 
     /// The data prediction of the last step (kept as the next step's previous one).
-    fn denoised(&self) -> Option<&Tensor> {
-        self.previous.as_ref()
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        Ok(self.previous.clone())
     }
 }

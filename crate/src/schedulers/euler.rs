@@ -2,6 +2,7 @@
 //! `EulerDiscreteScheduler`: `prev = sample + (sigma_next - sigma) * derivative`, the
 //! derivative linear in the sample and the model output, so a step is one GPU launch.
 
+use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::sigmas::{self, Reschedule, TrainSigmas};
 use super::{Noise, Scheduler};
@@ -14,6 +15,7 @@ pub struct Euler {
     sigmas: Vec<f32>,
     prediction: Prediction,
     init_noise_sigma: f32,
+    estimate: Option<CleanEstimate>,
 }
 
 impl Euler {
@@ -50,7 +52,8 @@ impl Euler {
             ("discrete" | "continuous", _) => timesteps.into_iter().map(|t| t as f32 as f64).collect(),
             (other, _) => return Err(unsupported(file, format!("timestep_type {other:?}"))),
         };
-        Ok(Self { init_noise_sigma: sigmas::init_noise_sigma(&sigmas, &config.timestep_spacing), timesteps, sigmas, prediction })
+        let init_noise_sigma = sigmas::init_noise_sigma(&sigmas, &config.timestep_spacing);
+        Ok(Self { init_noise_sigma, timesteps, sigmas, prediction, estimate: None })
     }
 
     /// The noise levels, one more than the timesteps.
@@ -82,6 +85,7 @@ impl Scheduler for Euler {
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
         let sigma = self.sigma(step)?;
         let (a, b) = sigmas::derivative_coefficients(self.prediction, sigma, sigma);
+        self.estimate = Some(CleanEstimate::new(sigmas::denoised_coefficients(self.prediction, sigma), sample, model_output));
         // diffusers' dt is an f32 difference.
         let dt = (self.sigmas[step + 1] - sigma) as f64;
         sigmas::linear_combination(&[(1.0 + dt * a, sample), (dt * b, model_output)])
@@ -89,5 +93,9 @@ impl Scheduler for Euler {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
+    }
+
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        self.estimate.as_ref().map(CleanEstimate::compute).transpose()
     }
 }

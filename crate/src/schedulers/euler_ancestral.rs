@@ -3,6 +3,7 @@
 //! pipeline's generator every step), so that the marginal lands on `sigma_next`. One GPU
 //! launch per step.
 
+use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::sigmas::{self, TrainSigmas};
 use super::{Noise, Scheduler};
@@ -14,6 +15,7 @@ pub struct EulerAncestral {
     sigmas: Vec<f32>,
     prediction: Prediction,
     init_noise_sigma: f32,
+    estimate: Option<CleanEstimate>,
 }
 
 impl EulerAncestral {
@@ -34,6 +36,7 @@ impl EulerAncestral {
             timesteps: timesteps.into_iter().map(f64::from).collect(),
             sigmas,
             prediction,
+            estimate: None,
         })
     }
 
@@ -73,6 +76,7 @@ impl Scheduler for EulerAncestral {
         let sigma = self.sigma(step)?;
         let (sigma_up, sigma_down) = ancestral_sigmas(sigma, self.sigmas[step + 1]);
         let (a, b) = sigmas::derivative_coefficients(self.prediction, sigma, sigma);
+        self.estimate = Some(CleanEstimate::new(sigmas::denoised_coefficients(self.prediction, sigma), sample, model_output));
         let dt = (sigma_down - sigma) as f64;
         // Drawn every step, also the last where sigma_up is 0, to keep the generator in step.
         let fresh = noise.randn(model_output.shape())?;
@@ -81,5 +85,9 @@ impl Scheduler for EulerAncestral {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
+    }
+
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        self.estimate.as_ref().map(CleanEstimate::compute).transpose()
     }
 }

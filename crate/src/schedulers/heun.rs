@@ -3,6 +3,7 @@
 //! prediction then a trapezoidal correction from the first point, so `n` steps take
 //! `2n - 1` model evaluations. One or two GPU launches per step.
 
+use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig};
 use super::sigmas::{self, Reschedule, TrainSigmas};
 use super::{Noise, Scheduler, StepCursor};
@@ -17,6 +18,7 @@ pub struct Heun {
     prediction: Prediction,
     clip: Option<f32>,
     init_noise_sigma: f32,
+    estimate: Option<CleanEstimate>,
     /// After a prediction: where it started, its derivative and its dt.
     first: Option<FirstOrder>,
     cursor: StepCursor,
@@ -67,6 +69,7 @@ impl Heun {
             prediction,
             first: None,
             cursor: StepCursor::default(),
+            estimate: None,
         })
     }
 
@@ -136,6 +139,8 @@ impl Scheduler for Heun {
         // The prediction evaluates the model at this sigma, and so does the correction
         // (there the sigma it steps to, which the schedule repeats at this index).
         let sigma = self.sigma(step)?;
+        let clean = sigmas::denoised_coefficients(self.prediction, sigma);
+        self.estimate = Some(CleanEstimate::new(clean, sample, model_output).clamped(self.clip));
         let derivative = self.derivative(sample, model_output, sigma)?;
         let prev = match self.first.take() {
             None => {
@@ -173,5 +178,9 @@ impl Scheduler for Heun {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
+    }
+
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        self.estimate.as_ref().map(CleanEstimate::compute).transpose()
     }
 }

@@ -142,7 +142,7 @@ impl Scheduler for Lcm {
     }
 
     /// `LCMSchedulerOutput.denoised`; after the final step it equals the returned latents.
-    fn denoised(&self) -> Option<&Tensor> {
-        self.denoised.as_ref()
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        Ok(self.denoised.clone())
     }
 }

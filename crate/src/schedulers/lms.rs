@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 
+use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig};
 use super::sigmas::{self, Reschedule, TrainSigmas};
 use super::{Noise, Scheduler, StepCursor};
@@ -19,6 +20,7 @@ pub struct Lms {
     sigmas: Vec<f32>,
     prediction: Prediction,
     init_noise_sigma: f32,
+    estimate: Option<CleanEstimate>,
     /// The latest derivatives, oldest first.
     derivatives: VecDeque<Tensor>,
     cursor: StepCursor,
@@ -49,6 +51,7 @@ impl Lms {
             prediction,
             derivatives: VecDeque::new(),
             cursor: StepCursor::default(),
+            estimate: None,
         })
     }
 
@@ -96,6 +99,7 @@ impl Scheduler for Lms {
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
         self.cursor.advance("LMS step", step, self.timesteps.len())?;
         let sigma = self.sigma(step)?;
+        self.estimate = Some(CleanEstimate::new(sigmas::denoised_coefficients(self.prediction, sigma), sample, model_output));
         let derivative = match sigmas::derivative_coefficients(self.prediction, sigma, sigma) {
             (0.0, 1.0) => model_output.clone(),
             (a, b) => sigmas::linear_combination(&[(a, sample), (b, model_output)])?,
@@ -122,5 +126,9 @@ impl Scheduler for Lms {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         sigmas::add_noise_at_sigma(original, noise, self.sigma(step)?)
+    }
+
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        self.estimate.as_ref().map(CleanEstimate::compute).transpose()
     }
 }

@@ -1,6 +1,7 @@
 //! Samplers: the scalar math of diffusers' schedulers in plain Rust, the per-step
 //! latent update on the GPU.
 
+mod clean_estimate;
 pub mod config;
 pub mod ddim;
 pub mod dpm_solver;
@@ -50,11 +51,12 @@ pub trait Scheduler {
     /// `add_noise`, as the pipelines call it at the begin index and, for inpainting with
     /// a 4-channel UNet, after each step at the next one).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor>;
-    /// The model's estimate of the clean latents at the last `step`, where the sampler
-    /// forms one anyway (LCM's `denoised`, DPM-Solver's data prediction): what a step
-    /// preview should show, since the latents themselves still hold the noise.
-    fn denoised(&self) -> Option<&Tensor> {
-        None
+    /// The model's estimate of the clean latents at the last `step` (diffusers'
+    /// `pred_original_sample`, LCM's `denoised`, DPM-Solver's data prediction), computed
+    /// when asked: what a step preview should show, since the latents still hold noise.
+    /// `None` before the first step, and from PNDM and UniPC, which form none.
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 }
 

@@ -263,7 +263,7 @@ pub async fn pipeline(
         pollster::block_on(gpu.finish())?;
         step_times.push(last.elapsed().as_secs_f64());
         let start = Instant::now();
-        drop(preview.render(sd.vae(), progress.preview_latents())?);
+        drop(preview.render(sd.vae(), &progress.preview_latents()?)?);
         pollster::block_on(gpu.finish())?;
         preview_times.push(start.elapsed().as_secs_f64());
         last = Instant::now();

@@ -162,7 +162,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         let name = |path: &Path| numbered(path, index, args.count);
         let mut write_preview = |progress: &Progress| -> Result<Control> {
             if let (Some(preview), Some(dir)) = (&preview, &args.preview_dir) {
-                let rgb = preview.render(sd.vae(), progress.preview_latents())?;
+                let rgb = preview.render(sd.vae(), &progress.preview_latents()?)?;
                 let image = from_decoded(&pollster::block_on(rgb.to_vec())?, rgb.shape())?;
                 let file = name(&dir.join(format!("step-{:03}.png", progress.done)));
                 std::fs::write(&file, encode_png(&image[0], None)?).map_err(|e| io_error(&file, e))?;
