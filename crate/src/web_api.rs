@@ -16,7 +16,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::image::from_decoded;
 use crate::loader::WeightPrecision;
 use crate::package::{FetchSource, LoadProgress, load_package};
-use crate::pipeline::{Control, Previewer, Progress, Request, StableDiffusion};
+use crate::pipeline::{Previewer, Request, StableDiffusion};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -31,6 +31,8 @@ export interface GenerateOptions {
   steps?: number;
   /** 7.5 (1 or less: no guidance). */
   guidance?: number;
+  /** Cancels between steps: the promise then rejects with a DOMException named "AbortError". */
+  signal?: AbortSignal;
 }
 
 /** RGBA pixels, row-major, as `ImageData` takes them. */
@@ -122,25 +124,44 @@ impl Engine {
 impl Loaded {
     async fn generate(&self, options: &JsValue, on_step: Option<&Function>) -> Result<JsValue, JsValue> {
         let request = request_from(options)?;
-        // `generate_with` only records GPU work; its step callback cannot wait for the
-        // GPU. Each step's preview read is started there, so that it lands in the queue
-        // right behind that step and resolves as soon as the GPU has done it.
-        let mut previews = Vec::new();
-        let mut start_preview = |progress: &Progress| -> Result<Control> {
-            let rgb = self.preview.render(self.sd.vae(), &progress.preview_latents()?)?;
-            previews.push((progress.done, progress.total, rgb.shape().to_vec(), start_read(rgb)));
-            Ok(Control::Continue)
-        };
-        let generation = self.sd.generate_with(&request, &mut start_preview).map_err(to_js)?;
-        let image = start_read(generation.image.clone());
-        for (done, total, shape, read) in previews {
-            let (rgba, width, height) = rgba(&read.await.map_err(to_js)?, &shape).map_err(to_js)?;
-            if let Some(callback) = on_step {
-                let args = js_sys::Array::of5(&done.into(), &total.into(), &rgba, &width.into(), &height.into());
-                callback.apply(&JsValue::NULL, &args)?;
+        let signal = abort_signal(options)?;
+        let mut run = self.sd.start_generation(&request).map_err(to_js)?;
+        // One step at a time, at most one queued behind the one the GPU works on: after
+        // recording step k the page waits for step k-1 (its preview, read right behind it),
+        // so the GPU stays busy, the page stays responsive and a cancel takes effect after
+        // the step in flight.
+        let mut pending: Option<StepPreview> = None;
+        while let Some(progress) = run.step().map_err(to_js)? {
+            let (done, total) = (progress.done, progress.total);
+            let preview = match on_step {
+                Some(_) => {
+                    let rgb = self.preview.render(self.sd.vae(), &progress.preview_latents().map_err(to_js)?).map_err(to_js)?;
+                    Some(StepPreview { done, total, shape: rgb.shape().to_vec(), read: start_read(rgb) })
+                }
+                None => None,
+            };
+            match (preview, on_step) {
+                (Some(preview), Some(callback)) => {
+                    if let Some(previous) = pending.replace(preview) {
+                        previous.deliver(callback).await?;
+                    }
+                }
+                // Nobody previews: wait for this step itself.
+                _ => self.gpu.finish().await.map_err(to_js)?,
+            }
+            if is_aborted(signal.as_ref())? {
+                // The step in flight finishes and its preview is delivered: it is kept.
+                if let (Some(last), Some(callback)) = (pending, on_step) {
+                    last.deliver(callback).await?;
+                }
+                return Err(cancelled(done, total));
             }
         }
-        let (rgba, width, height) = rgba(&image.await.map_err(to_js)?, generation.image.shape()).map_err(to_js)?;
+        if let (Some(last), Some(callback)) = (pending, on_step) {
+            last.deliver(callback).await?;
+        }
+        let generation = run.finish().map_err(to_js)?;
+        let (rgba, width, height) = rgba(&generation.image.to_vec().await.map_err(to_js)?, generation.image.shape()).map_err(to_js)?;
         let result = Object::new();
         for (key, value) in [("rgba", rgba), ("width", width.into()), ("height", height.into()), ("seed", (request.seed as f64).into())] {
             Reflect::set(&result, &key.into(), &value)?;
@@ -149,11 +170,55 @@ impl Loaded {
     }
 }
 
+/// A step's preview on its way back from the GPU.
+struct StepPreview {
+    done: usize,
+    total: usize,
+    shape: Vec<usize>,
+    read: Read,
+}
+
+impl StepPreview {
+    /// Waits for the pixels and hands them to `onStep(step, total, rgba, width, height)`.
+    async fn deliver(self, callback: &Function) -> Result<(), JsValue> {
+        let (rgba, width, height) = rgba(&self.read.await.map_err(to_js)?, &self.shape).map_err(to_js)?;
+        let args = js_sys::Array::of5(&self.done.into(), &self.total.into(), &rgba, &width.into(), &height.into());
+        callback.apply(&JsValue::NULL, &args).map(|_| ())
+    }
+}
+
+/// `options.signal`, an `AbortSignal` (anything with a boolean `aborted`).
+fn abort_signal(options: &JsValue) -> Result<Option<JsValue>, JsValue> {
+    let signal = field(options, "signal")?;
+    if let Some(signal) = &signal
+        && (!signal.is_object() || Reflect::get(signal, &"aborted".into())?.as_bool().is_none())
+    {
+        return Err(type_error("generate: options.signal must be an AbortSignal"));
+    }
+    Ok(signal)
+}
+
+fn is_aborted(signal: Option<&JsValue>) -> Result<bool, JsValue> {
+    Ok(match signal {
+        Some(signal) => Reflect::get(signal, &"aborted".into())?.is_truthy(),
+        None => false,
+    })
+}
+
+/// The rejection of a cancelled generation: a `DOMException` named `AbortError`, as
+/// `fetch` rejects when its signal aborts.
+fn cancelled(done: usize, total: usize) -> JsValue {
+    let message = Error::Cancelled { done, total }.to_string();
+    match web_sys::DomException::new_with_message_and_name(&message, "AbortError") {
+        Ok(exception) => exception.into(),
+        Err(_) => js_sys::Error::new(&message).into(),
+    }
+}
+
 type Read = Pin<Box<dyn Future<Output = Result<Vec<f32>>>>>;
 
 /// Reads `tensor` back, submitting the copy now: `to_vec` submits on its first poll,
-/// and an `.await` only after `generate_with` returned would queue every preview's copy
-/// behind the whole generation.
+/// so it queues right behind the step it shows, not behind whatever is recorded next.
 fn start_read(tensor: Tensor) -> Read {
     let mut read: Read = Box::pin(async move { tensor.to_vec().await });
     match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {

@@ -2,8 +2,10 @@
 // served by web/serve.mjs, driven by playwright-core with Debian's /usr/bin/chromium.
 // A prompt is typed and Generate clicked; the four LCM step previews and a final image
 // must appear with no page error, and the image must be the native CLI's for the same
-// prompt and seed (the CLI's pipeline is the one matched to diffusers). A reload then
-// generates again and must fetch no shard: Cache Storage kept them.
+// prompt and seed (the CLI's pipeline is the one matched to diffusers). A bad option shows
+// the engine's message; Cancel after the first preview stops after the step in flight and
+// keeps its preview. A reload then generates again and must fetch no shard: Cache Storage
+// kept them.
 //
 //   node --test tests/page/     after ./build.sh has built web/dist and cargo the native
 //                               CLI (target/debug/webdiffusion, or $WEBDIFFUSION_CLI)
@@ -213,6 +215,26 @@ test("the page generates with the embedded model, then again from cached shards"
   pageErrors.length = 0;
   await page.fill("#guidance", "7.5");
   assert.ok(shardRequests.length >= 1, "the first visit downloads the shards");
+
+  // Cancel after the first preview: the step in flight finishes, its preview stays, no error.
+  await page.click("#generate");
+  await page.waitForFunction(() => document.body.dataset.previewMs !== "", null, { timeout: GENERATE_TIMEOUT_MS });
+  await page.click("#cancel");
+  await page.waitForSelector("body[data-state=cancelled], body[data-state=error]", { timeout: GENERATE_TIMEOUT_MS });
+  await assertNoError(page);
+  const cancelled = await page.evaluate(() => ({
+    label: document.querySelector("#step-label").textContent,
+    previews: document.body.dataset.previewMs.split(",").length,
+    generateDisabled: document.querySelector("#generate").disabled,
+    cancelDisabled: document.querySelector("#cancel").disabled,
+    downloadHidden: document.querySelector("#download").hidden,
+  }));
+  console.log(`cancelled: ${cancelled.label}, ${cancelled.previews} previews shown`);
+  const [, step] = cancelled.label.match(/^cancelled after step (\d) of 4$/) ?? [];
+  assert.ok(Number(step) >= 1 && Number(step) < 4, `the step label says ${cancelled.label}`);
+  assert.equal(cancelled.previews, Number(step), "the cancelled step's preview was delivered");
+  assert.ok(!cancelled.generateDisabled && cancelled.cancelDisabled && cancelled.downloadHidden, JSON.stringify(cancelled));
+  assert.deepEqual(pageErrors, [], "cancelling is not an error");
 
   shardRequests.length = 0;
   started = Date.now();

@@ -1,6 +1,7 @@
 // The page: loads the embedded model through the wasm API, then generates on demand,
-// drawing a preview after every step and the final image. State for tests and users is
-// on <body>: data-state (loading, ready, generating, done, error), data-load-ms,
+// drawing a preview after every step and the final image; Cancel stops after the step in
+// flight and keeps its preview. State for tests and users is on <body>: data-state
+// (loading, ready, generating, done, cancelled, error), data-load-ms,
 // data-generate-ms and data-preview-ms (when each preview of the last generation arrived,
 // in ms from its start, comma-separated).
 
@@ -24,6 +25,7 @@ const ui = {
   steps: element("steps", HTMLInputElement),
   guidance: element("guidance", HTMLInputElement),
   generate: element("generate", HTMLButtonElement),
+  cancel: element("cancel", HTMLButtonElement),
   error: element("error", HTMLElement),
   preview: element("preview", HTMLCanvasElement),
   stepLabel: element("step-label", HTMLElement),
@@ -32,7 +34,7 @@ const ui = {
   download: element("download", HTMLAnchorElement),
 };
 
-type State = "loading" | "ready" | "generating" | "done" | "error";
+type State = "loading" | "ready" | "generating" | "done" | "cancelled" | "error";
 
 function setState(state: State): void {
   document.body.dataset["state"] = state;
@@ -62,12 +64,13 @@ function seconds(ms: number): string {
 }
 
 /** The form as options; an empty seed means a random one. */
-function readOptions(): GenerateOptions {
+function readOptions(signal: AbortSignal): GenerateOptions {
   const options: GenerateOptions = {
     prompt: ui.prompt.value,
     negativePrompt: ui.negativePrompt.value,
     steps: ui.steps.valueAsNumber,
     guidance: ui.guidance.valueAsNumber,
+    signal,
   };
   if (ui.seed.value !== "") options.seed = ui.seed.valueAsNumber;
   return options;
@@ -92,14 +95,19 @@ async function load(): Promise<Engine> {
 }
 
 async function generate(engine: Engine): Promise<void> {
+  const abort = new AbortController();
+  const cancel = (): void => abort.abort();
+  ui.cancel.addEventListener("click", cancel);
   ui.generate.disabled = true;
+  ui.cancel.disabled = false;
   ui.error.textContent = "";
   ui.download.hidden = true;
   setState("generating");
+  document.body.dataset["previewMs"] = "";
   const previewMs: string[] = [];
   const started = performance.now();
   try {
-    const image = await engine.generate(readOptions(), (step, total, rgba, width, height) => {
+    const image = await engine.generate(readOptions(abort.signal), (step, total, rgba, width, height) => {
       const elapsed = performance.now() - started;
       draw(ui.preview, rgba, width, height);
       ui.stepLabel.textContent = `step ${step} of ${total} (${seconds(elapsed)})`;
@@ -115,8 +123,16 @@ async function generate(engine: Engine): Promise<void> {
     document.body.dataset["generateMs"] = elapsed.toFixed(0);
     setState("done");
   } catch (error) {
-    showError(error);
+    if (error instanceof DOMException && error.name === "AbortError") {
+      // The last step's preview stays on screen: what the steps made is not thrown away.
+      ui.stepLabel.textContent = error.message;
+      setState("cancelled");
+    } else {
+      showError(error);
+    }
   } finally {
+    ui.cancel.removeEventListener("click", cancel);
+    ui.cancel.disabled = true;
     ui.generate.disabled = false;
   }
 }

@@ -5,11 +5,13 @@
 //! `StableDiffusionInpaintPipeline`) change only where the loop starts and, for
 //! inpainting, what each step sees or keeps: see `img2img` and `inpaint`.
 
+mod denoising;
 mod img2img;
 mod inpaint;
 mod lora;
 mod preview;
 
+pub use denoising::Denoising;
 use inpaint::Inpainting;
 pub use preview::{LatentPreview, MIN_EXPLAINED, Previewer, fit_latent_rgb};
 
@@ -18,10 +20,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::image::RgbImage;
-use crate::kernels::{elementwise as ew, layout};
+use crate::kernels::elementwise as ew;
 use crate::loader::{ModelFiles, WeightPrecision, read_config};
 use crate::models::clip::ClipTextModel;
-use crate::models::embeddings::guidance_scale_embedding;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKl;
 use crate::schedulers::{self, Noise, Scheduler, SchedulerConfig};
@@ -255,60 +256,13 @@ impl StableDiffusion {
     /// `generate`, calling `on_step` after every step (for previews and progress;
     /// it may cancel).
     pub fn generate_with(&self, request: &Request, on_step: &mut dyn FnMut(&Progress) -> Result<Control>) -> Result<Generation> {
-        let gpu = &self.gpu;
-        let (width, height) = self.size(request)?;
-        img2img::check_request(request, width, height)?;
-        if self.is_inpainting_model() && request.mask.is_none() {
-            return Err(Error::shape("generate", "this is an inpainting UNet: it needs an init image and a mask"));
-        }
-        let scheduler_name = match &request.scheduler {
-            Some(name) => name.clone(),
-            None => self.default_scheduler()?.to_string(),
-        };
-        let sampler =
-            img2img::Sampler { config: &self.scheduler_config, file: &self.scheduler_file, consistency_model: self.consistency_model };
-        let (mut scheduler, begin) = sampler.build(request, &scheduler_name)?;
-
-        // LCM-distilled UNets take the guidance as an embedding instead of a second pass.
-        let guidance_embedding = self.unet.config().time_cond_proj_dim;
-        let cfg = request.guidance_scale > 1.0 && guidance_embedding.is_none();
-        let context = self.encode_prompts(request, cfg)?;
-        let timestep_cond = match guidance_embedding {
-            Some(dim) => Some(guidance_scale_embedding(gpu, &[request.guidance_scale - 1.0], dim)?),
-            None => None,
-        };
-
-        // One generator serves the initial noise (and the VAE samples) and then the
-        // sampler, as in diffusers.
-        let mut noise = Noise::new(gpu, request.seed);
-        let (mut latents, inpainting) = self.start(request, scheduler.as_ref(), begin, cfg, (width, height), &mut noise)?;
-        let timesteps = scheduler.timesteps()[begin..].to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let step = begin + i;
-            let input = if cfg { layout::concat(gpu, &[&latents, &latents], 0)? } else { latents.clone() };
-            let input = scheduler.scale_model_input(&input, step)?;
-            let input = match &inpainting {
-                Some(inpainting) => inpainting.unet_input(&input)?,
-                None => input,
-            };
-            let prediction = self.unet.forward(&input, t as f32, &context, timestep_cond.as_ref())?;
-            let prediction = if cfg {
-                let [uncond, text] = [0, 1].map(|i| layout::narrow(gpu, &prediction, 0, i, 1));
-                ew::axpby(gpu, 1.0 - request.guidance_scale, &uncond?, request.guidance_scale, &text?, None)?
-            } else {
-                prediction
-            };
-            latents = scheduler.step(&prediction, step, &latents, &mut noise)?;
-            if let Some(inpainting) = &inpainting {
-                latents = inpainting.after_step(scheduler.as_ref(), &latents, step)?;
-            }
-            let progress = Progress { done: i + 1, total: timesteps.len(), timestep: t, latents: &latents, scheduler: scheduler.as_ref() };
+        let mut run = self.start_generation(request)?;
+        while let Some(progress) = run.step()? {
             if on_step(&progress)? == Control::Cancel {
-                return Err(Error::Cancelled { done: i + 1, total: timesteps.len() });
+                return Err(Error::Cancelled { done: progress.done, total: progress.total });
             }
         }
-        let image = self.vae.decode(&ew::scale(gpu, &latents, 1.0 / self.vae.scaling_factor())?)?;
-        Ok(Generation { latents, image, scheduler: scheduler_name, width, height })
+        run.finish()
     }
 
     /// The latents entering the loop at `begin` and, for inpainting, what each step adds:

@@ -1,0 +1,126 @@
+//! One generation a step at a time. `generate_with` drives it in a loop; an async driver
+//! (the browser page) steps it itself, so that it can wait for the GPU between steps,
+//! keep the page responsive, bound the work queued ahead, and cancel between steps.
+
+use super::inpaint::Inpainting;
+use super::{Generation, Progress, Request, StableDiffusion};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::kernels::{elementwise as ew, layout};
+use crate::models::embeddings::guidance_scale_embedding;
+use crate::schedulers::{Noise, Scheduler};
+
+/// A generation under way: the prompt encoded, the latents at the current step.
+pub struct Denoising<'a> {
+    sd: &'a StableDiffusion,
+    scheduler: Box<dyn Scheduler>,
+    scheduler_name: String,
+    /// The steps still to run are `timesteps[done..]`, from the sampler's index `begin`.
+    timesteps: Vec<f64>,
+    begin: usize,
+    done: usize,
+    guidance_scale: f32,
+    /// Classifier-free guidance: a batch of 2 through the UNet (not with LCM UNets, which
+    /// take the guidance as an embedding).
+    cfg: bool,
+    context: Tensor,
+    timestep_cond: Option<Tensor>,
+    noise: Noise,
+    latents: Tensor,
+    inpainting: Option<Inpainting>,
+    size: (usize, usize),
+}
+
+impl StableDiffusion {
+    /// Checks `request`, encodes its prompts and prepares the starting latents; no step
+    /// runs until `Denoising::step`.
+    pub fn start_generation(&self, request: &Request) -> Result<Denoising<'_>> {
+        let gpu = &self.gpu;
+        let (width, height) = self.size(request)?;
+        super::img2img::check_request(request, width, height)?;
+        if self.is_inpainting_model() && request.mask.is_none() {
+            return Err(Error::shape("generate", "this is an inpainting UNet: it needs an init image and a mask"));
+        }
+        let scheduler_name = match &request.scheduler {
+            Some(name) => name.clone(),
+            None => self.default_scheduler()?.to_string(),
+        };
+        let sampler = super::img2img::Sampler {
+            config: &self.scheduler_config,
+            file: &self.scheduler_file,
+            consistency_model: self.consistency_model,
+        };
+        let (scheduler, begin) = sampler.build(request, &scheduler_name)?;
+
+        let guidance_embedding = self.unet.config().time_cond_proj_dim;
+        let cfg = request.guidance_scale > 1.0 && guidance_embedding.is_none();
+        let context = self.encode_prompts(request, cfg)?;
+        let timestep_cond = match guidance_embedding {
+            Some(dim) => Some(guidance_scale_embedding(gpu, &[request.guidance_scale - 1.0], dim)?),
+            None => None,
+        };
+        // One generator serves the initial noise (and the VAE samples) and then the
+        // sampler, as in diffusers.
+        let mut noise = Noise::new(gpu, request.seed);
+        let (latents, inpainting) = self.start(request, scheduler.as_ref(), begin, cfg, (width, height), &mut noise)?;
+        let timesteps = scheduler.timesteps()[begin..].to_vec();
+        Ok(Denoising {
+            sd: self,
+            scheduler,
+            scheduler_name,
+            timesteps,
+            begin,
+            done: 0,
+            guidance_scale: request.guidance_scale,
+            cfg,
+            context,
+            timestep_cond,
+            noise,
+            latents,
+            inpainting,
+            size: (width, height),
+        })
+    }
+}
+
+impl Denoising<'_> {
+    /// The steps this generation runs.
+    pub fn total(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    /// Records the next step's GPU work and reports it; `None` once every step has run.
+    pub fn step(&mut self) -> Result<Option<Progress<'_>>> {
+        let Some(&t) = self.timesteps.get(self.done) else { return Ok(None) };
+        let (sd, gpu) = (self.sd, &self.sd.gpu);
+        let step = self.begin + self.done;
+        let input = if self.cfg { layout::concat(gpu, &[&self.latents, &self.latents], 0)? } else { self.latents.clone() };
+        let input = self.scheduler.scale_model_input(&input, step)?;
+        let input = match &self.inpainting {
+            Some(inpainting) => inpainting.unet_input(&input)?,
+            None => input,
+        };
+        let prediction = sd.unet.forward(&input, t as f32, &self.context, self.timestep_cond.as_ref())?;
+        let prediction = if self.cfg {
+            let [uncond, text] = [0, 1].map(|i| layout::narrow(gpu, &prediction, 0, i, 1));
+            ew::axpby(gpu, 1.0 - self.guidance_scale, &uncond?, self.guidance_scale, &text?, None)?
+        } else {
+            prediction
+        };
+        self.latents = self.scheduler.step(&prediction, step, &self.latents, &mut self.noise)?;
+        if let Some(inpainting) = &self.inpainting {
+            self.latents = inpainting.after_step(self.scheduler.as_ref(), &self.latents, step)?;
+        }
+        self.done += 1;
+        Ok(Some(Progress { done: self.done, total: self.total(), timestep: t, latents: &self.latents, scheduler: self.scheduler.as_ref() }))
+    }
+
+    /// Runs the steps left, then decodes.
+    pub fn finish(mut self) -> Result<Generation> {
+        while self.step()?.is_some() {}
+        let sd = self.sd;
+        let image = sd.vae.decode(&ew::scale(&sd.gpu, &self.latents, 1.0 / sd.vae.scaling_factor())?)?;
+        let (width, height) = self.size;
+        Ok(Generation { latents: self.latents, image, scheduler: self.scheduler_name, width, height })
+    }
+}
