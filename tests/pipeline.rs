@@ -104,6 +104,26 @@ fn every_step_is_reported_and_a_callback_can_cancel() {
 }
 
 #[test]
+fn a_generation_stepped_by_hand_is_the_generation() {
+    let sd = load("sd2-tiny");
+    let request = Request { prompt: "a cat".into(), steps: 4, seed: 3, ..Default::default() };
+    let want = sd.generate(&request).unwrap();
+    let mut run = sd.start_generation(&request).unwrap();
+    assert_eq!(run.total(), 4);
+    let first = run.step().unwrap().map(|p| (p.done, p.total)).unwrap();
+    assert_eq!(first, (1, 4));
+    // `finish` runs the steps left, then decodes.
+    let got = run.finish().unwrap();
+    assert_eq!(read(&got.latents), read(&want.latents));
+    assert_eq!(read(&got.image), read(&want.image));
+    assert_eq!((got.width, got.height, got.scheduler.as_str()), (want.width, want.height, want.scheduler.as_str()));
+    // Past the last step there is nothing more to record.
+    let mut run = sd.start_generation(&request).unwrap();
+    while run.step().unwrap().is_some() {}
+    assert!(run.step().unwrap().is_none());
+}
+
+#[test]
 fn steps_carry_the_samplers_clean_estimate_where_it_forms_one() {
     let sd = load("sd2-tiny");
     for (sampler, forms_one) in [("lcm", true), ("dpm++2m", true), ("ddim", true), ("pndm", false)] {
