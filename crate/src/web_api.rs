@@ -130,35 +130,28 @@ impl Loaded {
         // recording step k the page waits for step k-1 (its preview, read right behind it),
         // so the GPU stays busy, the page stays responsive and a cancel takes effect after
         // the step in flight.
-        let mut pending: Option<StepPreview> = None;
+        let mut pending: Option<StepRead> = None;
         while let Some(progress) = run.step().map_err(to_js)? {
             let (done, total) = (progress.done, progress.total);
-            let preview = match on_step {
-                Some(_) => {
-                    let rgb = self.preview.render(self.sd.vae(), &progress.preview_latents().map_err(to_js)?).map_err(to_js)?;
-                    Some(StepPreview { done, total, shape: rgb.shape().to_vec(), read: start_read(rgb) })
-                }
-                None => None,
+            // Without `onStep` the latents are read instead: the same wait, no preview work.
+            let shown = match on_step {
+                Some(_) => self.preview.render(self.sd.vae(), &progress.preview_latents().map_err(to_js)?).map_err(to_js)?,
+                None => progress.latents.clone(),
             };
-            match (preview, on_step) {
-                (Some(preview), Some(callback)) => {
-                    if let Some(previous) = pending.replace(preview) {
-                        previous.deliver(callback).await?;
-                    }
-                }
-                // Nobody previews: wait for this step itself.
-                _ => self.gpu.finish().await.map_err(to_js)?,
+            let read = StepRead { done, total, shape: shown.shape().to_vec(), read: start_read(shown) };
+            if let Some(previous) = pending.replace(read) {
+                previous.deliver(on_step).await?;
             }
             if is_aborted(signal.as_ref())? {
                 // The step in flight finishes and its preview is delivered: it is kept.
-                if let (Some(last), Some(callback)) = (pending, on_step) {
-                    last.deliver(callback).await?;
+                if let Some(last) = pending {
+                    last.deliver(on_step).await?;
                 }
                 return Err(cancelled(done, total));
             }
         }
-        if let (Some(last), Some(callback)) = (pending, on_step) {
-            last.deliver(callback).await?;
+        if let Some(last) = pending {
+            last.deliver(on_step).await?;
         }
         let generation = run.finish().map_err(to_js)?;
         let (rgba, width, height) = rgba(&generation.image.to_vec().await.map_err(to_js)?, generation.image.shape()).map_err(to_js)?;
@@ -170,18 +163,20 @@ impl Loaded {
     }
 }
 
-/// A step's preview on its way back from the GPU.
-struct StepPreview {
+/// A step's preview (or, with no `onStep`, its latents) on its way back from the GPU.
+struct StepRead {
     done: usize,
     total: usize,
     shape: Vec<usize>,
     read: Read,
 }
 
-impl StepPreview {
-    /// Waits for the pixels and hands them to `onStep(step, total, rgba, width, height)`.
-    async fn deliver(self, callback: &Function) -> Result<(), JsValue> {
-        let (rgba, width, height) = rgba(&self.read.await.map_err(to_js)?, &self.shape).map_err(to_js)?;
+impl StepRead {
+    /// Waits for the step, then hands its preview to `onStep(step, total, rgba, width, height)`.
+    async fn deliver(self, on_step: Option<&Function>) -> Result<(), JsValue> {
+        let values = self.read.await.map_err(to_js)?;
+        let Some(callback) = on_step else { return Ok(()) };
+        let (rgba, width, height) = rgba(&values, &self.shape).map_err(to_js)?;
         let args = js_sys::Array::of5(&self.done.into(), &self.total.into(), &rgba, &width.into(), &height.into());
         callback.apply(&JsValue::NULL, &args).map(|_| ())
     }
