@@ -232,8 +232,9 @@ pub async fn kernels(gpu: &Gpu, full: bool, iterations: u32) -> Result<()> {
     Ok(())
 }
 
-/// Times a guided generation step by step (each step waited for), a latent preview
-/// after every step, and the VAE decode; prints the preview's cost relative to a step.
+/// Times a guided generation step by step (each step waited for), a step preview after
+/// every step, and the VAE decode; prints the preview's cost relative to a step. `model`
+/// is a package or a diffusers folder.
 pub async fn pipeline(
     gpu: &Gpu,
     model: &std::path::Path,
@@ -243,10 +244,10 @@ pub async fn pipeline(
 ) -> Result<()> {
     use webdiffusion::loader::{DirFiles, WeightPrecision};
     use webdiffusion::models::taesd::AutoencoderTiny;
-    use webdiffusion::pipeline::{Control, Previewer, Request, StableDiffusion};
+    use webdiffusion::pipeline::{Control, Previewer, Request};
 
     let start = Instant::now();
-    let sd = StableDiffusion::load(gpu, &DirFiles::new(model)?, WeightPrecision::AsStored)?;
+    let sd = crate::quality::load_pipeline(gpu, model).await?;
     let load = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let preview = match taesd {

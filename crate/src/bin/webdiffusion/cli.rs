@@ -42,8 +42,8 @@ enum BenchTarget {
         #[arg(long, default_value_t = 5)]
         iterations: u32,
     },
-    /// One generation with a diffusers folder: time per denoising step, per latent
-    /// preview and for the VAE decode.
+    /// One generation with a package or a diffusers folder: time per denoising step, per
+    /// step preview and for the VAE decode.
     Pipeline {
         #[arg(long)]
         model: std::path::PathBuf,
