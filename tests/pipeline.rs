@@ -126,7 +126,7 @@ fn a_generation_stepped_by_hand_is_the_generation() {
 #[test]
 fn steps_carry_the_samplers_clean_estimate_where_it_forms_one() {
     let sd = load("sd2-tiny");
-    for (sampler, forms_one) in [("lcm", true), ("dpm++2m", true), ("ddim", true), ("pndm", false)] {
+    for (sampler, forms_one) in [("lcm", true), ("dpm++2m", true), ("unipc", true), ("ddim", true), ("pndm", false)] {
         let request = Request { prompt: "a cat".into(), steps: 3, seed: 3, scheduler: Some(sampler.into()), ..Default::default() };
         let mut reports = Vec::new();
         let generation = sd
@@ -145,7 +145,8 @@ fn steps_carry_the_samplers_clean_estimate_where_it_forms_one() {
         }
         let (first_latents, first_denoised) = &reports[0];
         assert_ne!(first_latents, first_denoised.as_ref().unwrap(), "{sampler}: after step 1 the latents still hold noise");
-        // LCM returns its estimate at the end, and DPM-Solver's last step goes to sigma 0.
+        // LCM returns its estimate at the end; DPM-Solver's and UniPC's last (first-order)
+        // step goes to sigma 0.
         if sampler != "ddim" {
             let final_latents = read(&generation.latents);
             assert_close(&format!("{sampler} final estimate"), reports[2].1.as_ref().unwrap(), &final_latents, 1e-5, 1e-5);

@@ -54,7 +54,7 @@ pub trait Scheduler {
     /// The model's estimate of the clean latents at the last `step` (diffusers'
     /// `pred_original_sample`, LCM's `denoised`, DPM-Solver's data prediction), computed
     /// when asked: what a step preview should show, since the latents still hold noise.
-    /// `None` before the first step, and from PNDM and UniPC, which form none.
+    /// `None` before the first step, and from PNDM, which forms none.
     fn denoised(&self) -> Result<Option<Tensor>> {
         Ok(None)
     }

@@ -217,6 +217,12 @@ impl Scheduler for UniPc {
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         add_noise_at_sigma(&self.schedule, original, noise, step, "UniPC add_noise")
     }
+
+    /// The last step's data prediction (with `predict_x0`, diffusers' default; the noise
+    /// prediction of the other mode is no clean estimate).
+    fn denoised(&self) -> Result<Option<Tensor>> {
+        Ok(if self.predict_x0 { self.outputs.last().cloned() } else { None })
+    }
 }
 
 #[cfg(test)]
