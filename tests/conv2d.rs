@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{gpu, random, read};
+use common::{assert_within, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::DType;
 use webdiffusion::kernels::conv2d::{Conv2dOptions, ConvPart, conv2d, conv2d_into};
@@ -122,20 +122,6 @@ fn upload(dtype: DType, shape: &[usize], values: Vec<f32>) -> (Vec<f32>, webdiff
             (rounded, gpu.upload_f32_as_f16(shape, &values).unwrap())
         }
         DType::U32 | DType::Q8 | DType::Q4 => unreachable!("the conv cases use f32 and f16 operands"),
-    }
-}
-
-/// Asserts `|got - want| <= bound` element by element.
-fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for i in 0..got.len() {
-        let allowed = bound[i];
-        assert!(
-            (got[i] - want[i]).abs() <= allowed,
-            "{what}: element {i} is {} but the reference says {} (allowed error {allowed})",
-            got[i],
-            want[i]
-        );
     }
 }
 

@@ -14,7 +14,7 @@
 
 use crate::common;
 
-use common::{gpu, random, read};
+use common::{assert_within, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::{DType, Gpu, Tensor};
 use webdiffusion::kernels::elementwise::Unary;
@@ -64,18 +64,6 @@ fn upload(gpu: &Gpu, shape: &[usize], values: Vec<f32>, dtype: DType) -> (Tensor
             (gpu.upload_f32_as_f16(shape, &values).unwrap(), rounded)
         }
         DType::U32 | DType::Q8 | DType::Q4 => unreachable!("the matmul cases use f32 and f16 operands"),
-    }
-}
-
-/// Asserts |got - want| <= bound elementwise, naming the worst element.
-fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let excess = |i: usize| {
-        let e = (got[i] - want[i]).abs() - bound[i];
-        if e.is_nan() { f32::INFINITY } else { e }
-    };
-    if let Some(i) = (0..got.len()).max_by(|&x, &y| excess(x).total_cmp(&excess(y))) {
-        assert!(excess(i) <= 0.0, "{what}: element {i} is {} but the reference says {} (bound {})", got[i], want[i], bound[i]);
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::common;
 
-use common::{gpu, random, read};
+use common::{assert_within, gpu, random, read};
 use half::f16;
 use webdiffusion::Error;
 use webdiffusion::gpu::{DType, Tensor};
@@ -241,18 +241,6 @@ const LIPSCHITZ: f32 = 1.2;
 fn upload_quantized(dtype: DType, shape: &[usize], values: &[f32]) -> (Tensor, Vec<f32>) {
     let bytes = quant::quantize(dtype, shape, values).unwrap();
     (gpu().upload_bytes(shape, dtype, &bytes).unwrap(), quant::dequantize(dtype, shape, &bytes).unwrap())
-}
-
-/// Asserts |got - want| <= bound elementwise, naming the worst element.
-fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let excess = |i: usize| {
-        let e = (got[i] - want[i]).abs() - bound[i];
-        if e.is_nan() { f32::INFINITY } else { e }
-    };
-    if let Some(i) = (0..got.len()).max_by(|&x, &y| excess(x).total_cmp(&excess(y))) {
-        assert!(excess(i) <= 0.0, "{what}: element {i} is {} but the reference says {} (bound {})", got[i], want[i], bound[i]);
-    }
 }
 
 fn abs(values: &[f32]) -> Vec<f32> {

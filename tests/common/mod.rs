@@ -26,6 +26,19 @@ pub fn read(t: &webdiffusion::gpu::Tensor) -> Vec<f32> {
     pollster::block_on(t.to_vec()).expect("readback")
 }
 
+/// Asserts |got - want| <= bound elementwise (a bound per element, as kernels with
+/// error bounds derived from their inputs give), naming the worst element.
+pub fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let excess = |i: usize| {
+        let e = (got[i] - want[i]).abs() - bound[i];
+        if e.is_nan() { f32::INFINITY } else { e }
+    };
+    if let Some(i) = (0..got.len()).max_by(|&x, &y| excess(x).total_cmp(&excess(y))) {
+        assert!(excess(i) <= 0.0, "{what}: element {i} is {} but the reference says {} (bound {})", got[i], want[i], bound[i]);
+    }
+}
+
 /// Asserts |got - want| <= atol + rtol*|want| everywhere, naming the worst element.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
