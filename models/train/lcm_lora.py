@@ -18,9 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-import diffusers
 import torch
-import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -224,12 +222,7 @@ def main():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    torch.manual_seed(args.seed)
-    loop.configure_backends()
-    dev = loop.device()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    dev = loop.start(args.seed, args.workdir)
     {"train": run_train, "verify": run_verify, "samples": run_samples}[args.action](args, dev)
 
 

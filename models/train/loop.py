@@ -7,7 +7,9 @@ import os
 import time
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
 
 def device() -> torch.device:
@@ -18,6 +20,16 @@ def configure_backends():
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
+
+
+def start(seed: int, workdir: Path) -> torch.device:
+    """What every training command does first: quiet progress bars, torch seeded, backends set, the workdir made."""
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    configure_backends()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return device()
 
 
 def autocast(dev: torch.device):

@@ -13,9 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-import diffusers
 import torch
-import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -251,12 +249,7 @@ def main():
     args.hp = {stage: {key: overrides[key].get(stage, value) for key, value in hp.items()} for stage, hp in DEFAULTS.items()}
     args.budget = lambda stage: loop.Budget(args.hp[stage]["max_steps"], args.hp[stage]["budget_seconds"])
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    torch.manual_seed(args.seed)
-    loop.configure_backends()
-    dev = loop.device()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    dev = loop.start(args.seed, args.workdir)
     loop.update_train_log(
         args.workdir,
         "environment",
