@@ -80,13 +80,13 @@ pub async fn load_package(gpu: &Gpu, source: &dyn PackageSource, on_progress: &m
     let mut files = config_files(&manifest, &manifest_file)?;
     for entry in &manifest.files {
         let bytes = source.read_file(&entry.path).await?;
-        if bytes.len() as u64 != entry.bytes || sha256_hex(&bytes) != entry.sha256 {
+        let digest = sha256_hex(&bytes);
+        if bytes.len() as u64 != entry.bytes || digest != entry.sha256 {
             return Err(Error::Format {
                 file: source.describe(&entry.path),
                 detail: format!(
-                    "{} bytes with SHA-256 {}; the manifest lists {} bytes with {}",
+                    "{} bytes with SHA-256 {digest}; the manifest lists {} bytes with {}",
                     bytes.len(),
-                    sha256_hex(&bytes),
                     entry.bytes,
                     entry.sha256
                 ),
