@@ -3,6 +3,10 @@
 # Trains every stage within about 8 minutes on one H100 and leaves at most 8 flat files in OUTDIR.
 # WD_SMOKE=1 scales it down (batch 4, 15 steps a stage) to prove the flow on a CPU.
 # PYTHON picks the interpreter (default python3); WD_WORK the checkpoint folder (default /tmp/wd_train).
+# WD_INIT=FOLDER continues an exported pipeline (absolute path): its VAE's latents stay, so the run fine-tunes the
+# decoder and trains its text encoder and UNet on; the LCM student continues from WD_INIT_LCM's UNet if given
+# (FOLDER-lcm/unet is all it needs), else it is distilled afresh. WD_ARGS adds train.py arguments
+# (the last of a repeated option wins).
 set -u -o pipefail
 OUT=${1:?usage: run_device.sh OUTDIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,8 +31,17 @@ export PYTHONUNBUFFERED=1
   else
     SCALE=(--budget-seconds vae=60,unet=300,lcm=105)
   fi
+  if [ -n "${WD_INIT:-}" ]; then
+    [ -d "$WORK/vae" ] || cp -r "$WD_INIT/vae" "$WORK/vae"
+    STAGES=(decoder unet lcm export samples)
+    INIT=(--init "unet=$WD_INIT${WD_INIT_LCM:+,lcm=$WD_INIT_LCM}")
+  else
+    STAGES=(vae unet lcm export samples)
+    INIT=()
+  fi
+  read -r -a EXTRA <<<"${WD_ARGS:-}"
   cd "$HERE"
-  "$PY" train.py vae unet lcm export samples --workdir "$WORK" --outdir "$OUT" "${SCALE[@]}"
+  "$PY" train.py "${STAGES[@]}" --workdir "$WORK" --outdir "$OUT" "${SCALE[@]}" "${INIT[@]}" "${EXTRA[@]}"
   STATUS=$?
   echo "== train.py exit $STATUS at $(date -u +%FT%TZ)"
   "$PY" package.py "$OUT"

@@ -1,7 +1,9 @@
 """Trains the embedded default model: `python train.py STAGE... --workdir W [--outdir O]`.
 
-Stages, in order: vae, unet (text encoder + UNet), lcm (latent consistency distillation), export (diffusers
-folders), samples (a PNG grid of both pipelines). Each training stage stops at --budget-seconds or --max-steps,
+Stages, in order: vae, decoder (the VAE decoder fine-tuned alone: the latents stay as they are), unet (text
+encoder + UNet), lcm (latent consistency distillation), export (diffusers folders), samples (a PNG grid of both
+pipelines). `--init unet=FOLDER` continues the text encoder and UNet of an exported pipeline instead of starting
+fresh (the workdir's VAE must then be that pipeline's), `--init lcm=FOLDER` the student of an exported LCM pipeline. Each training stage stops at --budget-seconds or --max-steps,
 whichever comes first, checkpoints into the workdir and resumes from there when rerun. With --outdir, the
 returnable files (package.py) are refreshed there after every stage, so a late failure keeps earlier results.
 """
@@ -24,12 +26,13 @@ import package
 import shapes
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "tokenizer"
-STAGES = ["vae", "unet", "lcm", "export", "samples"]
-DATA_STREAM = {"vae": 1, "unet": 2, "lcm": 3, "scaling": 4}
+STAGES = ["vae", "decoder", "unet", "lcm", "export", "samples"]
+DATA_STREAM = {"vae": 1, "unet": 2, "lcm": 3, "scaling": 4, "decoder": 6}  # 5: lcm_lora.py
 
 DEFAULTS = {
     # batch, learning rate, warmup steps, max steps, budget seconds
     "vae": dict(batch=128, lr=4e-4, warmup=100, max_steps=20000, budget_seconds=60),
+    "decoder": dict(batch=128, lr=2e-4, warmup=50, max_steps=20000, budget_seconds=60),
     "unet": dict(batch=256, lr=5e-4, warmup=200, max_steps=50000, budget_seconds=270),
     "lcm": dict(batch=256, lr=1e-4, warmup=50, max_steps=20000, budget_seconds=100),
 }
@@ -53,6 +56,13 @@ def frozen(module: torch.nn.Module, dev) -> torch.nn.Module:
     return module.to(dev).eval().requires_grad_(False)
 
 
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """L1 + L2 + L1 of the error's image gradients (which keeps edges and corners sharp)."""
+    error = recon - images
+    edges = (error[..., 1:, :] - error[..., :-1, :]).abs().mean() + (error[..., :, 1:] - error[..., :, :-1]).abs().mean()
+    return error.abs().mean() + (error**2).mean() + VAE_EDGE_WEIGHT * edges
+
+
 def stage_vae(args, dev, workdir: Path):
     hp = args.hp["vae"]
     vae = architecture.build_vae().to(dev)
@@ -64,10 +74,8 @@ def stage_vae(args, dev, workdir: Path):
         with loop.autocast(dev):
             posterior = vae.encode(images).latent_dist
             recon = vae.decode(posterior.sample(generator=noise_generator)).sample.float()
-        error = recon - images
-        edges = (error[..., 1:, :] - error[..., :-1, :]).abs().mean() + (error[..., :, 1:] - error[..., :, :-1]).abs().mean()
         kl = posterior.kl().float().mean() / images[0].numel()
-        return error.abs().mean() + (error**2).mean() + VAE_EDGE_WEIGHT * edges + VAE_KL_WEIGHT * kl
+        return reconstruction_loss(recon, images) + VAE_KL_WEIGHT * kl
 
     loop.train("vae", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("vae"), hp["lr"], hp["warmup"], info={"batch": hp["batch"]})
 
@@ -93,13 +101,40 @@ def stage_vae(args, dev, workdir: Path):
     print(f"[vae] scaling_factor {scaling_factor:.5f}, L1 on fresh images {recon_error:.4f}", flush=True)
 
 
+def stage_decoder(args, dev, workdir: Path):
+    """More training for the decoder alone. The encoder, its latents and scaling_factor stay as they are, so a UNet
+    trained on this VAE's latents keeps working with the fine-tuned decoder."""
+    hp = args.hp["decoder"]
+    vae = AutoencoderKL.from_pretrained(workdir / "vae").to(dev)
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=hp["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+
+    def loss_fn(step):
+        images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["decoder"], step, dev)
+        generator = loop.step_generator(dev, args.seed, "decoder", step)
+        with torch.no_grad(), loop.autocast(dev):
+            latents = vae.encode(images).latent_dist.sample(generator=generator)
+        with loop.autocast(dev):
+            recon = vae.decode(latents).sample.float()
+        return reconstruction_loss(recon, images)
+
+    loop.train("decoder", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("decoder"), hp["lr"], hp["warmup"], info={"batch": hp["batch"]})
+    vae.save_pretrained(workdir / "vae", safe_serialization=True)
+
+
 def stage_unet(args, dev, workdir: Path):
     hp = args.hp["unet"]
     vae = frozen(AutoencoderKL.from_pretrained(workdir / "vae"), dev)
     scaling_factor = vae.config.scaling_factor
     tok = tokenizer()
-    text_encoder = architecture.build_text_encoder().to(dev)
-    unet = architecture.build_unet().to(dev)
+    if "unet" in args.init:
+        text_encoder = CLIPTextModel.from_pretrained(args.init["unet"] / "text_encoder").to(dev)
+        unet = UNet2DConditionModel.from_pretrained(args.init["unet"] / "unet").to(dev)
+    else:
+        text_encoder = architecture.build_text_encoder().to(dev)
+        unet = architecture.build_unet().to(dev)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
     emas = {"text_encoder": loop.Ema(text_encoder, UNET_EMA_DECAY), "unet": loop.Ema(unet, UNET_EMA_DECAY)}
@@ -134,7 +169,13 @@ def stage_unet(args, dev, workdir: Path):
         hp["warmup"],
         emas=emas,
         params_to_clip=params,
-        info={"batch": hp["batch"], "ema_decay": UNET_EMA_DECAY, "caption_dropout": CAPTION_DROPOUT, "min_snr_gamma": 5.0},
+        info={
+            "batch": hp["batch"],
+            "ema_decay": UNET_EMA_DECAY,
+            "caption_dropout": CAPTION_DROPOUT,
+            "min_snr_gamma": 5.0,
+            "init": str(args.init["unet"]) if "unet" in args.init else None,
+        },
     )
     emas["text_encoder"].shadow.save_pretrained(workdir / "text_encoder", safe_serialization=True)
     emas["unet"].shadow.save_pretrained(workdir / "unet", safe_serialization=True)
@@ -147,7 +188,10 @@ def stage_lcm(args, dev, workdir: Path):
     tok = tokenizer()
     text_encoder = frozen(CLIPTextModel.from_pretrained(workdir / "text_encoder"), dev)
     teacher = frozen(UNet2DConditionModel.from_pretrained(workdir / "unet"), dev)
-    student = architecture.build_lcm_student(teacher).to(dev).train().requires_grad_(True)
+    if "lcm" in args.init:
+        student = UNet2DConditionModel.from_pretrained(args.init["lcm"] / "unet").to(dev).train().requires_grad_(True)
+    else:
+        student = architecture.build_lcm_student(teacher).to(dev).train().requires_grad_(True)
     target = copy.deepcopy(student).eval().requires_grad_(False)  # the EMA target network, fixed decay
     optimizer = torch.optim.AdamW(student.parameters(), lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
     lcm = diffusion.ConsistencyDistillation(dev)
@@ -195,7 +239,13 @@ def stage_lcm(args, dev, workdir: Path):
         companions={"target": target},
         after_step=update_target,
         params_to_clip=list(student.parameters()),
-        info={"batch": hp["batch"], "w_range": diffusion.LCM_W_RANGE, "target_decay": LCM_TARGET_DECAY, "huber_c": diffusion.LCM_HUBER_C},
+        info={
+            "batch": hp["batch"],
+            "w_range": diffusion.LCM_W_RANGE,
+            "target_decay": LCM_TARGET_DECAY,
+            "huber_c": diffusion.LCM_HUBER_C,
+            "init": str(args.init["lcm"]) if "lcm" in args.init else None,
+        },
     )
     target.save_pretrained(workdir / "lcm_unet", safe_serialization=True)
 
@@ -213,8 +263,8 @@ def stage_samples(args, dev, workdir: Path):
     loop.update_train_log(workdir, "samples", prompts)
 
 
-RUNNERS = {"vae": stage_vae, "unet": stage_unet, "lcm": stage_lcm, "export": stage_export, "samples": stage_samples}
-NEEDS = {"vae": [], "unet": ["vae"], "lcm": ["vae", "text_encoder", "unet"], "export": ["vae", "text_encoder", "unet"], "samples": ["export/embedded"]}
+RUNNERS = {"vae": stage_vae, "decoder": stage_decoder, "unet": stage_unet, "lcm": stage_lcm, "export": stage_export, "samples": stage_samples}
+NEEDS = {"vae": [], "decoder": ["vae"], "unet": ["vae"], "lcm": ["vae", "text_encoder", "unet"], "export": ["vae", "text_encoder", "unet"], "samples": ["export/embedded"]}
 
 
 def per_stage(text: str | None, cast) -> dict:
@@ -237,7 +287,11 @@ def main():
     parser.add_argument("--warmup", help="warmup steps: one number, or stage=N,...")
     parser.add_argument("--max-steps", help="one number, or stage=N,...")
     parser.add_argument("--budget-seconds", help="one number, or stage=S,...")
+    parser.add_argument("--init", help="unet=FOLDER,lcm=FOLDER: continue the networks of exported pipelines")
     args = parser.parse_args()
+    args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}
+    if set(args.init) - {"unet", "lcm"}:
+        parser.error(f"--init takes unet=FOLDER and lcm=FOLDER only, not {sorted(set(args.init) - {'unet', 'lcm'})}")
 
     overrides = {
         "batch": per_stage(args.batch, int),
