@@ -31,7 +31,7 @@ import shapes
 import train
 
 STAGE = "lcm_lora"
-DATA_STREAM = 5  # train.DATA_STREAM uses 1..4
+DATA_STREAM = 5  # train.DATA_STREAM uses 1..4 and 6
 # diffusers' LCM-LoRA targets: every attention projection, feed-forward linear, proj_in/out, resnet conv (3x3 and
 # the 1x1 shortcut), down/upsampler conv and resnet time-embedding projection; plus the UNet's time-embedding MLP.
 TARGET_MODULES = [

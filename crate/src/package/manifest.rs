@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::DType;
-use crate::models::vae::LatentRgb;
+use crate::models::vae::{AutoencoderKlConfig, LatentRgb};
 use crate::quant;
 
 /// The `format` field of every package manifest.
@@ -205,13 +205,13 @@ impl Manifest {
         Ok(placements)
     }
 
-    /// The preview map, if any, against the VAE's `latent_channels` (diffusers' default 4).
+    /// The preview map, if any, against the VAE config's `latent_channels`.
     fn check_latent_rgb(&self) -> Result<()> {
         let Some(map) = &self.latent_rgb else { return Ok(()) };
         let vae = self.components.get("vae").and_then(|c| c.config.as_ref());
         let vae = vae.ok_or_else(|| invalid("`latent_rgb` is given but there is no `vae` component with a config".into()))?;
         let channels = match vae.get("latent_channels") {
-            None => 4,
+            None => AutoencoderKlConfig::default().latent_channels,
             Some(value) => value.as_u64().ok_or_else(|| invalid(format!("components.vae.config.latent_channels is {value}")))? as usize,
         };
         map.validate(channels, MANIFEST)
