@@ -76,6 +76,8 @@ class Budget:
         self.budget_seconds = budget_seconds
 
     def progress(self, step: int, seconds: float) -> float:
+        if self.max_steps <= 0 or self.budget_seconds <= 0:  # a zero budget skips the stage's training
+            return 1.0
         return max(step / self.max_steps, seconds / self.budget_seconds)
 
 
