@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler
-from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-TILE, COLUMNS, SEEDS = 64, 16, (0, 1)  # prompts.json's ground_truth layout: tile t is prompt t % 64
+import sheet
+
+SEEDS = (0, 1)  # tile t is prompt t % 64 with seed t // 64, as `bench quality --seeds 2` lays them out
 
 
 def main():
@@ -29,12 +29,12 @@ def main():
     parser.add_argument("--model", type=Path, required=True, help="a diffusers pipeline folder")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--guidance", type=float, required=True)
-    parser.add_argument("--sampler", choices=["own", "lcm"], default="own", help="lcm: LCMScheduler with the default LCM config")
+    parser.add_argument("--sampler", choices=["own", "lcm"], default="own", help="lcm: LCMScheduler made from the folder's scheduler config (its betas; LCM's defaults otherwise)")
     parser.add_argument("--decoder-vae", type=Path, help="decode with this AutoencoderKL folder instead")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG)")
     args = parser.parse_args()
 
-    prompts = [p["prompt"] for p in json.loads((HERE / "prompts.json").read_text())["prompts"]]
+    prompts = [p["prompt"] for p in json.loads((sheet.HERE / "prompts.json").read_text())["prompts"]]
     pipe = DiffusionPipeline.from_pretrained(args.model, safety_checker=None)
     if args.sampler == "lcm":
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
@@ -45,12 +45,10 @@ def main():
         for seed in SEEDS:
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
             latents = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generators,
-                           height=TILE, width=TILE, output_type="latent").images
+                           height=sheet.TILE, width=sheet.TILE, output_type="latent").images
             tiles.append(vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1).numpy())
     images = np.concatenate(tiles)
-    rows = len(images) // COLUMNS
-    sheet = images.reshape(rows, COLUMNS, 3, TILE, TILE).transpose(0, 3, 1, 4, 2).reshape(rows * TILE, COLUMNS * TILE, 3)
-    Image.fromarray(((sheet + 1) * 127.5).round().clip(0, 255).astype(np.uint8)).save(args.out)
+    sheet.write_tiles(images, args.out)
     print(f"wrote {args.out}: {len(images)} images")
 
 

@@ -3,9 +3,10 @@
 Stages, in order: vae, decoder (the VAE decoder fine-tuned alone: the latents stay as they are), unet (text
 encoder + UNet), lcm (latent consistency distillation), export (diffusers folders), samples (a PNG grid of both
 pipelines). `--init unet=FOLDER` continues the text encoder and UNet of an exported pipeline instead of starting
-fresh (the workdir's VAE must then be that pipeline's), `--init lcm=FOLDER` the student of an exported LCM pipeline. Each training stage stops at --budget-seconds or --max-steps,
-whichever comes first, checkpoints into the workdir and resumes from there when rerun. With --outdir, the
-returnable files (package.py) are refreshed there after every stage, so a late failure keeps earlier results.
+fresh (the workdir's VAE must then be that pipeline's), `--init lcm=FOLDER` the student of an exported LCM
+pipeline. Each training stage stops at --budget-seconds or --max-steps, whichever comes first, checkpoints into
+the workdir and resumes from there when rerun. With --outdir, the returnable files (package.py) are refreshed there
+after every stage, so a late failure keeps earlier results.
 """
 
 import argparse
