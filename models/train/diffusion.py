@@ -13,7 +13,7 @@ LCM_DDIM_STEPS = 50  # the teacher's solver grid: LCMScheduler's original_infere
 LCM_TIMESTEP_SCALING = 10.0
 LCM_SIGMA_DATA = 0.5
 LCM_HUBER_C = 0.001
-LCM_W_RANGE = (2.0, 8.0)  # w = guidance_scale - 1, as LatentConsistencyModelPipeline embeds it
+LCM_W_RANGE = (2.0, 8.0)  # the teacher's guidance, w = guidance_scale - 1 (as LatentConsistencyModelPipeline embeds it)
 
 
 def noise_scheduler() -> DDPMScheduler:
@@ -86,7 +86,8 @@ class ConsistencyDistillation:
     """What both LCM stages (the whole student in train.py, the LoRA in lcm_lora.py) share: the noise schedule, the
     teacher's DDIM solver, each step's draw, and the consistency-parameterised x0 of student, teacher and target."""
 
-    def __init__(self, device):
+    def __init__(self, device, w_range: tuple = LCM_W_RANGE):
+        self.w_range = w_range
         self.scheduler = noise_scheduler()
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
         self.solver = DdimSolver(self.scheduler.alphas_cumprod, device)
@@ -100,7 +101,8 @@ class ConsistencyDistillation:
         start = self.solver.timesteps[index]
         previous = (start - self.solver.skip).clamp(min=0)
         noisy = self.scheduler.add_noise(latents, noise, start)
-        w = LCM_W_RANGE[0] + (LCM_W_RANGE[1] - LCM_W_RANGE[0]) * torch.rand(batch, generator=generator, device=self.device)
+        low, high = self.w_range
+        w = low + (high - low) * torch.rand(batch, generator=generator, device=self.device)
         return ConsistencyDraw(index, start, previous, noisy, w)
 
     def student_x0(self, eps: torch.Tensor, draw: ConsistencyDraw) -> torch.Tensor:

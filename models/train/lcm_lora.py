@@ -92,7 +92,7 @@ def run_train(args, dev):
     scaling_factor = vae.config.scaling_factor
     tok = train.tokenizer()
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=1e-2)
-    lcm = diffusion.ConsistencyDistillation(dev)
+    lcm = diffusion.ConsistencyDistillation(dev, args.lcm_w_range)
     with torch.no_grad():
         uncond = text_encoder(train.token_ids(tok, [""], dev)).last_hidden_state
 
@@ -138,7 +138,7 @@ def run_train(args, dev):
             "alpha": args.alpha,
             "lora_parameters": sum(p.numel() for p in params),
             "target_modules": TARGET_MODULES,
-            "w_range": diffusion.LCM_W_RANGE,
+            "w_range": lcm.w_range,
             "huber_c": diffusion.LCM_HUBER_C,
             "threads": torch.get_num_threads(),
         },
@@ -220,6 +220,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     for name, value in DEFAULTS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--lcm-w-range", type=train.w_range, default=diffusion.LCM_W_RANGE, help="as train.py's")
     args = parser.parse_args()
 
     dev = loop.start(args.seed, args.workdir)

@@ -195,7 +195,7 @@ def stage_lcm(args, dev, workdir: Path):
         student = architecture.build_lcm_student(teacher).to(dev).train().requires_grad_(True)
     target = copy.deepcopy(student).eval().requires_grad_(False)  # the EMA target network, fixed decay
     optimizer = torch.optim.AdamW(student.parameters(), lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
-    lcm = diffusion.ConsistencyDistillation(dev)
+    lcm = diffusion.ConsistencyDistillation(dev, args.lcm_w_range)
     with torch.no_grad(), loop.autocast(dev):
         uncond = text_encoder(token_ids(tok, [""], dev)).last_hidden_state
 
@@ -242,7 +242,7 @@ def stage_lcm(args, dev, workdir: Path):
         params_to_clip=list(student.parameters()),
         info={
             "batch": hp["batch"],
-            "w_range": diffusion.LCM_W_RANGE,
+            "w_range": lcm.w_range,
             "target_decay": LCM_TARGET_DECAY,
             "huber_c": diffusion.LCM_HUBER_C,
             "init": str(args.init["lcm"]) if "lcm" in args.init else None,
@@ -277,6 +277,14 @@ def per_stage(text: str | None, cast) -> dict:
     return {name.strip(): cast(value) for name, value in (item.split("=") for item in text.split(","))}
 
 
+def w_range(text: str) -> tuple:
+    """'LOW,HIGH' of the LCM teacher's guidance w."""
+    low, high = (float(value) for value in text.split(","))
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"want 0 <= LOW <= HIGH, got {text}")
+    return low, high
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stages", nargs="+", choices=STAGES)
@@ -289,6 +297,7 @@ def main():
     parser.add_argument("--max-steps", help="one number, or stage=N,...")
     parser.add_argument("--budget-seconds", help="one number, or stage=S,...")
     parser.add_argument("--init", help="unet=FOLDER,lcm=FOLDER: continue the networks of exported pipelines")
+    parser.add_argument("--lcm-w-range", type=w_range, default=diffusion.LCM_W_RANGE, help="LOW,HIGH: the teacher's guidance w (guidance_scale - 1) drawn uniformly; default %(default)s")
     args = parser.parse_args()
     args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}
     if set(args.init) - {"unet", "lcm"}:
