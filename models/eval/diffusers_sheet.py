@@ -7,8 +7,9 @@ Generates every prompt of prompts.json for seeds 0 and 1 (each image from its ow
 engine seeds it) with the folder's pipeline in f32 on the CPU, about 170 times faster than the engine on a
 CPU Vulkan driver, and lays the images out as ground_truth.png, so `bench quality --score-sheet` scores them
 with the same analyser. `--decoder-vae` decodes the final latents with another VAE (one whose encoder is the
-same, e.g. a fine-tuned decoder). The engine matches diffusers (tests/embedded.rs): the 20-step model's sheet
-reads as the engine's images do, 68.2% shapes on seen prompts.
+same, e.g. a fine-tuned decoder); `--lora` loads a LoRA file (e.g. models/lcm-lora's) by diffusers' reader.
+The engine matches diffusers (tests/embedded.rs): the 20-step model's sheet reads as the engine's images do,
+68.2% shapes on seen prompts.
 """
 
 import argparse
@@ -31,11 +32,14 @@ def main():
     parser.add_argument("--guidance", type=float, required=True)
     parser.add_argument("--sampler", choices=["own", "lcm"], default="own", help="lcm: LCMScheduler made from the folder's scheduler config (its betas; LCM's defaults otherwise)")
     parser.add_argument("--decoder-vae", type=Path, help="decode with this AutoencoderKL folder instead")
+    parser.add_argument("--lora", type=Path, help="load this LoRA file (kohya or diffusers layout) into the pipeline first")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG)")
     args = parser.parse_args()
 
     prompts = [p["prompt"] for p in json.loads((sheet.HERE / "prompts.json").read_text())["prompts"]]
     pipe = DiffusionPipeline.from_pretrained(args.model, safety_checker=None)
+    if args.lora:
+        pipe.load_lora_weights(args.lora)
     if args.sampler == "lcm":
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
