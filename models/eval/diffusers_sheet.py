@@ -1,6 +1,6 @@
 """The evaluation prompts through diffusers instead of the engine: quick sampler and guidance sweeps.
 
-    python diffusers_sheet.py --model ../train/out/embedded --steps 4 --guidance 1 --sampler lcm --out /tmp/s.png
+    python diffusers_sheet.py --model ../train/out/embedded --steps 4 --guidance 1 --scheduler lcm --out /tmp/s.png
     webdiffusion bench quality --score-sheet /tmp/s.png
 
 Generates every prompt of prompts.json for seeds 0 and 1 (each image from its own CPU generator seeded as the
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--model", type=Path, required=True, help="a diffusers pipeline folder")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--guidance", type=float, required=True)
-    parser.add_argument("--sampler", choices=["own", "lcm"], default="own", help="lcm: LCMScheduler made from the folder's scheduler config (its betas; LCM's defaults otherwise)")
+    parser.add_argument("--scheduler", choices=["own", "lcm"], default="own", help="lcm: LCMScheduler made from the folder's scheduler config (its betas; LCM's defaults otherwise)")
     parser.add_argument("--decoder-vae", type=Path, help="decode with this AutoencoderKL folder instead")
     parser.add_argument("--lora", type=Path, help="load this LoRA file (kohya or diffusers layout) into the pipeline first")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG)")
@@ -40,7 +40,7 @@ def main():
     pipe = DiffusionPipeline.from_pretrained(args.model, safety_checker=None)
     if args.lora:
         pipe.load_lora_weights(args.lora)
-    if args.sampler == "lcm":
+    if args.scheduler == "lcm":
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     vae = AutoencoderKL.from_pretrained(args.decoder_vae).eval() if args.decoder_vae else pipe.vae

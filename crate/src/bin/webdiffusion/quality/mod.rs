@@ -28,9 +28,9 @@ pub use prompts::PromptList;
 pub struct SamplingArgs {
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Sampler; the model's own when omitted.
+    /// Scheduler (sampler), as `generate --scheduler`; the model's own when omitted.
     #[arg(long)]
-    pub sampler: Option<String>,
+    pub scheduler: Option<String>,
     /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f32,
@@ -42,7 +42,7 @@ impl SamplingArgs {
             prompt: prompt.to_string(),
             steps: self.steps,
             guidance_scale: self.guidance,
-            scheduler: self.sampler.clone(),
+            scheduler: self.scheduler.clone(),
             seed,
             ..Default::default()
         }
@@ -114,7 +114,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
         "model: {}, {} steps, sampler {}, guidance {}, seeds 0..{}: {total} images, {seconds:.2} s each",
         model.display(),
         args.sampling.steps,
-        args.sampling.sampler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
+        args.sampling.scheduler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
         args.sampling.guidance,
         args.seeds
     );
