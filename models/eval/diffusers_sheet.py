@@ -18,11 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler
+from diffusers import (AutoencoderKL, DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler,
+                       UniPCMultistepScheduler)
 
 import sheet
 
 SEEDS = (0, 1)  # tile t is prompt t % 64 with seed t // 64, as `bench quality --seeds 2` lays them out
+
+# Each made from the folder's scheduler config (its betas; the class's defaults for the rest), as the engine's
+# `--scheduler` names them.
+SCHEDULERS = {
+    "lcm": lambda config: LCMScheduler.from_config(config),
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+    "euler": lambda config: EulerDiscreteScheduler.from_config(config),
+    "euler-a": lambda config: EulerAncestralDiscreteScheduler.from_config(config),
+    "heun": lambda config: HeunDiscreteScheduler.from_config(config),
+    "unipc": lambda config: UniPCMultistepScheduler.from_config(config),
+    "dpm++2m-karras": lambda config: DPMSolverMultistepScheduler.from_config(config, use_karras_sigmas=True),
+}
 
 
 def main():
@@ -30,7 +44,7 @@ def main():
     parser.add_argument("--model", type=Path, required=True, help="a diffusers pipeline folder")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--guidance", type=float, required=True)
-    parser.add_argument("--scheduler", choices=["own", "lcm"], default="own", help="lcm: LCMScheduler made from the folder's scheduler config (its betas; LCM's defaults otherwise)")
+    parser.add_argument("--scheduler", choices=["own", *SCHEDULERS], default="own", help="own: the folder's scheduler")
     parser.add_argument("--decoder-vae", type=Path, help="decode with this AutoencoderKL folder instead")
     parser.add_argument("--lora", type=Path, help="load this LoRA file (kohya or diffusers layout) into the pipeline first")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG)")
@@ -40,8 +54,8 @@ def main():
     pipe = DiffusionPipeline.from_pretrained(args.model, safety_checker=None)
     if args.lora:
         pipe.load_lora_weights(args.lora)
-    if args.scheduler == "lcm":
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    if args.scheduler != "own":
+        pipe.scheduler = SCHEDULERS[args.scheduler](pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     vae = AutoencoderKL.from_pretrained(args.decoder_vae).eval() if args.decoder_vae else pipe.vae
     tiles = []

@@ -75,13 +75,6 @@ pub enum Binary {
     Mul,
 }
 
-fn x_defines(op: &'static str, x: &Tensor, mut defines: Vec<(&'static str, String)>) -> Result<Vec<(&'static str, String)>> {
-    if x.is_f16_float(op)? {
-        defines.push(("X_F16", String::new()));
-    }
-    Ok(defines)
-}
-
 fn require_f32(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
         return Err(Error::shape(op, format!("expects f32 storage here, got {:?}", t.dtype())));
@@ -116,7 +109,7 @@ pub fn unary(gpu: &Gpu, x: &Tensor, op: Unary) -> Result<Tensor> {
         _ => (1.0, 0.0),
     };
     let params = Params { n: x.numel() as u32, a, b, ..Default::default() };
-    let defines = x_defines("unary", x, vec![("UNARY", String::new()), ("OP", op.name().into())])?;
+    let defines = super::with_x_dtype("unary", x, vec![("UNARY", String::new()), ("OP", op.name().into())])?;
     run(gpu, "unary", defines, params, x.numel(), &[(x, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -166,7 +159,7 @@ pub fn binary(gpu: &Gpu, x: &Tensor, y: &Tensor, op: Binary) -> Result<Tensor> {
         Binary::Add => "add",
         Binary::Mul => "mul",
     };
-    let defines = x_defines("binary", x, vec![("BINARY", String::new()), ("OP", name.into())])?;
+    let defines = super::with_x_dtype("binary", x, vec![("BINARY", String::new()), ("OP", name.into())])?;
     run(gpu, "binary", defines, params, out.numel(), &[(x, Access::Read), (y, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -194,7 +187,7 @@ pub fn geglu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     *shape.last_mut().unwrap() = last / 2;
     let out = gpu.empty(&shape, DType::F32)?;
     let params = Params { n: out.numel() as u32, shape: [(last / 2) as u32, 0, 0, 0], ..Default::default() };
-    let defines = x_defines("geglu", x, vec![("GEGLU", String::new())])?;
+    let defines = super::with_x_dtype("geglu", x, vec![("GEGLU", String::new())])?;
     run(gpu, "geglu", defines, params, out.numel(), &[(x, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }
@@ -209,7 +202,7 @@ pub fn axpby(gpu: &Gpu, a: f32, x: &Tensor, b: f32, y: &Tensor, cz: Option<(f32,
     }
     let out = gpu.empty(x.shape(), DType::F32)?;
     let mut params = Params { n: x.numel() as u32, a, b, ..Default::default() };
-    let mut defines = x_defines("axpby", x, vec![("AXPBY", String::new())])?;
+    let mut defines = super::with_x_dtype("axpby", x, vec![("AXPBY", String::new())])?;
     match cz {
         Some((c, z)) => {
             params.c = c;
@@ -232,7 +225,7 @@ pub fn axpby(gpu: &Gpu, a: f32, x: &Tensor, b: f32, y: &Tensor, cz: Option<(f32,
 pub fn to_f16(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let out = gpu.empty(x.shape(), DType::F16)?;
     let params = Params { n: x.numel() as u32, ..Default::default() };
-    let defines = x_defines("to_f16", x, vec![("TO_F16", String::new())])?;
+    let defines = super::with_x_dtype("to_f16", x, vec![("TO_F16", String::new())])?;
     run(gpu, "to_f16", defines, params, x.numel().div_ceil(2), &[(x, Access::Read), (&out, Access::ReadWrite)])?;
     Ok(out)
 }

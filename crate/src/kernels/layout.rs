@@ -44,10 +44,6 @@ struct Region {
     dst_offset: usize,
 }
 
-fn x_defines(x: &Tensor) -> Result<Vec<(&'static str, String)>> {
-    Ok(if x.is_f16_float("layout")? { vec![("X_F16", String::new())] } else { Vec::new() })
-}
-
 /// The shaders index elements with u32.
 fn u32_index(what: &str, t: &Tensor, value: usize) -> Result<u32> {
     u32::try_from(value).map_err(|_| Error::TooLarge {
@@ -69,7 +65,7 @@ fn launch_elementwise(
     gpu.launch(Launch {
         shader,
         entry,
-        defines: x_defines(x)?,
+        defines: super::with_x_dtype("layout", x, Vec::new())?,
         params,
         bindings: &[(x, Access::Read), (out, Access::ReadWrite)],
         workgroups: gpu.grid(threads.div_ceil(WG) as u32),

@@ -11,7 +11,17 @@ pub mod matmul;
 pub mod norm;
 pub mod softmax;
 
-use crate::gpu::KernelKey;
+use crate::error::Result;
+use crate::gpu::{KernelKey, Tensor};
+
+/// `defines` plus `X_F16` when `x` holds packed f16: the element-wise and layout shaders
+/// read their input as either storage.
+fn with_x_dtype(op: &'static str, x: &Tensor, mut defines: Vec<(&'static str, String)>) -> Result<Vec<(&'static str, String)>> {
+    if x.is_f16_float(op)? {
+        defines.push(("X_F16", String::new()));
+    }
+    Ok(defines)
+}
 
 /// Every kernel variant the library can launch (validated by naga in the tests).
 pub fn all_variants() -> Vec<KernelKey> {

@@ -4,7 +4,7 @@
 use super::nn::{Conv2d, GroupNorm, Linear, join};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
-use crate::kernels::elementwise::{self as ew, Unary};
+use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
 use crate::loader::Weights;
 
@@ -49,13 +49,14 @@ impl ResnetBlock2D {
         })
     }
 
-    /// `x [B, C, H, W]`; `temb [B, T]` is the time embedding before its activation.
+    /// `x [B, C, H, W]`; `temb [B, T]` is the time embedding after its SiLU, which the
+    /// UNet applies once for all its blocks.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let gpu = x.gpu();
         let mut h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
         match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
-                let t = proj.forward(&ew::unary(gpu, temb, Unary::Silu)?)?;
+                let t = proj.forward(temb)?;
                 let [batch, channels] = [t.shape()[0], t.shape()[1]];
                 h = ew::add(gpu, &h, &t.reshape(&[batch, channels, 1, 1])?)?;
             }

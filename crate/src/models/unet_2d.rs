@@ -412,6 +412,8 @@ impl UNet2DConditionModel {
         if let Some(act) = self.time_embed_act {
             temb = ew::unary(gpu, &temb, act)?;
         }
+        // Every resnet block takes the embedding through a SiLU: once here, not per block.
+        let temb = ew::unary(gpu, &temb, Unary::Silu)?;
         let context = encoder_hidden_states;
 
         let mut h = self.conv_in.forward(&sample)?;

@@ -6,7 +6,7 @@ use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::sigmas::{self, Reschedule, TrainSigmas};
 use super::{Noise, Scheduler};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Tensor;
 
 pub struct Euler {
@@ -62,10 +62,7 @@ impl Euler {
     }
 
     fn sigma(&self, step: usize) -> Result<f32> {
-        if step >= self.timesteps.len() {
-            return Err(Error::shape("Euler step", format!("step {step} of {}", self.timesteps.len())));
-        }
-        sigmas::sigma_at(&self.sigmas, step, "Euler step")
+        sigmas::step_sigma(&self.sigmas, self.timesteps.len(), step, "Euler step")
     }
 }
 

@@ -7,7 +7,7 @@ use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::sigmas::{self, TrainSigmas};
 use super::{Noise, Scheduler};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Tensor;
 
 pub struct EulerAncestral {
@@ -45,10 +45,7 @@ impl EulerAncestral {
     }
 
     fn sigma(&self, step: usize) -> Result<f32> {
-        if step >= self.timesteps.len() {
-            return Err(Error::shape("Euler ancestral step", format!("step {step} of {}", self.timesteps.len())));
-        }
-        sigmas::sigma_at(&self.sigmas, step, "Euler ancestral step")
+        sigmas::step_sigma(&self.sigmas, self.timesteps.len(), step, "Euler ancestral step")
     }
 }
 

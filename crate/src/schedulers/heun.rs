@@ -7,7 +7,7 @@ use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig};
 use super::sigmas::{self, Reschedule, TrainSigmas};
 use super::{Noise, Scheduler, StepCursor};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::kernels::elementwise::{self as ew, Unary};
 
@@ -78,10 +78,7 @@ impl Heun {
     }
 
     fn sigma(&self, step: usize) -> Result<f32> {
-        if step >= self.timesteps.len() {
-            return Err(Error::shape("Heun step", format!("step {step} of {}", self.timesteps.len())));
-        }
-        sigmas::sigma_at(&self.sigmas, step, "Heun step")
+        sigmas::step_sigma(&self.sigmas, self.timesteps.len(), step, "Heun step")
     }
 
     /// The derivative `(sample - denoised) / sigma` as terms of a linear combination: on

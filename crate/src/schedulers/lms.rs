@@ -9,7 +9,7 @@ use super::clean_estimate::CleanEstimate;
 use super::config::{Prediction, SchedulerConfig};
 use super::sigmas::{self, Reschedule, TrainSigmas};
 use super::{Noise, Scheduler, StepCursor};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Tensor;
 
 /// diffusers' default (and largest) order.
@@ -60,10 +60,7 @@ impl Lms {
     }
 
     fn sigma(&self, step: usize) -> Result<f32> {
-        if step >= self.timesteps.len() {
-            return Err(Error::shape("LMS step", format!("step {step} of {}", self.timesteps.len())));
-        }
-        sigmas::sigma_at(&self.sigmas, step, "LMS step")
+        sigmas::step_sigma(&self.sigmas, self.timesteps.len(), step, "LMS step")
     }
 }
 

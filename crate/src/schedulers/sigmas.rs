@@ -239,9 +239,12 @@ pub(super) fn add_noise_at_sigma(original: &Tensor, noise: &Tensor, sigma: f32) 
     ew::axpby(original.gpu(), 1.0, original, sigma, noise, None)
 }
 
-/// `sigmas[index]`, or a clear error for a step past the schedule.
-pub(super) fn sigma_at(sigmas: &[f32], index: usize, op: &'static str) -> Result<f32> {
-    sigmas.get(index).copied().ok_or_else(|| Error::shape(op, format!("step {index} is past the {} sigmas", sigmas.len())))
+/// The sigma of `step` of `steps`, or a clear error for a step past the schedule.
+pub(super) fn step_sigma(sigmas: &[f32], steps: usize, step: usize, op: &'static str) -> Result<f32> {
+    if step >= steps {
+        return Err(Error::shape(op, format!("step {step} of {steps}")));
+    }
+    sigmas.get(step).copied().ok_or_else(|| Error::shape(op, format!("step {step} is past the {} sigmas", sigmas.len())))
 }
 
 /// The k-diffusion derivative `(sample - denoised) / sigma` as coefficients on the sample
