@@ -63,12 +63,14 @@ def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
-def build_lcm_student(teacher: UNet2DConditionModel) -> UNet2DConditionModel:
-    """The teacher plus a guidance embedding; its projection starts at zero so the student starts as the teacher."""
+def build_lcm_student(teacher: UNet2DConditionModel, guidance_init: str = "zero") -> UNet2DConditionModel:
+    """The teacher plus a guidance embedding. Its projection starts at zero ("zero": the student starts as the
+    teacher) or as torch initialises a Linear ("default", as diffusers' train_lcm_distill_sd_wds.py leaves it)."""
     student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=LCM_GUIDANCE_EMBEDDING)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     assert missing == ["time_embedding.cond_proj.weight"] and not unexpected, (missing, unexpected)
-    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    if guidance_init == "zero":
+        torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student
 
 

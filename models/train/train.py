@@ -192,7 +192,7 @@ def stage_lcm(args, dev, workdir: Path):
     if "lcm" in args.init:
         student = UNet2DConditionModel.from_pretrained(args.init["lcm"] / "unet").to(dev).train().requires_grad_(True)
     else:
-        student = architecture.build_lcm_student(teacher).to(dev).train().requires_grad_(True)
+        student = architecture.build_lcm_student(teacher, args.lcm_guidance_init).to(dev).train().requires_grad_(True)
     target = copy.deepcopy(student).eval().requires_grad_(False)  # the EMA target network, fixed decay
     optimizer = torch.optim.AdamW(student.parameters(), lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
     lcm = diffusion.ConsistencyDistillation(dev, args.lcm_w_range)
@@ -243,6 +243,7 @@ def stage_lcm(args, dev, workdir: Path):
         info={
             "batch": hp["batch"],
             "w_range": lcm.w_range,
+            "guidance_init": args.lcm_guidance_init,
             "target_decay": LCM_TARGET_DECAY,
             "huber_c": diffusion.LCM_HUBER_C,
             "init": str(args.init["lcm"]) if "lcm" in args.init else None,
@@ -297,6 +298,7 @@ def main():
     parser.add_argument("--max-steps", help="one number, or stage=N,...")
     parser.add_argument("--budget-seconds", help="one number, or stage=S,...")
     parser.add_argument("--init", help="unet=FOLDER,lcm=FOLDER: continue the networks of exported pipelines")
+    parser.add_argument("--lcm-guidance-init", choices=["zero", "default"], default="zero", help="the LCM student's guidance projection at the start: zero (the student starts as the teacher) or torch's Linear init (diffusers' script)")
     parser.add_argument("--lcm-w-range", type=w_range, default=diffusion.LCM_W_RANGE, help="LOW,HIGH: the teacher's guidance w (guidance_scale - 1) drawn uniformly; default %(default)s")
     args = parser.parse_args()
     args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}
