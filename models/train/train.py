@@ -304,6 +304,8 @@ def main():
     args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}
     if set(args.init) - {"unet", "lcm"}:
         parser.error(f"--init takes unet=FOLDER and lcm=FOLDER only, not {sorted(set(args.init) - {'unet', 'lcm'})}")
+    if "lcm" in args.init and args.lcm_guidance_init != "zero":
+        parser.error("--lcm-guidance-init starts a new student; --init lcm=FOLDER continues one")
 
     overrides = {
         "batch": per_stage(args.batch, int),
