@@ -1,11 +1,14 @@
-// Tiled matmul with a fused epilogue: out[b] = ACT(op(a[b]) @ op(b[b]) + bias).
+// Tiled matmul with a fused epilogue: out[b] = ACT(op(a[b]) @ op(b[b]) + bias), or with
+// ACCUMULATE out[b] = ACT(out[b] + op(a[b]) @ op(b[b]) + bias).
 // A 16x16 workgroup computes a 64x64 output tile; each invocation owns a 4x4 register
 // block. Each step stages a 64x16 slice of a and a 16x64 slice of b in workgroup memory
 // (8 KiB as f32, 4 KiB as f16), k-major so the inner loop reads whole vec4s.
 // Defines: TRANS_A (a stored [.., K, M]), TRANS_B (b stored [.., N, K]), B_F16 (b is
 //          packed f16), WEIGHT_QUANT (b is a q8 weight [N, K] with TRANS_B; + WEIGHT_Q4
 //          for q4), BIAS (+ BIAS_F16), ACT (an activation from common.wgsl, or affine),
-//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16).
+//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
+//          ACCUMULATE (add the output's contents before the activation: a LoRA's side
+//          path adds into its layer's output).
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -184,6 +187,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let col = col0 + lid.x * 4u + j;
             if (row < rows && col < cols) {
                 var v = acc[i][j];
+#ifdef ACCUMULATE
+                v += out[out_base + row * p.n + col];
+#endif
 #ifdef BIAS
                 v += bias_at(col);
 #endif

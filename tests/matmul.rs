@@ -19,6 +19,7 @@ use webdiffusion::Error;
 use webdiffusion::gpu::{DType, Gpu, Tensor};
 use webdiffusion::kernels::elementwise::Unary;
 use webdiffusion::kernels::matmul::{self, MatmulOptions};
+use webdiffusion::reference::elementwise::unary;
 use webdiffusion::reference::matmul::{self as cpu, Operand};
 
 const F32_TOL: f32 = 1e-4;
@@ -210,6 +211,44 @@ fn f16_math_variant() {
     let run = |f16_math| read(&matmul::matmul(gpu, &a, &b, &MatmulOptions { f16_math, ..Default::default() }).unwrap());
     let differs = run(true).iter().zip(run(false)).any(|(x, y)| (x - y).abs() > 1e-3);
     assert!(differs, "f16_math gave the f32 kernel's result");
+}
+
+/// `out = act(out + a @ b^T + bias)`: how a LoRA side path adds its second product into
+/// its layer's output. The output's old contents join the tolerance's scale.
+#[test]
+fn accumulates_into_its_output() {
+    let gpu = gpu();
+    let cases =
+        [(DType::F32, None, None), (DType::F16, Some(DType::F32), Some(Unary::GeluErf)), (DType::F32, Some(DType::F16), Some(Unary::Silu))];
+    for (i, (b_dtype, bias_dtype, activation)) in cases.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let (a_shape, b_shape, out_shape) = ([3, 40, 20], [70, 20], [3, 40, 70]);
+        let (ta, a) = upload(gpu, &a_shape, random(3 * 40 * 20, seed, 1.0), DType::F32);
+        let (tb, b) = upload(gpu, &b_shape, random(70 * 20, seed + 1, 1.0), b_dtype);
+        let bias = bias_dtype.map(|dtype| upload(gpu, &[70], random(70, seed + 2, 1.0), dtype));
+        let start = random(3 * 40 * 70, seed + 3, 1.0);
+        let out = gpu.upload_f32(&out_shape, &start).unwrap();
+        let opts = MatmulOptions { transpose_b: true, bias: bias.as_ref().map(|(t, _)| t), activation, ..Default::default() };
+        matmul::matmul_accumulate(gpu, &ta, &tb, &opts, &out).unwrap();
+
+        let a_op = Operand { values: &a, shape: &a_shape, transposed: false };
+        let b_op = Operand { values: &b, shape: &b_shape, transposed: true };
+        let bias_values = bias.as_ref().map(|(_, v)| v.as_slice());
+        let (product, _) = cpu::matmul(a_op, b_op, bias_values, None);
+        let want: Vec<f32> = product.iter().zip(&start).map(|(p, s)| activation.map_or(p + s, |op| unary(op, p + s))).collect();
+        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+        let (abs_a, abs_b, abs_bias) = (abs(&a), abs(&b), bias_values.map(abs));
+        let (scale, _) = cpu::matmul(Operand { values: &abs_a, ..a_op }, Operand { values: &abs_b, ..b_op }, abs_bias.as_deref(), None);
+        let slope = if activation.is_some() { LIPSCHITZ } else { 1.0 };
+        let bound: Vec<f32> = scale.iter().zip(&start).map(|(s, o)| F32_TOL * slope * (s + o.abs()) + ATOL).collect();
+        assert_within(&format!("accumulate {b_dtype:?} bias={bias_dtype:?} act={activation:?}"), &read(&out), &want, &bound);
+    }
+
+    let wrong = gpu.upload_f32(&[40, 70], &vec![0.0; 40 * 70]).unwrap();
+    let a = gpu.upload_f32(&[3, 40, 20], &vec![0.0; 3 * 40 * 20]).unwrap();
+    let b = gpu.upload_f32(&[70, 20], &vec![0.0; 70 * 20]).unwrap();
+    let result = matmul::matmul_accumulate(gpu, &a, &b, &MatmulOptions { transpose_b: true, ..Default::default() }, &wrong);
+    assert!(matches!(result, Err(Error::Shape { .. })), "out of the wrong shape: {result:?}");
 }
 
 #[test]

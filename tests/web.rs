@@ -57,7 +57,7 @@ async fn elementwise_in_browser() {
 
 #[wasm_bindgen_test]
 async fn matmul_in_browser() {
-    use webdiffusion::kernels::matmul::{MatmulOptions, matmul};
+    use webdiffusion::kernels::matmul::{MatmulOptions, matmul, matmul_accumulate};
     use webdiffusion::reference::matmul::{self as cpu, Operand};
     let gpu = Gpu::new().await.unwrap();
     // Batch 2, sizes off the 64-wide tile, transposed f16 weights, fused bias and GELU.
@@ -68,14 +68,16 @@ async fn matmul_in_browser() {
     let (ta, tb, tbias) =
         (gpu.upload_f32(&[2, m, k], &a).unwrap(), gpu.upload_f32_as_f16(&[n, k], &b).unwrap(), gpu.upload_f32(&[n], &bias).unwrap());
     let opts = MatmulOptions { transpose_b: true, bias: Some(&tbias), activation: Some(Unary::GeluErf), ..Default::default() };
-    let got = read(&matmul(&gpu, &ta, &tb, &opts).unwrap()).await;
-    let (want, _) = cpu::matmul(
-        Operand { values: &a, shape: &[2, m, k], transposed: false },
-        Operand { values: &b, shape: &[n, k], transposed: true },
-        Some(&bias),
-        Some(Unary::GeluErf),
-    );
-    assert_close("matmul", &got, &want, 1e-4, 1e-4);
+    let out = matmul(&gpu, &ta, &tb, &opts).unwrap();
+    let (a_op, b_op) =
+        (Operand { values: &a, shape: &[2, m, k], transposed: false }, Operand { values: &b, shape: &[n, k], transposed: true });
+    let (want, _) = cpu::matmul(a_op, b_op, Some(&bias), Some(Unary::GeluErf));
+    assert_close("matmul", &read(&out).await, &want, 1e-4, 1e-4);
+    // The ACCUMULATE variant (a LoRA's up product) adds the plain product into that output.
+    matmul_accumulate(&gpu, &ta, &tb, &MatmulOptions { transpose_b: true, ..Default::default() }, &out).unwrap();
+    let (product, _) = cpu::matmul(a_op, b_op, None, None);
+    let want: Vec<f32> = want.iter().zip(&product).map(|(w, p)| w + p).collect();
+    assert_close("matmul accumulate", &read(&out).await, &want, 1e-4, 1e-4);
 }
 
 #[wasm_bindgen_test]

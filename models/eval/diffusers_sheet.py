@@ -3,8 +3,8 @@
     python diffusers_sheet.py --model ../train/out/embedded --steps 4 --guidance 1 --scheduler lcm --out /tmp/s.png
     webdiffusion bench quality --score-sheet /tmp/s.png
 
-Generates every prompt of prompts.json for seeds 0 and 1 (each image from its own CPU generator seeded as the
-engine seeds it) with the folder's pipeline in f32 on the CPU, about 170 times faster than the engine on a
+Generates every prompt of prompts.json for seeds 0 and 1 (or `--seeds`; each image from its own CPU generator
+seeded as the engine seeds it) with the folder's pipeline in f32 on the CPU, about 170 times faster than the engine on a
 CPU Vulkan driver, and lays the images out as ground_truth.png, so `bench quality --score-sheet` scores them
 with the same analyser. `--decoder-vae` decodes the final latents with another VAE (one whose encoder is the
 same, e.g. a fine-tuned decoder); `--lora` loads a LoRA file (e.g. models/lcm-lora's) by diffusers' reader.
@@ -23,8 +23,6 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DiffusionPipeline, DPMSolve
                        UniPCMultistepScheduler)
 
 import sheet
-
-SEEDS = (0, 1)  # tile t is prompt t % 64 with seed t // 64, as `bench quality --seeds 2` lays them out
 
 # Each made from the folder's scheduler config (its betas; the class's defaults for the rest), as the engine's
 # `--scheduler` names them.
@@ -47,6 +45,8 @@ def main():
     parser.add_argument("--scheduler", choices=["own", *SCHEDULERS], default="own", help="own: the folder's scheduler")
     parser.add_argument("--decoder-vae", type=Path, help="decode with this AutoencoderKL folder instead")
     parser.add_argument("--lora", type=Path, help="load this LoRA file (kohya or diffusers layout) into the pipeline first")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="tile t is prompt t %% 64 with the (t // 64)th of these seeds; `bench quality --seeds 2` uses 0 1")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG)")
     args = parser.parse_args()
 
@@ -60,7 +60,7 @@ def main():
     vae = AutoencoderKL.from_pretrained(args.decoder_vae).eval() if args.decoder_vae else pipe.vae
     tiles = []
     with torch.no_grad():
-        for seed in SEEDS:
+        for seed in args.seeds:
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
             latents = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generators,
                            height=sheet.TILE, width=sheet.TILE, output_type="latent").images

@@ -55,6 +55,28 @@ def build_vae() -> AutoencoderKL:
     return AutoencoderKL(**VAE_CONFIG)
 
 
+def deepen_vae(vae: AutoencoderKL, layers_per_block: int) -> AutoencoderKL:
+    """The same VAE with more resnets per block, computing exactly what it did: each added resnet's second conv
+    starts at zero, so it passes its input through until trained. diffusers' AutoencoderKL shares layers_per_block
+    between encoder and decoder, so the encoder gets the pass-through resnets too; frozen, they stay exact, and
+    its latents (what the UNet was trained on) stay as they are."""
+    old = vae.config.layers_per_block
+    if layers_per_block <= old:
+        raise ValueError(f"deepen_vae: the VAE has {old} layers per block already, not fewer than {layers_per_block}")
+    deep = AutoencoderKL.from_config(vae.config, layers_per_block=layers_per_block)
+    state = deep.state_dict()
+    for name, tensor in vae.state_dict().items():
+        state[name] = tensor  # same names: resnets 0..old-1 (encoder), 0..old (decoder), and everything else
+    for blocks, first_new in ((deep.encoder.down_blocks, old), (deep.decoder.up_blocks, old + 1)):
+        for block in blocks:
+            for resnet in block.resnets[first_new:]:
+                prefix = next(n for n, m in deep.named_modules() if m is resnet)
+                state[f"{prefix}.conv2.weight"] = torch.zeros_like(state[f"{prefix}.conv2.weight"])
+                state[f"{prefix}.conv2.bias"] = torch.zeros_like(state[f"{prefix}.conv2.bias"])
+    deep.load_state_dict(state)
+    return deep
+
+
 def build_text_encoder() -> CLIPTextModel:
     return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
 

@@ -106,7 +106,10 @@ def stage_decoder(args, dev, workdir: Path):
     """More training for the decoder alone. The encoder, its latents and scaling_factor stay as they are, so a UNet
     trained on this VAE's latents keeps working with the fine-tuned decoder."""
     hp = args.hp["decoder"]
-    vae = AutoencoderKL.from_pretrained(workdir / "vae").to(dev)
+    vae = AutoencoderKL.from_pretrained(workdir / "vae")
+    if args.decoder_layers is not None and args.decoder_layers != vae.config.layers_per_block:
+        vae = architecture.deepen_vae(vae, args.decoder_layers)
+    vae = vae.to(dev)
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     trained = [p for p in vae.parameters() if p.requires_grad]
@@ -121,7 +124,8 @@ def stage_decoder(args, dev, workdir: Path):
             recon = vae.decode(latents).sample.float()
         return reconstruction_loss(recon, images)
 
-    loop.train("decoder", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("decoder"), hp["lr"], hp["warmup"], info={"batch": hp["batch"]})
+    info = {"batch": hp["batch"], "layers_per_block": vae.config.layers_per_block}
+    loop.train("decoder", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("decoder"), hp["lr"], hp["warmup"], info=info)
     vae.save_pretrained(workdir / "vae", safe_serialization=True)
 
 
@@ -299,6 +303,7 @@ def main():
     parser.add_argument("--budget-seconds", help="one number, or stage=S,...")
     parser.add_argument("--init", help="unet=FOLDER,lcm=FOLDER: continue the networks of exported pipelines")
     parser.add_argument("--lcm-guidance-init", choices=["zero", "default"], default="zero", help="the LCM student's guidance projection at the start: zero (the student starts as the teacher) or torch's Linear init (diffusers' script)")
+    parser.add_argument("--decoder-layers", type=int, help="the decoder stage first deepens the VAE to this many resnets per block (architecture.deepen_vae; the encoder's latents stay exact)")
     parser.add_argument("--lcm-w-range", type=w_range, default=diffusion.LCM_W_RANGE, help="LOW,HIGH: the teacher's guidance w (guidance_scale - 1) drawn uniformly; default %(default)s")
     args = parser.parse_args()
     args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}

@@ -1,6 +1,7 @@
 //! Launchers for `matmul.wgsl`: batched matrix products with either operand
 //! transposed, f32, packed-f16 or (as a Linear weight) q8/q4 `b`, a fused bias and
-//! activation, and an f16-math variant for devices with shader-f16.
+//! activation, an f16-math variant for devices with shader-f16, and a variant that adds
+//! into an existing output.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -55,6 +56,7 @@ struct Variant {
     bias: Option<DType>,
     activation: Option<&'static str>,
     f16_math: bool,
+    accumulate: bool,
 }
 
 impl Variant {
@@ -68,6 +70,7 @@ impl Variant {
             (self.bias.is_some(), "BIAS"),
             (self.bias == Some(DType::F16), "BIAS_F16"),
             (self.f16_math, "F16_MATH"),
+            (self.accumulate, "ACCUMULATE"),
         ];
         let mut defines: Vec<(&'static str, String)> = flags.iter().filter(|(on, _)| *on).map(|(_, name)| (*name, String::new())).collect();
         if let Some(act) = self.activation {
@@ -179,6 +182,25 @@ pub fn workgroups(gpu: &Gpu, rows: usize, cols: usize, batches: usize) -> Result
 /// either operand has a batch.
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     let dims = dims(a, b, opts)?;
+    let out = gpu.empty(&dims.out_shape, DType::F32)?;
+    launch(gpu, a, b, opts, &dims, false, &out)?;
+    Ok(out)
+}
+
+/// `out = act(out + op(a) @ op(b) + bias)` in place: `out` is f32 and shaped as
+/// `matmul` would return the product.
+pub fn matmul_accumulate(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, out: &Tensor) -> Result<()> {
+    let dims = dims(a, b, opts)?;
+    if out.dtype() != DType::F32 || out.shape() != dims.out_shape {
+        return Err(Error::shape(
+            "matmul_accumulate",
+            format!("out must be f32 {:?}, got {:?} {:?}", dims.out_shape, out.dtype(), out.shape()),
+        ));
+    }
+    launch(gpu, a, b, opts, &dims, true, out)
+}
+
+fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, accumulate: bool, out: &Tensor) -> Result<()> {
     let (act_a, act_b) = match opts.activation {
         Some(Unary::Affine { a, b }) => (a, b),
         Some(Unary::Clamp { min, max }) => (min, max),
@@ -191,6 +213,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
         bias: opts.bias.map(Tensor::dtype),
         activation: opts.activation.and_then(fused_name),
         f16_math: opts.f16_math && gpu.has_shader_f16(),
+        accumulate,
     };
     let params = Params {
         m: dims.m as u32,
@@ -205,10 +228,9 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
         b_row_words: quant::row_words(b.dtype(), dims.k) as u32,
         pad: [0; 2],
     };
-    let out = gpu.empty(&dims.out_shape, DType::F32)?;
     let mut bindings = vec![(a, Access::Read), (b, Access::Read)];
     bindings.extend(opts.bias.map(|bias| (bias, Access::Read)));
-    bindings.push((&out, Access::ReadWrite));
+    bindings.push((out, Access::ReadWrite));
     let key = variant.key();
     gpu.launch(Launch {
         shader: key.shader,
@@ -217,8 +239,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result
         params: bytemuck::bytes_of(&params),
         bindings: &bindings,
         workgroups: workgroups(gpu, dims.m, dims.n, dims.batches)?,
-    })?;
-    Ok(out)
+    })
 }
 
 /// PyTorch's `Linear`: `x` is `[.., in]` with any leading dimensions, `weight` is
@@ -239,7 +260,7 @@ pub fn variants() -> Vec<KernelKey> {
     let fused = Unary::ALL.into_iter().filter(|&op| op != Unary::Identity);
     let activations: Vec<Option<&'static str>> = [None].into_iter().chain(fused.map(fused_name)).collect();
     let mut keys = Vec::new();
-    for bits in 0..8u32 {
+    for bits in 0..16u32 {
         let on = |bit: u32| bits & (1 << bit) != 0;
         for b in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
             // Quantized b is only ever the transposed Linear weight.
@@ -248,7 +269,8 @@ pub fn variants() -> Vec<KernelKey> {
             }
             for bias in [None, Some(DType::F32), Some(DType::F16)] {
                 for &activation in &activations {
-                    let variant = Variant { transpose_a: on(0), transpose_b: on(1), b, bias, activation, f16_math: on(2) };
+                    let variant =
+                        Variant { transpose_a: on(0), transpose_b: on(1), b, bias, activation, f16_math: on(2), accumulate: on(3) };
                     keys.push(variant.key());
                 }
             }

@@ -14,8 +14,8 @@ use super::matching::{LayerShape, ModuleIndex, match_modules};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::conv2d::{Conv2dOptions, ConvPart, conv2d, conv2d_into};
-use crate::kernels::elementwise as ew;
-use crate::kernels::matmul::{MatmulOptions, matmul};
+use crate::kernels::elementwise::{self as ew, Unary};
+use crate::kernels::matmul::{MatmulOptions, matmul, matmul_accumulate};
 
 /// The adaptable layers of one loaded network, by module name.
 #[derive(Clone, Default)]
@@ -100,12 +100,13 @@ impl SidePath {
         })
     }
 
-    /// `y + up(scales * down(x))` for a Linear: `x` `[rows, in]`, `y` `[rows, out]`.
-    pub fn add_to_linear(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    /// `y = activation(y + up(scales * down(x)))` in place for a Linear: `x` `[rows, in]`,
+    /// `y` `[rows, out]` (the layer's output, before its activation).
+    pub fn add_to_linear(&self, x: &Tensor, y: &Tensor, activation: Option<Unary>) -> Result<()> {
         let gpu = x.gpu();
         let transposed = MatmulOptions { transpose_b: true, ..Default::default() };
         let low = ew::mul(gpu, &matmul(gpu, x, &self.down, &transposed)?, &self.scales)?;
-        ew::add(gpu, y, &matmul(gpu, &low, &self.up, &transposed)?)
+        matmul_accumulate(gpu, &low, &self.up, &MatmulOptions { activation, ..transposed }, y)
     }
 
     /// Adds `up(scales * down(x))` into a Conv2d's output `y`; the down convolution has

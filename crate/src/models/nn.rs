@@ -6,7 +6,7 @@
 use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::kernels::conv2d::{Conv2dOptions, conv2d};
-use crate::kernels::elementwise::{self as ew, Unary};
+use crate::kernels::elementwise::Unary;
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
 use crate::loader::Weights;
@@ -39,7 +39,8 @@ impl Linear {
         self.forward_with(x, None)
     }
 
-    /// With an activation fused after the bias (applied after the LoRA side path, if any).
+    /// With an activation fused after the bias (and after the LoRA side path, if any, whose
+    /// second product adds into the output and applies it).
     pub fn forward_with(&self, x: &Tensor, activation: Option<Unary>) -> Result<Tensor> {
         let shape = x.shape();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
@@ -47,12 +48,9 @@ impl Linear {
         let side_path = self.lora.current();
         let fused_activation = if side_path.is_some() { None } else { activation };
         let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation: fused_activation, ..Default::default() };
-        let mut out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
+        let out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
         if let Some(side_path) = side_path {
-            out = side_path.add_to_linear(&flat, &out)?;
-            if let Some(activation) = activation {
-                out = ew::unary(x.gpu(), &out, activation)?;
-            }
+            side_path.add_to_linear(&flat, &out, activation)?;
         }
         let mut out_shape = shape.to_vec();
         if let Some(last) = out_shape.last_mut() {
