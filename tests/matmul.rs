@@ -90,9 +90,7 @@ fn check(case: Case, seed: u64) {
     let (want, shape) = cpu::matmul(a_op, b_op, bias_values, case.activation);
     assert_eq!(got.shape(), shape.as_slice(), "{}: shape", case.describe());
 
-    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
-    let (abs_a, abs_b, abs_bias) = (abs(&a), abs(&b), bias_values.map(abs));
-    let (scale, _) = cpu::matmul(Operand { values: &abs_a, ..a_op }, Operand { values: &abs_b, ..b_op }, abs_bias.as_deref(), None);
+    let scale = dot_scale(a_op, b_op, bias_values);
     let tol = if case.f16_math && gpu.has_shader_f16() { F16_TOL } else { F32_TOL };
     let slope = match case.activation {
         Some(Unary::Affine { a, .. }) => a.abs(),
@@ -101,6 +99,13 @@ fn check(case: Case, seed: u64) {
     };
     let bound: Vec<f32> = scale.iter().map(|s| tol * slope * s + ATOL).collect();
     assert_within(&case.describe(), &read(&got), &want, &bound);
+}
+
+/// S of the module comment for every output: the product run on absolute values.
+fn dot_scale(a: Operand, b: Operand, bias: Option<&[f32]>) -> Vec<f32> {
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let (abs_a, abs_b, abs_bias) = (abs(a.values), abs(b.values), bias.map(abs));
+    cpu::matmul(Operand { values: &abs_a, ..a }, Operand { values: &abs_b, ..b }, abs_bias.as_deref(), None).0
 }
 
 /// N of the logical product for a stored b.
@@ -236,9 +241,7 @@ fn accumulates_into_its_output() {
         let bias_values = bias.as_ref().map(|(_, v)| v.as_slice());
         let (product, _) = cpu::matmul(a_op, b_op, bias_values, None);
         let want: Vec<f32> = product.iter().zip(&start).map(|(p, s)| activation.map_or(p + s, |op| unary(op, p + s))).collect();
-        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
-        let (abs_a, abs_b, abs_bias) = (abs(&a), abs(&b), bias_values.map(abs));
-        let (scale, _) = cpu::matmul(Operand { values: &abs_a, ..a_op }, Operand { values: &abs_b, ..b_op }, abs_bias.as_deref(), None);
+        let scale = dot_scale(a_op, b_op, bias_values);
         let slope = if activation.is_some() { LIPSCHITZ } else { 1.0 };
         let bound: Vec<f32> = scale.iter().zip(&start).map(|(s, o)| F32_TOL * slope * (s + o.abs()) + ATOL).collect();
         assert_within(&format!("accumulate {b_dtype:?} bias={bias_dtype:?} act={activation:?}"), &read(&out), &want, &bound);

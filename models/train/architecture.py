@@ -64,16 +64,13 @@ def deepen_vae(vae: AutoencoderKL, layers_per_block: int) -> AutoencoderKL:
     if layers_per_block <= old:
         raise ValueError(f"deepen_vae: the VAE has {old} layers per block already, not fewer than {layers_per_block}")
     deep = AutoencoderKL.from_config(vae.config, layers_per_block=layers_per_block)
-    state = deep.state_dict()
-    for name, tensor in vae.state_dict().items():
-        state[name] = tensor  # same names: resnets 0..old-1 (encoder), 0..old (decoder), and everything else
-    for blocks, first_new in ((deep.encoder.down_blocks, old), (deep.decoder.up_blocks, old + 1)):
-        for block in blocks:
-            for resnet in block.resnets[first_new:]:
-                prefix = next(n for n, m in deep.named_modules() if m is resnet)
-                state[f"{prefix}.conv2.weight"] = torch.zeros_like(state[f"{prefix}.conv2.weight"])
-                state[f"{prefix}.conv2.bias"] = torch.zeros_like(state[f"{prefix}.conv2.bias"])
-    deep.load_state_dict(state)
+    added = [resnet for blocks, first_new in ((deep.encoder.down_blocks, old), (deep.decoder.up_blocks, old + 1))
+             for block in blocks for resnet in block.resnets[first_new:]]
+    missing, unexpected = deep.load_state_dict(vae.state_dict(), strict=False)  # same names for all the rest
+    assert len(missing) == sum(len(resnet.state_dict()) for resnet in added) and not unexpected, (missing, unexpected)
+    for resnet in added:
+        torch.nn.init.zeros_(resnet.conv2.weight)
+        torch.nn.init.zeros_(resnet.conv2.bias)
     return deep
 
 
