@@ -17,6 +17,7 @@ use webdiffusion::Error;
 use webdiffusion::convert::checkpoint::{CheckpointOptions, read_checkpoint};
 use webdiffusion::convert::{HostTensor, SourceComponent, SourceModel};
 use webdiffusion::gpu::Tensor;
+use webdiffusion::loader::SafetensorsFile;
 use webdiffusion::loader::{DirFiles, MemoryFiles, WeightPrecision};
 use webdiffusion::models::clip::{ClipTextConfig, ClipTextModel};
 use webdiffusion::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -50,12 +51,17 @@ fn sd2_options() -> CheckpointOptions {
     }
 }
 
+/// A checkpoint's bytes read as the converter reads a file.
+fn read_file(bytes: &[u8], file: &str, options: &CheckpointOptions) -> webdiffusion::Result<SourceModel> {
+    read_checkpoint(&SafetensorsFile::open(std::sync::Arc::new(bytes.to_vec()), file.to_string())?, options)
+}
+
 fn read_sd1() -> SourceModel {
-    read_checkpoint(&fixture(SD1_FILE), SD1_FILE, &tiny_options()).unwrap()
+    read_file(&fixture(SD1_FILE), SD1_FILE, &tiny_options()).unwrap()
 }
 
 fn read_sd2() -> SourceModel {
-    read_checkpoint(&fixture(SD2_FILE), SD2_FILE, &sd2_options()).unwrap()
+    read_file(&fixture(SD2_FILE), SD2_FILE, &sd2_options()).unwrap()
 }
 
 /// A diffusers component folder's tensors, every float widened to f32, and its config.
@@ -69,7 +75,7 @@ fn folder_component(folder: &str, weights: &str) -> (BTreeMap<String, HostTensor
             Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(view.data()).into_iter().map(half::f16::to_f32).collect(),
             other => panic!("{folder}: {name} is {other:?}"),
         };
-        tensors.insert(name, HostTensor { shape: view.shape().to_vec(), values });
+        tensors.insert(name, HostTensor::new(view.shape().to_vec(), values));
     }
     let config = serde_json::from_slice(&fixture(&format!("models/{folder}/config.json"))).unwrap();
     (tensors, config)
@@ -93,7 +99,12 @@ fn assert_same_tensors(what: &str, got: &BTreeMap<String, HostTensor>, want: &BT
     for (name, want) in want {
         let got = &got[name];
         assert_eq!(got.shape, want.shape, "{what}: {name} shape");
-        let differing = got.values.iter().zip(&want.values).position(|(&g, &w)| g.to_bits() != half::f16::from_f32(w).to_f32().to_bits());
+        let differing = got
+            .values()
+            .unwrap()
+            .iter()
+            .zip(want.values().unwrap().iter())
+            .position(|(&g, &w)| g.to_bits() != half::f16::from_f32(w).to_f32().to_bits());
         assert_eq!(differing, None, "{what}: {name} differs at that element");
     }
 }
@@ -186,14 +197,14 @@ fn family_conventions_fill_what_the_tensors_cannot_tell() {
     // 64-wide heads (which the 8-wide tiny model cannot have: a clear refusal).
     let mut options = tiny_options();
     options.norm_num_groups = None;
-    let model = read_checkpoint(&fixture(SD1_FILE), SD1_FILE, &options).unwrap();
+    let model = read_file(&fixture(SD1_FILE), SD1_FILE, &options).unwrap();
     let unet = &model.components["unet"].config;
     assert_eq!((unet["attention_head_dim"].clone(), unet["norm_num_groups"].clone()), (8.into(), 32.into()));
     assert_eq!(model.scheduler.as_ref().unwrap()["prediction_type"], "epsilon");
     assert_eq!(model.components["vae"].config["scaling_factor"], 0.18215);
 
     let options = CheckpointOptions { unet_heads: None, ..sd2_options() };
-    match read_checkpoint(&fixture(SD2_FILE), SD2_FILE, &options) {
+    match read_file(&fixture(SD2_FILE), SD2_FILE, &options) {
         Err(Error::Unsupported { file, detail }) => {
             assert_eq!(file, SD2_FILE);
             assert!(detail.contains("heads") && detail.contains("16 channels"), "{detail}");
@@ -201,7 +212,7 @@ fn family_conventions_fill_what_the_tensors_cannot_tell() {
         other => panic!("expected a refusal to guess the heads, got {other:?}"),
     }
     let options = CheckpointOptions { text_encoder_heads: None, ..tiny_options() };
-    let error = read_checkpoint(&fixture(SD1_FILE), SD1_FILE, &options).unwrap_err();
+    let error = read_file(&fixture(SD1_FILE), SD1_FILE, &options).unwrap_err();
     assert!(error.to_string().contains("text encoder heads"), "{error}");
 }
 
@@ -235,7 +246,7 @@ fn f32_and_bf16_files_and_the_old_clip_layout_read_the_same() {
         Dtype::F16 => Some((name.to_string(), Dtype::F32, shape.to_vec(), bytemuck::cast_slice(&f16_values(data)).to_vec())),
         _ => unchanged(name, dtype, shape, data),
     });
-    assert_eq!(read_checkpoint(&as_f32, SD1_FILE, &tiny_options()).unwrap(), reference, "f32 file");
+    assert_eq!(read_file(&as_f32, SD1_FILE, &tiny_options()).unwrap(), reference, "f32 file");
 
     let as_bf16 = rewrite(&original, |name, dtype, shape, data| match dtype {
         Dtype::F16 => {
@@ -244,12 +255,12 @@ fn f32_and_bf16_files_and_the_old_clip_layout_read_the_same() {
         }
         _ => unchanged(name, dtype, shape, data),
     });
-    let bf16 = read_checkpoint(&as_bf16, SD1_FILE, &tiny_options()).unwrap();
+    let bf16 = read_file(&as_bf16, SD1_FILE, &tiny_options()).unwrap();
     for (component, want) in &reference.components {
         for (name, want) in &want.tensors {
             let got = &bf16.components[component].tensors[name];
-            let rounded: Vec<f32> = want.values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
-            assert!(got.values == rounded, "bf16 file: {component} {name}");
+            let rounded: Vec<f32> = want.values().unwrap().iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+            assert!(got.values().unwrap()[..] == rounded[..], "bf16 file: {component} {name}");
         }
     }
 
@@ -258,7 +269,7 @@ fn f32_and_bf16_files_and_the_old_clip_layout_read_the_same() {
         let name = name.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.");
         unchanged(&name, dtype, shape, data)
     });
-    assert_eq!(read_checkpoint(&old_layout, SD1_FILE, &tiny_options()).unwrap(), reference, "old CLIP layout");
+    assert_eq!(read_file(&old_layout, SD1_FILE, &tiny_options()).unwrap(), reference, "old CLIP layout");
 }
 
 #[test]
@@ -271,7 +282,7 @@ fn a_non_standard_noise_schedule_becomes_trained_betas() {
         *betas.last_mut().unwrap() = 1.0;
         Some((name.to_string(), dtype, shape.to_vec(), bytemuck::cast_slice(&betas).to_vec()))
     });
-    let model = read_checkpoint(&zero_terminal_snr, SD1_FILE, &tiny_options()).unwrap();
+    let model = read_file(&zero_terminal_snr, SD1_FILE, &tiny_options()).unwrap();
     let betas = model.scheduler.as_ref().unwrap()["trained_betas"].as_array().unwrap().clone();
     assert_eq!(betas.len(), 1000);
     assert_eq!(betas[999], 1.0);
@@ -279,7 +290,7 @@ fn a_non_standard_noise_schedule_becomes_trained_betas() {
 }
 
 fn assert_error_names(bytes: &[u8], what: &str, check: impl Fn(&Error) -> bool) {
-    match read_checkpoint(bytes, "bad.safetensors", &tiny_options()) {
+    match read_file(bytes, "bad.safetensors", &tiny_options()) {
         Err(error) => assert!(check(&error), "{what}: unexpected error {error}"),
         Ok(_) => panic!("{what}: read without error"),
     }
@@ -314,7 +325,7 @@ fn bad_files_give_errors_naming_the_tensor() {
     let sd2 = fixture(SD2_FILE);
     let missing = "cond_stage_model.model.transformer.resblocks.3.mlp.c_fc.weight";
     let file = rewrite(&sd2, |name, dtype, shape, data| if name == missing { None } else { unchanged(name, dtype, shape, data) });
-    match read_checkpoint(&file, "bad.safetensors", &sd2_options()) {
+    match read_file(&file, "bad.safetensors", &sd2_options()) {
         Err(Error::MissingTensor { name, .. }) => assert_eq!(name, missing),
         other => panic!("expected the missing resblock tensor, got {other:?}"),
     }
@@ -359,7 +370,7 @@ fn memory_folder(components: &BTreeMap<String, SourceComponent>) -> MemoryFiles 
     for (component, SourceComponent { config, tensors }) in components {
         let halves: Vec<(String, Vec<usize>, Vec<half::f16>)> = tensors
             .iter()
-            .map(|(name, t)| (name.clone(), t.shape.clone(), t.values.iter().map(|&v| half::f16::from_f32(v)).collect()))
+            .map(|(name, t)| (name.clone(), t.shape.clone(), t.values().unwrap().iter().map(|&v| half::f16::from_f32(v)).collect()))
             .collect();
         let views: Vec<(&str, TensorView)> = halves
             .iter()

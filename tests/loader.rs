@@ -107,3 +107,55 @@ fn model_folders_name_missing_files() {
     assert!(DirFiles::new(dir.join("nope")).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Safetensors bytes whose header is `header` (JSON) followed by `data`.
+fn with_header(header: &str, data: &[u8]) -> Vec<u8> {
+    [&(header.len() as u64).to_le_bytes()[..], header.as_bytes(), data].concat()
+}
+
+#[test]
+fn headers_that_do_not_fit_their_data_are_refused_naming_the_tensor() {
+    use std::sync::Arc;
+    use webdiffusion::loader::SafetensorsFile;
+    let open = |bytes: Vec<u8>| SafetensorsFile::open(Arc::new(bytes), "bad.safetensors".into()).err().expect("refused");
+    // 3 f32 values need 12 bytes, not 8.
+    let error = open(with_header(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]));
+    assert!(matches!(&error, Error::Format { file, detail } if file == "bad.safetensors" && detail.contains("tensor w")), "{error}");
+    // The data ends 4 bytes short of what the header describes.
+    let error = open(with_header(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#, &[0; 8]));
+    assert!(matches!(&error, Error::Format { detail, .. } if detail.contains("12 bytes of tensor data, the file holds 8")), "{error}");
+    // A header longer than the file.
+    let error = open([&100u64.to_le_bytes()[..], b"{}"].concat());
+    assert!(matches!(&error, Error::Format { detail, .. } if detail.contains("a header of 100 bytes")), "{error}");
+}
+
+/// A weights file on disk is read a tensor at a time, as in memory; a file cut short
+/// after opening fails on the next read, naming it.
+#[test]
+fn weights_files_on_disk_are_read_by_tensor() {
+    use std::sync::Arc;
+    use webdiffusion::convert::HostTensor;
+    use webdiffusion::loader::{OpenFile, SafetensorsFile};
+    let dir = std::env::temp_dir().join(format!("webdiffusion-by-tensor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    std::fs::write(&path, sample()).unwrap();
+    let on_disk = SafetensorsFile::open(Arc::new(OpenFile::open(path.clone()).unwrap()), path.display().to_string()).unwrap();
+    let in_memory = SafetensorsFile::open(Arc::new(sample()), "sample".into()).unwrap();
+    for name in ["layer.weight", "layer.bias", "norm.weight"] {
+        assert_eq!(on_disk.values(name).unwrap(), in_memory.values(name).unwrap(), "{name}");
+    }
+    assert_eq!(in_memory.values("layer.bias").unwrap(), [0.5, -1.25, 3.0]);
+    assert_eq!(in_memory.values("norm.weight").unwrap(), [1.5, -2.0]);
+    assert!(matches!(on_disk.values("steps"), Err(Error::Unsupported { .. })));
+    // Two row blocks of the 2x2 weight, each read from the file on its own.
+    let blocks = HostTensor::in_file(&on_disk, "layer.weight").unwrap().row_blocks(2);
+    let blocks: Vec<Vec<f32>> = blocks.into_iter().map(|b| b.into_values().unwrap()).collect();
+    assert_eq!(blocks, [[1.0, 2.0], [3.0, 4.0]]);
+
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(40).unwrap();
+    let error = on_disk.values("norm.weight").unwrap_err();
+    assert!(matches!(&error, Error::Io { path: p, .. } if p.ends_with("model.safetensors")), "{error}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

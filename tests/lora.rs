@@ -258,9 +258,11 @@ fn loras_run_next_to_quantized_weights() {
 /// `safetensors` bytes of a component's f32 tensors.
 fn safetensors_bytes(model: &SourceModel, component: &str) -> Vec<u8> {
     let tensors = &model.components[component].tensors;
-    let views: Vec<(String, TensorView)> = tensors
+    let values: Vec<(&String, &[usize], Vec<f32>)> =
+        tensors.iter().map(|(name, t)| (name, &t.shape[..], t.values().unwrap().into_owned())).collect();
+    let views: Vec<(String, TensorView)> = values
         .iter()
-        .map(|(name, t)| (name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.values)).unwrap()))
+        .map(|(name, shape, values)| ((*name).clone(), TensorView::new(Dtype::F32, shape.to_vec(), bytemuck::cast_slice(values)).unwrap()))
         .collect();
     safetensors::serialize(views, None).unwrap()
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use common::fixtures::{Outputs, path};
 use common::{gpu, read};
 use webdiffusion::Error;
-use webdiffusion::convert::SourceModel;
 use webdiffusion::convert::diffusers::read_diffusers;
+use webdiffusion::convert::{HostTensor, SourceModel};
 use webdiffusion::gpu::{DType, Tensor};
 use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::models::unet_2d::UNet2DConditionModel;
@@ -192,8 +192,8 @@ fn dequantized(model: &SourceModel, policy: &Policy) -> SourceModel {
     for (component, source) in &mut model.components {
         for (name, tensor) in &mut source.tensors {
             let dtype = policy.storage_type(component, name, &tensor.shape);
-            let bytes = quant::quantize(dtype, &tensor.shape, &tensor.values).unwrap();
-            tensor.values = quant::dequantize(dtype, &tensor.shape, &bytes).unwrap();
+            let bytes = quant::quantize(dtype, &tensor.shape, &tensor.values().unwrap()).unwrap();
+            *tensor = HostTensor::new(tensor.shape.clone(), quant::dequantize(dtype, &tensor.shape, &bytes).unwrap());
         }
     }
     model

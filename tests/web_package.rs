@@ -191,10 +191,8 @@ async fn cached(name: &str, key: &str) -> bool {
 /// an f32 position table, with seeded values.
 fn tiny_model() -> SourceModel {
     let mut rng = SmallRng::seed_from_u64(5);
-    let mut tensor = |shape: &[usize]| HostTensor {
-        shape: shape.to_vec(),
-        values: (0..shape.iter().product()).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-    };
+    let mut tensor =
+        |shape: &[usize]| HostTensor::new(shape.to_vec(), (0..shape.iter().product()).map(|_| rng.random_range(-1.0f32..1.0)).collect());
     let mut component = |tensors: &[(&str, &[usize])]| SourceComponent {
         config: serde_json::json!({ "note": "values only" }),
         tensors: tensors.iter().map(|(name, shape)| (name.to_string(), tensor(shape))).collect(),
@@ -261,7 +259,8 @@ async fn assert_tensors(package: &Package, model: &SourceModel) {
         let source = &model.components[&entry.component].tensors[&entry.name];
         let dtype = DType::from_name(&entry.dtype).unwrap();
         dtypes.push(dtype);
-        let want = quant::dequantize(dtype, &source.shape, &quant::quantize(dtype, &source.shape, &source.values).unwrap()).unwrap();
+        let want =
+            quant::dequantize(dtype, &source.shape, &quant::quantize(dtype, &source.shape, &source.values().unwrap()).unwrap()).unwrap();
         let tensor = &package.uploaded(&entry.component).unwrap().tensors[&entry.name];
         let got = tensor.to_vec().await.unwrap();
         assert_eq!(got, want, "{}/{} ({})", entry.component, entry.name, entry.dtype);

@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::Dtype;
 
 use super::{HostTensor, SourceComponent, SourceModel};
 use crate::error::{Error, Result};
-use crate::loader::{ModelFiles, Weights, component_file};
+use crate::loader::{ModelFiles, SafetensorsFile, Weights, component_file};
 
 /// The networks a Stable Diffusion pipeline runs, in the order a package stores them.
 pub const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
@@ -47,48 +46,20 @@ pub fn read_diffusers(files: &dyn ModelFiles, name: &str) -> Result<SourceModel>
     })
 }
 
-/// One component folder: its `config.json` and its weights widened to f32.
+/// One component folder: its `config.json` and its weights (left in their file).
 pub fn read_component(files: &dyn ModelFiles, component: &str) -> Result<SourceComponent> {
     let config = read_json(files, &component_file(component, "config.json"))?;
     let path = Weights::file_of(files, component)?;
-    let tensors = read_safetensors(&files.read(&path)?, &files.describe(&path))?;
+    let tensors = read_safetensors(&SafetensorsFile::open(files.open(&path)?, files.describe(&path))?)?;
     Ok(SourceComponent { config, tensors })
 }
 
-/// Every float tensor of a safetensors file (f32, f16 or bf16) as f32; `file` names it in errors.
-pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<BTreeMap<String, HostTensor>> {
-    let format = |detail: String| Error::Format { file: file.to_string(), detail };
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in tensors.tensors() {
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytemuck::pod_collect_to_vec(data),
-            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(data).into_iter().map(half::f16::to_f32).collect(),
-            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(data).into_iter().map(half::bf16::to_f32).collect(),
-            _ if INTEGER_BUFFERS.contains(&name.as_str()) => continue,
-            other => return Err(Error::Unsupported { file: file.to_string(), detail: format!("tensor {name} of type {other:?}") }),
-        };
-        out.insert(name, HostTensor { shape: view.shape().to_vec(), values });
-    }
-    Ok(out)
-}
-
-/// The names and shapes of the float tensors a safetensors header (the JSON after
-/// the 8-byte length) lists: enough to size a package without reading any weights.
-pub fn header_shapes(header: &[u8], file: &str) -> Result<BTreeMap<String, Vec<usize>>> {
-    let metadata: Metadata = serde_json::from_slice(header).map_err(|e| Error::Format { file: file.to_string(), detail: e.to_string() })?;
-    let mut shapes = BTreeMap::new();
-    for (name, info) in metadata.tensors() {
-        match info.dtype {
-            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
-                shapes.insert(name, info.shape.clone());
-            }
-            _ if INTEGER_BUFFERS.contains(&name.as_str()) => {}
-            other => return Err(Error::Unsupported { file: file.to_string(), detail: format!("tensor {name} of type {other:?}") }),
-        }
-    }
-    Ok(shapes)
+/// Every float tensor (f32, f16 or bf16) of a safetensors file, read as f32 when asked for.
+pub fn read_safetensors(file: &SafetensorsFile) -> Result<BTreeMap<String, HostTensor>> {
+    file.tensors()
+        .filter(|(name, info)| matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) || !INTEGER_BUFFERS.contains(name))
+        .map(|(name, _)| Ok((name.to_string(), HostTensor::in_file(file, name)?)))
+        .collect()
 }
 
 /// A JSON file as a value. Python writes non-finite floats as bare `-Infinity`; they

@@ -1,11 +1,14 @@
-//! Models in memory between a source (a diffusers folder, a single-file checkpoint)
-//! and a webdiffusion package: every component's config and f32 tensors, so that
-//! readers, LoRA merging and the package writer share one representation.
+//! Models between a source (a diffusers folder, a single-file checkpoint) and a
+//! webdiffusion package: every component's config and tensors, so that readers, LoRA
+//! merging and the package writer share one representation. Tensors stay in their
+//! source file until asked for, so a conversion holds about one tensor at a time.
 
 pub mod checkpoint;
 pub mod diffusers;
+mod host_tensor;
 mod on_gpu;
 
+pub use host_tensor::HostTensor;
 pub use on_gpu::ComponentOnGpu;
 
 use std::collections::BTreeMap;
@@ -33,11 +36,4 @@ pub struct SourceModel {
 pub struct SourceComponent {
     pub config: serde_json::Value,
     pub tensors: BTreeMap<String, HostTensor>,
-}
-
-/// A tensor on the host, widened to f32.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub values: Vec<f32>,
 }

@@ -24,7 +24,7 @@ impl<'a> ComponentOnGpu<'a> {
         let tensors = source
             .tensors
             .iter()
-            .map(|(name, t)| Ok((name.clone(), gpu.upload_f32(&t.shape, &t.values)?)))
+            .map(|(name, t)| Ok((name.clone(), gpu.upload_f32(&t.shape, &t.values()?)?)))
             .collect::<Result<HashMap<_, _>>>()?;
         let weights = UploadedWeights { file: format!("{}/{component}", model.name), tensors };
         Ok(Self { model, component: component.to_string(), weights })

@@ -2,11 +2,13 @@
 //! network in the browser), its JSON configs and its safetensors weights.
 
 mod files;
+mod safetensors;
 mod weights;
 
+pub use files::{ByteRanges, MemoryFiles, ModelFiles};
 #[cfg(not(target_arch = "wasm32"))]
-pub use files::DirFiles;
-pub use files::{MemoryFiles, ModelFiles};
+pub use files::{DirFiles, OpenFile};
+pub use safetensors::{SafetensorsFile, widen};
 pub use weights::{UploadedWeights, WeightPrecision, Weights};
 
 use serde::de::DeserializeOwned;
@@ -22,9 +24,19 @@ pub fn component_file(component: &str, name: &str) -> String {
 /// The short model hash AUTOMATIC1111 shows ("Model hash"): the first 10 hex digits
 /// of the SHA-256 of the UNet's weights file, which is what makes a checkpoint itself.
 pub fn model_hash(files: &dyn ModelFiles) -> Result<String> {
+    file_hash(files.open(&Weights::file_of(files, "unet")?)?.as_ref())
+}
+
+/// AUTOMATIC1111's short hash of a whole file (of a single-file checkpoint, it is the
+/// model hash): the first 10 hex digits of its SHA-256, read a chunk at a time.
+pub fn file_hash(file: &dyn ByteRanges) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(files.read(&Weights::file_of(files, "unet")?)?);
-    Ok(digest.iter().take(5).map(|b| format!("{b:02x}")).collect())
+    const CHUNK: u64 = 8 << 20;
+    let mut hasher = Sha256::new();
+    for offset in (0..file.byte_len()).step_by(CHUNK as usize) {
+        hasher.update(file.read_range(offset, CHUNK.min(file.byte_len() - offset) as usize)?);
+    }
+    Ok(hasher.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect())
 }
 
 /// Parses the JSON config at `path` inside the model.

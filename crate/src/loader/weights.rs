@@ -3,13 +3,13 @@
 //! tensor by tensor, or a package's tensors already on the GPU in their storage type.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::tensor::Dtype;
 
 use super::component_file;
-use super::files::ModelFiles;
+use super::files::{ByteRanges, ModelFiles};
+use super::safetensors::{SafetensorsFile, widen};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
@@ -36,8 +36,8 @@ pub struct Weights {
 }
 
 enum Store {
-    /// A safetensors file: its bytes and header, uploaded on request.
-    File { bytes: Vec<u8>, data_start: usize, index: HashMap<String, TensorInfo> },
+    /// A safetensors file, its tensors read and uploaded on request.
+    File(SafetensorsFile),
     /// Tensors on the GPU in the storage type a package chose.
     Uploaded(HashMap<String, Tensor>),
 }
@@ -62,7 +62,7 @@ impl Weights {
             return Ok(Self::from_uploaded(gpu, uploaded));
         }
         let path = Self::file_of(files, component)?;
-        Self::from_bytes(gpu, files.describe(&path), files.read(&path)?, precision)
+        Self::from_file(gpu, files.describe(&path), files.open(&path)?, precision)
     }
 
     /// The path of a component's weights file (the first of diffusers' names present).
@@ -73,12 +73,14 @@ impl Weights {
         })
     }
 
-    /// Parses a whole safetensors file; `file` names it in errors.
+    /// A safetensors file in memory; `file` names it in errors.
     pub fn from_bytes(gpu: &Gpu, file: String, bytes: Vec<u8>, precision: WeightPrecision) -> Result<Self> {
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format { file: file.clone(), detail: e.to_string() })?;
-        let index = metadata.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
-        let store = Store::File { bytes, data_start: 8 + header_len, index };
+        Self::from_file(gpu, file, Arc::new(bytes), precision)
+    }
+
+    /// A safetensors file, read a tensor at a time as the model asks for them.
+    pub fn from_file(gpu: &Gpu, file: String, source: Arc<dyn ByteRanges>, precision: WeightPrecision) -> Result<Self> {
+        let store = Store::File(SafetensorsFile::open(source, file.clone())?);
         Ok(Self { gpu: gpu.clone(), file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() })
     }
 
@@ -100,7 +102,7 @@ impl Weights {
 
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
-            Store::File { index, .. } => index.contains_key(name),
+            Store::File(file) => file.info(name).is_some(),
             Store::Uploaded(tensors) => tensors.contains_key(name),
         }
     }
@@ -111,14 +113,14 @@ impl Weights {
         if let Store::Uploaded(tensors) = &self.store {
             return self.uploaded(tensors, name, shape).cloned();
         }
-        let (info, data) = self.raw(name, shape)?;
-        match (info.dtype, self.precision) {
+        let (dtype, data) = self.raw(name, shape)?;
+        match (dtype, self.precision) {
             (Dtype::F16, _) => {
-                let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(data);
+                let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&data);
                 self.gpu.upload_f16(shape, &halves)
             }
-            (_, WeightPrecision::F16) => self.gpu.upload_f32_as_f16(shape, &self.to_f32(name, info, data)?),
-            (_, WeightPrecision::AsStored) => self.gpu.upload_f32(shape, &self.to_f32(name, info, data)?),
+            (_, WeightPrecision::F16) => self.gpu.upload_f32_as_f16(shape, &widen(dtype, &data)),
+            (_, WeightPrecision::AsStored) => self.gpu.upload_f32(shape, &widen(dtype, &data)),
         }
     }
 
@@ -146,19 +148,19 @@ impl Weights {
         if let Store::Uploaded(_) = &self.store {
             return Err(Error::Unsupported { file: self.file.clone(), detail: format!("reading tensor {name} back to the CPU") });
         }
-        let (info, data) = self.raw(name, shape)?;
-        self.to_f32(name, info, data)
+        let (dtype, data) = self.raw(name, shape)?;
+        Ok(widen(dtype, &data))
     }
 
     /// The names no model code asked for: a config that does not match the file
     /// leaves weights behind, which is worth an error rather than a silent wrong model.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let names: Vec<&String> = match &self.store {
-            Store::File { index, .. } => index.keys().collect(),
-            Store::Uploaded(tensors) => tensors.keys().collect(),
+        let names: Vec<&str> = match &self.store {
+            Store::File(file) => file.tensors().map(|(name, _)| name).collect(),
+            Store::Uploaded(tensors) => tensors.keys().map(String::as_str).collect(),
         };
-        let mut unused: Vec<String> = names.into_iter().filter(|name| !used.contains(*name)).cloned().collect();
+        let mut unused: Vec<String> = names.into_iter().filter(|name| !used.contains(*name)).map(str::to_string).collect();
         unused.sort();
         unused
     }
@@ -176,14 +178,14 @@ impl Weights {
         })
     }
 
-    fn raw(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, &[u8])> {
-        let Store::File { bytes, data_start, index } = &self.store else {
+    /// A float tensor's type and bytes from the file, once its shape checks out.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<(Dtype, Vec<u8>)> {
+        let Store::File(file) = &self.store else {
             return Err(Error::Unsupported { file: self.file.clone(), detail: format!("reading tensor {name} as file bytes") });
         };
-        let info = index.get(name).ok_or_else(|| self.missing(name))?;
+        let info = file.info(name).ok_or_else(|| self.missing(name))?;
         self.check_shape(name, shape, &info.shape)?;
-        let (start, end) = info.data_offsets;
-        Ok((info, &bytes[data_start + start..data_start + end]))
+        Ok((file.float_type(name)?, file.bytes(name)?))
     }
 
     fn uploaded<'t>(&self, tensors: &'t HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<&'t Tensor> {
@@ -208,16 +210,5 @@ impl Weights {
         }
         self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         Ok(())
-    }
-
-    fn to_f32(&self, name: &str, info: &TensorInfo, data: &[u8]) -> Result<Vec<f32>> {
-        Ok(match info.dtype {
-            Dtype::F32 => bytemuck::pod_collect_to_vec(data),
-            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(data).into_iter().map(half::f16::to_f32).collect(),
-            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(data).into_iter().map(half::bf16::to_f32).collect(),
-            other => {
-                return Err(Error::Unsupported { file: self.file.clone(), detail: format!("tensor {name} of type {other:?}") });
-            }
-        })
     }
 }

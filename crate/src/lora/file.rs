@@ -9,7 +9,6 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::Value;
 
 use super::keys::{ModuleName, Role, parse_key};
-use crate::convert::HostTensor;
 use crate::error::{Error, Result};
 
 /// diffusers' safetensors metadata key for the PEFT configs of the saved adapters
@@ -26,14 +25,21 @@ pub struct LoraModule {
     pub component: Option<&'static str>,
     pub name: ModuleName,
     /// `[rank, in]`, or `[rank, in, kh, kw]` for a convolution.
-    pub down: HostTensor,
+    pub down: LoraMatrix,
     /// `[out, rank]` or `[out, rank, 1, 1]`.
-    pub up: HostTensor,
+    pub up: LoraMatrix,
     /// Both matrices are f16 in the file, so f16 storage holds them exactly.
     pub stored_f16: bool,
     /// What the update is multiplied by at a user scale of 1: alpha / rank
     /// (alpha / sqrt(rank) for rsLoRA).
     pub scale: f32,
+}
+
+/// A LoRA matrix (or kernel) in memory, widened to f32: LoRA files are small.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraMatrix {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
 }
 
 impl LoraModule {
@@ -52,8 +58,8 @@ pub struct LoraFile {
 /// The tensors of one module as they are found.
 struct Parts {
     stem: String,
-    down: Option<(HostTensor, bool)>,
-    up: Option<(HostTensor, bool)>,
+    down: Option<(LoraMatrix, bool)>,
+    up: Option<(LoraMatrix, bool)>,
     alpha: Option<f32>,
 }
 
@@ -75,7 +81,7 @@ impl LoraFile {
             let (values, f16) = float_values(view, name, file)?;
             let parts =
                 found.entry((key.component, key.module)).or_insert_with(|| Parts { stem: key.stem, down: None, up: None, alpha: None });
-            let tensor = HostTensor { shape: view.shape().to_vec(), values };
+            let tensor = LoraMatrix { shape: view.shape().to_vec(), values };
             let duplicate = match key.role {
                 Role::Down => parts.down.replace((tensor, f16)).is_some(),
                 Role::Up => parts.up.replace((tensor, f16)).is_some(),

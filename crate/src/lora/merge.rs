@@ -26,7 +26,7 @@ pub fn merge(model: &mut SourceModel, lora: &LoraFile, scale: f32) -> Result<()>
             .get_mut(component)
             .and_then(|c| c.tensors.get_mut(&name))
             .ok_or_else(|| Error::MissingTensor { file: format!("{} ({component})", model.name), name: name.clone() })?;
-        add_low_rank(weight, matched.module, scale * matched.module.scale, matched.shape);
+        add_low_rank(weight, matched.module, scale * matched.module.scale, matched.shape)?;
     }
     Ok(())
 }
@@ -55,10 +55,10 @@ fn adaptable_layers(tensors: &std::collections::BTreeMap<String, HostTensor>) ->
 
 /// `weight += factor * up @ down`, with `up` `[out, rank]` and `down` `[rank, row_len]`
 /// (the shapes `match_modules` checked).
-fn add_low_rank(weight: &mut HostTensor, module: &LoraModule, factor: f32, shape: LayerShape) {
+fn add_low_rank(weight: &mut HostTensor, module: &LoraModule, factor: f32, shape: LayerShape) -> Result<()> {
     let (rank, row_len) = (module.rank(), shape.row_len());
     let down = &module.down.values;
-    for (row, up_row) in weight.values.chunks_exact_mut(row_len).zip(module.up.values.chunks_exact(rank)) {
+    for (row, up_row) in weight.values_mut()?.chunks_exact_mut(row_len).zip(module.up.values.chunks_exact(rank)) {
         for (r, &u) in up_row.iter().enumerate() {
             let u = factor * u;
             for (w, &d) in row.iter_mut().zip(&down[r * row_len..][..row_len]) {
@@ -66,4 +66,5 @@ fn add_low_rank(weight: &mut HostTensor, module: &LoraModule, factor: f32, shape
             }
         }
     }
+    Ok(())
 }

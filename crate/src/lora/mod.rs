@@ -14,7 +14,7 @@ mod side_path;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-pub use file::{LoraFile, LoraModule};
+pub use file::{LoraFile, LoraMatrix, LoraModule};
 pub use keys::ModuleName;
 pub use matching::LayerShape;
 pub use merge::merge;

@@ -47,7 +47,7 @@ pub fn write_package(model: &SourceModel, options: &WriteOptions, write: &mut dy
     for (entry, tensor) in tensors.iter().zip(values) {
         let dtype =
             DType::from_name(&entry.dtype).ok_or_else(|| Error::shape("write_package", format!("layout gave dtype {}", entry.dtype)))?;
-        let bytes = quant::quantize(dtype, &tensor.shape, &tensor.values)
+        let bytes = quant::quantize(dtype, &tensor.shape, &tensor.values()?)
             .map_err(|e| Error::Format { file: model.name.clone(), detail: format!("tensor {}/{}: {e}", entry.component, entry.name) })?;
         stream.write_at(entry.shard as u64 * options.shard_bytes + entry.offset, &bytes, write)?;
     }

@@ -4,14 +4,14 @@
 //! user's overrides give; `--plan` prints the sizes at every type without writing.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use webdiffusion::convert::checkpoint::{CheckpointOptions, read_checkpoint};
-use webdiffusion::convert::diffusers::{COMPONENTS, header_shapes, read_diffusers};
+use webdiffusion::convert::diffusers::{COMPONENTS, read_diffusers};
 use webdiffusion::convert::{ComponentOnGpu, SourceModel};
 use webdiffusion::gpu::Gpu;
-use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision, Weights};
+use webdiffusion::loader::{DirFiles, OpenFile, SafetensorsFile, WeightPrecision, file_hash, model_hash};
 use webdiffusion::lora::{LoraFile, LoraSpec, merge};
 use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
 use webdiffusion::package::{DEFAULT_SHARD_BYTES, PackageSize, Policy, Quantization, WriteOptions, package_size, write_package};
@@ -120,19 +120,15 @@ fn quantization(args: &ConvertArgs) -> Result<Quantization> {
     Quantization::from_name(&args.quant).ok_or_else(|| Error::Format { file: "--quant".into(), detail: args.quant.clone() })
 }
 
+/// Reads the source's headers and configs only: each tensor is read from its file when
+/// written (or merged with a LoRA), so a conversion holds about one tensor in memory.
 pub fn run(args: ConvertArgs) -> Result<()> {
     let is_folder = args.from.is_dir();
-    if args.plan && is_folder && args.loras.is_empty() {
-        return plan_from_headers(&args, &DirFiles::new(&args.from)?);
-    }
-    let (mut model, model_hash, kind) = if is_folder {
-        let files = DirFiles::new(&args.from)?;
-        (read_diffusers(&files, &folder_name(&args.from))?, webdiffusion::loader::model_hash(&files)?, "diffusers folder")
+    let (mut model, kind) = if is_folder {
+        (read_diffusers(&DirFiles::new(&args.from)?, &folder_name(&args.from))?, "diffusers folder")
     } else {
-        let bytes = std::fs::read(&args.from).map_err(|e| io_error(&args.from, e))?;
-        let model = read_checkpoint(&bytes, &args.from.display().to_string(), &args.checkpoint.options())?;
-        // AUTOMATIC1111's hash of a single-file checkpoint: the start of its SHA-256.
-        (model, webdiffusion::package::sha256_hex(&bytes)[..10].to_string(), "checkpoint")
+        let file = SafetensorsFile::open(Arc::new(OpenFile::open(args.from.clone())?), args.from.display().to_string())?;
+        (read_checkpoint(&file, &args.checkpoint.options())?, "checkpoint")
     };
     let mut source = format!("{} ({kind})", model.name);
     for spec in &args.loras {
@@ -156,10 +152,18 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         shard_bytes: args.shard_mib << 20,
         source: format!("{source}, webdiffusion {} convert --quant {}", env!("CARGO_PKG_VERSION"), quantization.name()),
         // A merged LoRA makes another model than the one the hash names.
-        model_hash: args.loras.is_empty().then_some(model_hash),
+        model_hash: if args.loras.is_empty() { Some(source_hash(&args.from)?) } else { None },
         latent_rgb: preview_map(&model)?,
     };
     write(&model, &options, to)
+}
+
+/// AUTOMATIC1111's model hash: of a folder's UNet weights file, or of a whole checkpoint.
+fn source_hash(from: &Path) -> Result<String> {
+    match from.is_dir() {
+        true => model_hash(&DirFiles::new(from)?),
+        false => file_hash(&OpenFile::open(from.to_path_buf())?),
+    }
 }
 
 /// The VAE's preview map, fitted on the first GPU adapter (lavapipe will do). Without
@@ -228,20 +232,6 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// The package size at each quantization, from the tensor shapes in the weight files'
-/// headers.
-fn plan_from_headers(args: &ConvertArgs, files: &DirFiles) -> Result<()> {
-    let mut shapes: Vec<(&str, String, Vec<usize>)> = Vec::new();
-    for component in COMPONENTS {
-        let path = Weights::file_of(files, component)?;
-        for (name, shape) in read_header_shapes(&PathBuf::from(files.describe(&path)))? {
-            shapes.push((component, name, shape));
-        }
-    }
-    println!("{}", plan_table(&shapes, |q| policy(args, q), args.shard_mib << 20)?);
-    Ok(())
-}
-
 /// One row per quantization: bytes per component, the total and the shard count.
 fn plan_table(shapes: &[(&str, String, Vec<usize>)], policy: impl Fn(Quantization) -> Result<Policy>, shard_bytes: u64) -> Result<String> {
     let mut table = format!("| quant | {} | total | shards |\n|---|", COMPONENTS.join(" | "));
@@ -254,18 +244,4 @@ fn plan_table(shapes: &[(&str, String, Vec<usize>)], policy: impl Fn(Quantizatio
         table.push_str(&format!("\n| {name} | {} | {} | {} |", columns.join(" | "), mib(size.stream_bytes), size.shards));
     }
     Ok(table)
-}
-
-/// A safetensors file's tensor shapes, reading only its header.
-fn read_header_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
-    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    let mut length = [0u8; 8];
-    file.read_exact(&mut length).map_err(|e| io_error(path, e))?;
-    let length = u64::from_le_bytes(length);
-    if length > 100 << 20 {
-        return Err(Error::Format { file: path.display().to_string(), detail: format!("a header of {length} bytes") });
-    }
-    let mut header = vec![0u8; length as usize];
-    file.read_exact(&mut header).map_err(|e| io_error(path, e))?;
-    header_shapes(&header, &path.display().to_string())
 }

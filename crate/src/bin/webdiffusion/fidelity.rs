@@ -142,7 +142,7 @@ pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
     println!("\n| storage | {} | weights MiB | package MiB | PSNR (all images) | worst image | max diff |", columns.join(" | "));
     println!("|---|{}---:|---:|---:|---:|---:|", "---:|".repeat(COMPONENTS.len()));
     let f32_bytes =
-        |component: &str| model.components.get(component).map_or(0, |c| c.tensors.values().map(|t| 4 * t.values.len() as u64).sum());
+        |component: &str| model.components.get(component).map_or(0, |c| c.tensors.values().map(|t| 4 * t.element_count() as u64).sum());
     let f32_columns: Vec<String> = COMPONENTS.iter().map(|c| mib(f32_bytes(c))).collect();
     println!(
         "| f32 (the folder) | {} | {} | - | reference | | |",

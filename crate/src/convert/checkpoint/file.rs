@@ -1,30 +1,25 @@
 //! A checkpoint's safetensors file: its tensor names, shapes and values (widened to
-//! f32), with errors that name the file and the tensor.
+//! f32 when read), with errors that name the file and the tensor.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use safetensors::SafeTensors;
-use safetensors::tensor::Dtype;
-
 use crate::convert::HostTensor;
 use crate::error::{Error, Result};
+use crate::loader::SafetensorsFile;
 
 pub(super) struct CheckpointFile<'a> {
-    file: &'a str,
-    tensors: SafeTensors<'a>,
+    tensors: &'a SafetensorsFile,
     names: BTreeSet<String>,
 }
 
 impl<'a> CheckpointFile<'a> {
-    pub fn parse(bytes: &'a [u8], file: &'a str) -> Result<Self> {
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| Error::Format { file: file.to_string(), detail: e.to_string() })?;
-        let names = tensors.iter().map(|(name, _)| name.to_string()).collect();
-        Ok(Self { file, tensors, names })
+    pub fn new(tensors: &'a SafetensorsFile) -> Self {
+        Self { tensors, names: tensors.tensors().map(|(name, _)| name.to_string()).collect() }
     }
 
     pub fn file(&self) -> &str {
-        self.file
+        self.tensors.file()
     }
 
     /// Every tensor name, sorted.
@@ -52,20 +47,12 @@ impl<'a> CheckpointFile<'a> {
     }
 
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.tensors.tensor(name).map_err(|_| self.missing(name))?.shape().to_vec())
+        Ok(self.tensors.info(name).ok_or_else(|| self.missing(name))?.shape.clone())
     }
 
-    /// A tensor's values as f32 (f16, bf16 and f32 files; f16 and bf16 widen exactly).
+    /// A float tensor (f16, bf16 or f32; f16 and bf16 widen exactly), read when needed.
     pub fn values(&self, name: &str) -> Result<HostTensor> {
-        let view = self.tensors.tensor(name).map_err(|_| self.missing(name))?;
-        let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => bytemuck::pod_collect_to_vec(data),
-            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(data).into_iter().map(half::f16::to_f32).collect(),
-            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(data).into_iter().map(half::bf16::to_f32).collect(),
-            other => return Err(self.unsupported(format!("tensor {name} of type {other:?}"))),
-        };
-        Ok(HostTensor { shape: view.shape().to_vec(), values })
+        HostTensor::in_file(self.tensors, name)
     }
 
     /// Values of the 1-d f32/f16/bf16 tensor `name`, if the file has it.
@@ -75,21 +62,26 @@ impl<'a> CheckpointFile<'a> {
         }
         let tensor = self.values(name)?;
         if tensor.shape.len() != 1 {
-            return Err(Error::WeightShape { file: self.file.to_string(), name: name.to_string(), expected: vec![0], found: tensor.shape });
+            return Err(Error::WeightShape {
+                file: self.file().to_string(),
+                name: name.to_string(),
+                expected: vec![0],
+                found: tensor.shape,
+            });
         }
-        Ok(Some(tensor.values))
+        Ok(Some(tensor.into_values()?))
     }
 
     pub fn missing(&self, name: &str) -> Error {
-        Error::MissingTensor { file: self.file.to_string(), name: name.to_string() }
+        Error::MissingTensor { file: self.file().to_string(), name: name.to_string() }
     }
 
     pub fn format(&self, detail: impl Into<String>) -> Error {
-        Error::Format { file: self.file.to_string(), detail: detail.into() }
+        Error::Format { file: self.file().to_string(), detail: detail.into() }
     }
 
     pub fn unsupported(&self, detail: impl Into<String>) -> Error {
-        Error::Unsupported { file: self.file.to_string(), detail: detail.into() }
+        Error::Unsupported { file: self.file().to_string(), detail: detail.into() }
     }
 
     /// Fails naming up to five of `names` (tensors that fit no known layout).

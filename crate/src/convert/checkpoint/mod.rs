@@ -22,6 +22,7 @@ pub use options::CheckpointOptions;
 use self::file::CheckpointFile;
 use super::SourceModel;
 use crate::error::Result;
+use crate::loader::SafetensorsFile;
 
 /// The model families a checkpoint can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +65,11 @@ const SCHEDULE_BUFFERS: [&str; 13] = [
 /// training artefact; the weights under `model.diffusion_model.` are the ones released.
 const EMA_PREFIX: &str = "model_ema.";
 
-/// Reads a single-file checkpoint; `file` names it in errors and becomes the model's name.
-pub fn read_checkpoint(bytes: &[u8], file: &str, options: &CheckpointOptions) -> Result<SourceModel> {
-    let checkpoint = CheckpointFile::parse(bytes, file)?;
+/// Reads a single-file checkpoint (its tensors stay in the file until asked for); the
+/// file's name becomes the model's.
+pub fn read_checkpoint(tensors: &SafetensorsFile, options: &CheckpointOptions) -> Result<SourceModel> {
+    let checkpoint = CheckpointFile::new(tensors);
+    let file = checkpoint.file();
     let (family, text_root) = detect_family(&checkpoint)?;
     let outside: Vec<&str> = checkpoint
         .names()

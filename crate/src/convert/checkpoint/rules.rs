@@ -163,8 +163,5 @@ fn split_rows(file: &CheckpointFile, name: &str, tensor: HostTensor, parts: usiz
     if rows == 0 || !rows.is_multiple_of(parts) {
         return Err(file.format(format!("tensor {name} of shape {:?} does not split into {parts} equal row blocks", tensor.shape)));
     }
-    let mut shape = tensor.shape.clone();
-    shape[0] = rows / parts;
-    let block = tensor.values.len() / parts;
-    Ok(tensor.values.chunks(block).map(|values| HostTensor { shape: shape.clone(), values: values.to_vec() }).collect())
+    Ok(tensor.row_blocks(parts))
 }
