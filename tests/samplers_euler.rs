@@ -1,4 +1,4 @@
-//! DDIM, PLMS (pndm), Euler, Euler ancestral, Heun and LMS against diffusers: every case
+//! DDIM, PNDM (PLMS, and with its Runge-Kutta warm-up), Euler, Euler ancestral, Heun and LMS against diffusers: every case
 //! of theirs in outputs/schedulers.safetensors (timesteps, sigmas and a whole stateful run
 //! driven as a pipeline drives it, with each step's clean estimate), Karras sigmas against
 //! DPM-Solver's, the LMS coefficients, per-class config defaults, and the configs they must
@@ -17,7 +17,9 @@ use webdiffusion::schedulers::lms::{Lms, lms_coefficient};
 use webdiffusion::schedulers::pndm::Pndm;
 use webdiffusion::schedulers::{self, Noise, Scheduler, SchedulerConfig};
 
-const SAMPLERS: [&str; 6] = ["ddim", "pndm", "euler", "euler-a", "heun", "lms"];
+/// `pndm-prk` is PNDMScheduler with `skip_prk_steps` false, which our `pndm` follows
+/// from the config.
+const SAMPLERS: [&str; 7] = ["ddim", "pndm", "euler", "euler-a", "heun", "lms", "pndm-prk"];
 
 /// Timesteps and sigmas: numpy and torch compute them in f64 and f32 with the same
 /// formulas as ours; 1e-6 relative allows the last f32 ulp of a logarithm or an exp.
@@ -51,9 +53,10 @@ const HEUN_RUN_TOL: f32 = 3e-5;
 
 fn cases(outputs: &Outputs) -> Vec<SchedulerCase> {
     let mine = scheduler_cases(outputs, &SAMPLERS);
-    // 6 samplers x 6 bases x 5 step counts, less zsnr for PNDM, Heun and LMS (no such
-    // option in diffusers) and "sample" for PNDM and Euler ancestral (diffusers raises).
-    assert_eq!(mine.len(), 180 - 25, "cases of our samplers");
+    // 7 samplers x 6 bases x 5 step counts, less zsnr for both PNDMs, Heun and LMS (no
+    // such option in diffusers), "sample" for both PNDMs and Euler ancestral (diffusers
+    // raises) and the Runge-Kutta warm-up in 1 or 2 steps (diffusers cannot).
+    assert_eq!(mine.len(), 210 - 35 - 8, "cases of our samplers");
     mine
 }
 
@@ -62,7 +65,7 @@ fn build(case: &SchedulerCase) -> (Box<dyn Scheduler>, Option<Vec<f32>>) {
     let (config, file, steps) = (&case.config, case.name.as_str(), case.steps);
     match case.sampler.as_str() {
         "ddim" => (Box::new(Ddim::new(config, file, steps).unwrap()), None),
-        "pndm" => (Box::new(Pndm::new(config, file, steps).unwrap()), None),
+        "pndm" | "pndm-prk" => (Box::new(Pndm::new(config, file, steps).unwrap()), None),
         "euler" => {
             let sampler = Euler::new(config, file, steps).unwrap();
             let sigmas = sampler.sigmas().to_vec();
@@ -121,8 +124,9 @@ fn schedules_match_diffusers() {
         }
         let init = [sampler.init_noise_sigma() as f64];
         assert_rel(&format!("{} init_noise_sigma", case.name), &init, &[case.init_noise_sigma as f64], rtol);
-        // The same sampler by name, as the CLI builds it.
-        let by_name = schedulers::by_name(&case.sampler, &case.config, &case.name, case.steps).unwrap();
+        // The same sampler by name, as the CLI builds it (`pndm` reads skip_prk_steps from the config).
+        let name = if case.sampler == "pndm-prk" { "pndm" } else { &case.sampler };
+        let by_name = schedulers::by_name(name, &case.config, &case.name, case.steps).unwrap();
         assert_eq!(by_name.timesteps(), sampler.timesteps(), "{}", case.name);
     }
     eprintln!("largest relative error: timesteps {worst_t:e}, sigmas {worst_s:e} (zero-terminal-SNR: {worst_zsnr:e})");
@@ -212,6 +216,38 @@ fn run_cases(feed: Feed) -> Vec<(&'static str, f32, String)> {
         }
     }
     worst
+}
+
+/// Image to image runs the tail of the schedule; diffusers' PNDM counts its evaluations
+/// from there, so the Runge-Kutta warm-up reads its steps' first timesteps from the start
+/// of the table while stepping the tail's timesteps. Ours follows, step by step.
+#[test]
+fn pndm_warm_up_on_a_schedules_tail_matches_diffusers() {
+    let gpu = gpu();
+    let outputs = Outputs::load("schedulers");
+    let tails: serde_json::Value = serde_json::from_str(&outputs.metadata("tails").expect("tails metadata")).unwrap();
+    let tails = tails.as_object().unwrap();
+    assert!(!tails.is_empty());
+    for (name, case) in tails {
+        let config = SchedulerConfig::from_json(&case["config"].to_string(), name).unwrap();
+        assert!(!config.skip_prk_steps, "{name}");
+        let (steps, begin) = (case["steps"].as_u64().unwrap() as usize, case["begin"].as_u64().unwrap() as usize);
+        let mut pndm = schedulers::by_name("pndm", &config, name, steps).unwrap();
+        pndm.set_begin_index(begin).unwrap();
+        let (model_outputs, mshape) = outputs.f32(&format!("{name}.model_outputs"));
+        let (samples, sshape) = outputs.f32(&format!("{name}.samples"));
+        assert_eq!(begin + mshape[0], pndm.timesteps().len(), "{name}: the tail's length");
+        let (start, latent) = entry(&samples, &sshape, 0);
+        let mut sample = gpu.upload_f32(&latent, &start).unwrap();
+        let mut run_scale = max_abs(&start);
+        for k in 0..mshape[0] {
+            let output = gpu.upload_f32(&latent, &entry(&model_outputs, &mshape, k).0).unwrap();
+            sample = pndm.step(&output, begin + k, &sample, &mut Noise::new(gpu, 0)).unwrap();
+            let want = entry(&samples, &sshape, k + 1).0;
+            run_scale = run_scale.max(max_abs(&want));
+            scaled_error(&format!("{name} step {k}"), &read(&sample), &want, run_scale, RUN_TOL);
+        }
+    }
 }
 
 #[test]
@@ -316,7 +352,7 @@ fn pndm_set_alpha_to_one_defaults_to_false() {
         let mut pndm = Pndm::new(config, "c", 1).unwrap();
         read(&pndm.step(&output, 0, &sample, &mut Noise::new(gpu, 0)).unwrap())
     };
-    let sparse = SchedulerConfig::from_json(r#"{"beta_schedule": "scaled_linear"}"#, "c").unwrap();
+    let sparse = SchedulerConfig::from_json(r#"{"beta_schedule": "scaled_linear", "skip_prk_steps": true}"#, "c").unwrap();
     let explicit_false = SchedulerConfig { set_alpha_to_one: false, ..sparse.clone() };
     let explicit_true = SchedulerConfig { set_alpha_to_one: true, given: None, ..sparse.clone() };
     assert_eq!(last_step(&sparse), last_step(&explicit_false));
@@ -364,6 +400,12 @@ fn bad_configs_are_unsupported() {
         assert!(matches!(schedulers::by_name(name, &base, "c", 0), Err(Error::Unsupported { .. })), "{name}: 0 steps");
         assert!(matches!(schedulers::by_name(name, &base, "c", 1001), Err(Error::Unsupported { .. })), "{name}: 1001 steps");
     }
+    // The Runge-Kutta warm-up takes the last four timesteps, so fewer steps are refused
+    // (diffusers fails on them), as PLMS is not.
+    let err = schedulers::by_name("pndm", &base, "c", 3).err().unwrap();
+    assert!(matches!(&err, Error::Unsupported { detail, .. } if detail.contains("skip_prk_steps false")), "{err}");
+    let plms = SchedulerConfig { skip_prk_steps: true, ..base.clone() };
+    assert_eq!(schedulers::by_name("pndm", &plms, "c", 3).unwrap().timesteps().len(), 4);
     // Heun alone has diffusers' "exp" beta schedule.
     assert!(Heun::new(&SchedulerConfig { beta_schedule: "exp".into(), ..base }, "c", 10).is_ok());
 }

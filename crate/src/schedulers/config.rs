@@ -27,6 +27,8 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     pub thresholding: bool,
     pub rescale_betas_zero_snr: bool,
+    /// PNDMScheduler: false (its default) runs the pseudo Runge-Kutta warm-up first.
+    pub skip_prk_steps: bool,
     /// DPMSolverMultistepScheduler's variant ("dpmsolver++", "sde-dpmsolver++", ...).
     pub algorithm_type: String,
     pub use_karras_sigmas: bool,
@@ -78,6 +80,7 @@ impl Default for SchedulerConfig {
             clip_sample_range: 1.0,
             thresholding: false,
             rescale_betas_zero_snr: false,
+            skip_prk_steps: false,
             algorithm_type: "dpmsolver++".into(),
             use_karras_sigmas: false,
             solver_order: 2,

@@ -1,8 +1,10 @@
-//! PLMS (pseudo linear multistep, Liu et al. 2022) as diffusers' `PNDMScheduler` with
-//! `skip_prk_steps` (SD 1.5's default): Adams-Bashforth combinations of up to four
-//! model outputs fed to the DDIM-like transfer of the PNDM paper's formula (9). Its
-//! second model evaluation revisits the first timestep (a Heun-like start), so `n`
-//! steps take `n + 1` evaluations. One or two GPU launches per step.
+//! PNDM (pseudo numerical methods, Liu et al. 2022) as diffusers' `PNDMScheduler`:
+//! Adams-Bashforth combinations of up to four model outputs fed to the DDIM-like
+//! transfer of the PNDM paper's formula (9). With `skip_prk_steps` (SD 1.5's config) it
+//! is PLMS: the second model evaluation revisits the first timestep (a Heun-like start),
+//! so `n` steps take `n + 1` evaluations. Without it (the class default) the first three
+//! steps are pseudo Runge-Kutta steps of four evaluations each, so `n` steps take
+//! `n + 9`. One or two GPU launches per evaluation.
 
 use std::collections::VecDeque;
 
@@ -19,10 +21,17 @@ pub struct Pndm {
     /// `num_train_timesteps // steps`, the distance between timesteps.
     step_ratio: i64,
     prediction: Prediction,
+    /// How many of the timesteps are Runge-Kutta evaluations (12, or 0 for PLMS).
+    prk_evaluations: usize,
+    /// `num_train_timesteps // steps // 2`: a Runge-Kutta step's half step.
+    half_step: i64,
     /// The latest model outputs, oldest first (at most four).
     ets: VecDeque<Tensor>,
-    /// The sample of the first step, which the second step restarts from.
-    first_sample: Option<Tensor>,
+    /// The sample the evaluations of one step all start from: PLMS's first step (its
+    /// second evaluation restarts there), or the Runge-Kutta step in progress.
+    step_start: Option<Tensor>,
+    /// The model outputs of the Runge-Kutta step in progress.
+    rk_outputs: Vec<Tensor>,
     /// The index of the first step run (diffusers' pipelines pass PNDM the tail of its
     /// timesteps and it counts from there).
     begin: usize,
@@ -32,9 +41,10 @@ pub struct Pndm {
 
 impl Pndm {
     /// `file` names the config in errors. Honours the beta schedule, `set_alpha_to_one`
-    /// (default false here), `timestep_spacing`, `steps_offset` and epsilon /
-    /// v-prediction. `skip_prk_steps` is always on (this sampler is PLMS); like diffusers it
-    /// ignores `rescale_betas_zero_snr`, which this class does not have.
+    /// (default false here), `skip_prk_steps` (default false, as in diffusers: a config
+    /// that does not set it gets the Runge-Kutta warm-up), `timestep_spacing`,
+    /// `steps_offset` and epsilon / v-prediction; like diffusers it ignores
+    /// `rescale_betas_zero_snr`, which this class does not have.
     pub fn new(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Self> {
         let prediction = config.prediction(file)?;
         if prediction == Prediction::Sample {
@@ -43,20 +53,54 @@ impl Pndm {
         let alphas_cumprod = config.alphas_cumprod(file)?;
         let set_alpha_to_one = config.set_alpha_to_one && config.gives("set_alpha_to_one");
         let ascending = ascending_timesteps(config, file, steps)?;
-        // PLMS order: all but the last, the second to last again, the last; then reversed.
-        let last = ascending.len() - 1;
-        let plms: Vec<i64> = ascending[..last].iter().chain(ascending[..last].last()).chain([&ascending[last]]).rev().copied().collect();
+        let half_step = (config.num_train_timesteps / steps / 2) as i64;
+        let timesteps = if config.skip_prk_steps {
+            plms_timesteps(&ascending)
+        } else {
+            prk_timesteps(&ascending, half_step).ok_or_else(|| {
+                unsupported(file, format!("PNDM's Runge-Kutta warm-up (skip_prk_steps false) in {steps} steps (4 at least)"))
+            })?
+        };
         Ok(Self {
             final_alpha_cumprod: if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
             alphas_cumprod,
-            timesteps: plms.into_iter().map(|t| t as f64).collect(),
+            timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
             step_ratio: (config.num_train_timesteps / steps) as i64,
             prediction,
+            prk_evaluations: if config.skip_prk_steps { 0 } else { 4 * RK_STEPS },
+            half_step,
             ets: VecDeque::new(),
-            first_sample: None,
+            step_start: None,
+            rk_outputs: Vec::new(),
             begin: 0,
             counter: 0,
         })
+    }
+
+    /// One evaluation of a Runge-Kutta step, as diffusers' `step_prk`: each of the four
+    /// evaluations moves the step's start sample by a transfer from the step's first
+    /// timestep (a half step for the first two, a whole one for the last two), the last
+    /// with the outputs' RK4 mean. The step's first timestep is read from the table by
+    /// the evaluation count, as diffusers does, also when image to image starts later.
+    fn step_prk(&mut self, model_output: &Tensor, step: usize, sample: &Tensor) -> Result<Tensor> {
+        let phase = self.counter % 4;
+        let prev_timestep = self.timesteps[step] as i64 - if phase % 2 == 1 { 0 } else { self.half_step };
+        let timestep = self.timesteps[self.counter / 4 * 4] as i64;
+        if phase == 0 {
+            self.ets.push_back(model_output.clone());
+            self.step_start = Some(sample.clone());
+            self.rk_outputs.clear();
+        }
+        self.rk_outputs.push(model_output.clone());
+        let start = self.step_start.clone().ok_or_else(|| Error::shape("PNDM step", "the Runge-Kutta step's sample is gone"))?;
+        let (c_sample, c_output) = self.transfer(timestep, prev_timestep)?;
+        let outputs: Vec<(f64, &Tensor)> = match phase {
+            3 => RK4_WEIGHTS.iter().zip(&self.rk_outputs).map(|(w, e)| (c_output * w, e)).collect(),
+            _ => vec![(c_output, model_output)],
+        };
+        let prev = super::sigmas::linear_combination(&[&[(c_sample, &start)][..], &outputs].concat())?;
+        self.counter += 1;
+        Ok(prev)
     }
 
     /// `alphas_cumprod[t]` with Python's indexing, which diffusers relies on for the
@@ -85,6 +129,28 @@ impl Pndm {
             _ => (sample_coeff, output_coeff),
         })
     }
+}
+
+/// Runge-Kutta steps of the warm-up, and RK4's weights of their four outputs.
+const RK_STEPS: usize = 3;
+const RK4_WEIGHTS: [f64; 4] = [1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0];
+
+/// PLMS order: all but the last, the second to last again, the last; then reversed.
+fn plms_timesteps(ascending: &[i64]) -> Vec<i64> {
+    let last = ascending.len() - 1;
+    ascending[..last].iter().chain(ascending[..last].last()).chain([&ascending[last]]).rev().copied().collect()
+}
+
+/// diffusers' `prk_timesteps` then `plms_timesteps`: each of the last four timesteps
+/// with its midpoint `t + half_step`, repeated as the Runge-Kutta evaluations visit them
+/// (12 entries, descending), then the timesteps below those, descending. `None` with
+/// fewer than four timesteps, where diffusers' arrays do not broadcast.
+fn prk_timesteps(ascending: &[i64], half_step: i64) -> Option<Vec<i64>> {
+    let tail = ascending.len().checked_sub(4)?;
+    let with_midpoints: Vec<i64> = ascending[tail..].iter().flat_map(|&t| [t, t + half_step]).collect();
+    let doubled: Vec<i64> = with_midpoints[..7].iter().flat_map(|&t| [t, t]).collect();
+    let prk = doubled[1..13].iter().rev();
+    Some(prk.chain(ascending[..=tail].iter().rev()).copied().collect())
 }
 
 /// `PNDMScheduler.set_timesteps`' `_timesteps`, ascending.
@@ -124,6 +190,9 @@ impl Scheduler for Pndm {
             let expected = self.begin + self.counter;
             return Err(Error::shape("PNDM step", format!("steps run in order: expected step {expected}, got {step}")));
         }
+        if self.counter < self.prk_evaluations {
+            return self.step_prk(model_output, step, sample);
+        }
         let mut timestep = self.timesteps[step] as i64;
         let mut prev_timestep = timestep - self.step_ratio;
         if self.counter == 1 {
@@ -147,10 +216,10 @@ impl Scheduler for Pndm {
         };
         let start = match self.counter {
             0 => {
-                self.first_sample = Some(sample.clone());
+                self.step_start = Some(sample.clone());
                 sample.clone()
             }
-            1 => self.first_sample.take().ok_or_else(|| Error::shape("PNDM step", "the first step's sample is gone"))?,
+            1 => self.step_start.take().ok_or_else(|| Error::shape("PNDM step", "the first step's sample is gone"))?,
             _ => sample.clone(),
         };
         let (c_sample, c_output) = self.transfer(timestep, prev_timestep)?;
@@ -162,8 +231,8 @@ impl Scheduler for Pndm {
     }
 
     /// diffusers' PNDM has no `set_begin_index`: image to image runs it on the tail of its
-    /// timesteps, and its warm-up (the Heun-like restart, the growing Adams-Bashforth
-    /// order) starts over there, as here.
+    /// timesteps, and its warm-up (the Runge-Kutta steps or the Heun-like restart, the
+    /// growing Adams-Bashforth order) starts over there, as here.
     fn set_begin_index(&mut self, index: usize) -> Result<()> {
         super::check_begin_index(index, self.timesteps.len(), self.counter > 0)?;
         self.begin = index;
