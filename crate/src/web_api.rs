@@ -13,10 +13,11 @@ use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::image::from_decoded;
+use crate::image::{RgbImage, from_decoded};
 use crate::loader::WeightPrecision;
 use crate::package::{FetchSource, LoadProgress, load_package};
 use crate::pipeline::{Previewer, Request, StableDiffusion};
+use crate::schedulers;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -31,8 +32,30 @@ export interface GenerateOptions {
   steps?: number;
   /** 7.5 (1 or less: no guidance). */
   guidance?: number;
+  /** A sampler: "ddim", "pndm", "euler", "euler-a", "heun", "lms", "dpm++2m", "dpm++2m-karras",
+   * "dpm++2m-sde-karras", "unipc" or "lcm"; the model's own (its scheduler config) when omitted. */
+  scheduler?: string;
+  /** The image size in pixels, a multiple of the VAE's downsampling; the model's own (or the init
+   * image's) when omitted. */
+  width?: number;
+  height?: number;
+  /** Image to image: start from this picture (RGBA, as an `ImageData` holds it). */
+  initImage?: RgbaImage;
+  /** Image to image: how much of the schedule runs, in (0, 1]. 0.8 */
+  strength?: number;
+  /** Inpainting, with `initImage` and of its size: white repaints, black keeps. */
+  mask?: RgbaImage;
+  /** Text-encoder layers to skip from the end. 0 */
+  clipSkip?: number;
   /** Cancels between steps: the promise then rejects with a DOMException named "AbortError". */
   signal?: AbortSignal;
+}
+
+/** RGBA pixels, row-major: an `ImageData`, or anything with its three fields. */
+export interface RgbaImage {
+  data: Uint8ClampedArray | Uint8Array;
+  width: number;
+  height: number;
 }
 
 /** RGBA pixels, row-major, as `ImageData` takes them. */
@@ -51,6 +74,10 @@ export type StepCallback = (step: number, total: number, rgba: Uint8ClampedArray
 "#;
 
 const DEFAULT_STEPS: usize = 4;
+/// Image sides (and `clipSkip`) past these are surely mistakes; the pipeline checks the
+/// sizes a model and a GPU can take.
+const MAX_SIDE: usize = 16384;
+const MAX_CLIP_SKIP: usize = 64;
 const DEFAULT_GUIDANCE: f32 = 7.5;
 /// The largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -258,7 +285,79 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         Some(guidance) => guidance as f32,
         None => DEFAULT_GUIDANCE,
     };
-    Ok(Request { prompt, negative_prompt, steps, guidance_scale, seed, ..Request::default() })
+    let scheduler = string_field(options, "scheduler")?;
+    if let Some(name) = &scheduler
+        && !schedulers::NAMES.contains(&name.as_str())
+    {
+        return Err(type_error(&format!("generate: options.scheduler {name:?} is none of {}", schedulers::NAMES.join(", "))));
+    }
+    let defaults = Request::default();
+    let strength = match number_field(options, "strength")? {
+        Some(strength) if !(strength > 0.0 && strength <= 1.0) => {
+            return Err(type_error(&format!("generate: options.strength must be in (0, 1], got {strength}")));
+        }
+        Some(strength) => strength as f32,
+        None => defaults.strength,
+    };
+    let init_image = image_field(options, "initImage")?;
+    let mask = image_field(options, "mask")?;
+    if mask.is_some() && init_image.is_none() {
+        return Err(type_error("generate: options.mask needs options.initImage, the picture it masks"));
+    }
+    Ok(Request {
+        prompt,
+        negative_prompt,
+        steps,
+        guidance_scale,
+        scheduler,
+        seed,
+        width: integer_field(options, "width", 1, MAX_SIDE)?,
+        height: integer_field(options, "height", 1, MAX_SIDE)?,
+        init_image,
+        strength,
+        mask,
+        clip_skip: integer_field(options, "clipSkip", 0, MAX_CLIP_SKIP)?.unwrap_or(0),
+        ..defaults
+    })
+}
+
+/// `options[name]`, an integer in `min..=max`, if given.
+fn integer_field(options: &JsValue, name: &str, min: usize, max: usize) -> Result<Option<usize>, JsValue> {
+    match number_field(options, name)? {
+        Some(n) if n.fract() != 0.0 || n < min as f64 || n > max as f64 => {
+            Err(type_error(&format!("generate: options.{name} must be an integer from {min} to {max}, got {n}")))
+        }
+        n => Ok(n.map(|n| n as usize)),
+    }
+}
+
+/// `options[name]`, an `RgbaImage`, as the pipeline's RGB image (alpha dropped).
+fn image_field(options: &JsValue, name: &str) -> Result<Option<RgbImage>, JsValue> {
+    let Some(image) = field(options, name)? else { return Ok(None) };
+    let bad = || type_error(&format!("generate: options.{name} must be an ImageData or {{ data: RGBA bytes, width, height }}"));
+    let size = |key: &str| -> Result<usize, JsValue> {
+        let n = Reflect::get(&image, &key.into())?.as_f64().ok_or_else(bad)?;
+        if n.fract() != 0.0 || !(1.0..=MAX_SIDE as f64).contains(&n) {
+            return Err(type_error(&format!("generate: options.{name}.{key} must be an integer from 1 to {MAX_SIDE}, got {n}")));
+        }
+        Ok(n as usize)
+    };
+    let (width, height) = (size("width")?, size("height")?);
+    let data = Reflect::get(&image, &"data".into())?;
+    let bytes = match (data.dyn_ref::<Uint8ClampedArray>(), data.dyn_ref::<js_sys::Uint8Array>()) {
+        (Some(clamped), _) => clamped.to_vec(),
+        (None, Some(plain)) => plain.to_vec(),
+        (None, None) => return Err(bad()),
+    };
+    if bytes.len() != width * height * 4 {
+        return Err(type_error(&format!(
+            "generate: options.{name}.data holds {} bytes, not {width} x {height} RGBA pixels ({})",
+            bytes.len(),
+            width * height * 4
+        )));
+    }
+    let pixels = bytes.chunks_exact(4).flat_map(|rgba| [rgba[0], rgba[1], rgba[2]]).collect();
+    Ok(Some(RgbImage { width, height, pixels }))
 }
 
 fn field(options: &JsValue, name: &str) -> Result<Option<JsValue>, JsValue> {

@@ -5,14 +5,15 @@
 // prompt and seed (the CLI's pipeline is the one matched to diffusers). A bad option shows
 // the engine's message; Cancel after the first preview stops after the step in flight and
 // keeps its preview. A reload then generates again and must fetch no shard: Cache Storage
-// kept them.
+// kept them. The engine's other options (sampler, size, image to image, inpainting), called
+// as an npm user calls them, must give the CLI's images for the same options too.
 //
 //   node --test tests/page/     after ./build.sh has built web/dist and cargo the native
 //                               CLI (target/debug/webdiffusion, or $WEBDIFFUSION_CLI)
 
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createRequire } from "node:module";
@@ -108,26 +109,77 @@ async function generateOnce(page) {
   });
 }
 
-/** The native CLI's image for the same prompt and seed, as RGBA decoded by the page's browser. */
-async function nativeImage(page) {
+/** The native CLI's PNG for the seed, the prompt (PROMPT unless `args` has --prompt) and
+ *  `args`, base64. `files` (name to base64 PNG) are written beside it first, for
+ *  arguments that name them. */
+function nativePng(args = [], files = {}) {
   assert.ok(existsSync(CLI), `${CLI} is missing: build the native CLI (cargo build -p webdiffusion) or set WEBDIFFUSION_CLI`);
   const folder = mkdtempSync(join(tmpdir(), "webdiffusion-page-"));
   try {
+    for (const [name, base64] of Object.entries(files)) writeFileSync(join(folder, name), Buffer.from(base64, "base64"));
     const out = join(folder, "native.png");
-    execFileSync(CLI, ["generate", "--prompt", PROMPT, "--seed", String(SEED), "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
-    const png = readFileSync(out).toString("base64");
-    return await page.evaluate(async (base64) => {
-      const image = new Image();
-      image.src = `data:image/png;base64,${base64}`;
-      await image.decode();
-      const canvas = new OffscreenCanvas(image.width, image.height);
-      const context = canvas.getContext("2d");
-      context.drawImage(image, 0, 0);
-      return Array.from(context.getImageData(0, 0, image.width, image.height).data);
-    }, png);
+    const prompt = args.includes("--prompt") ? [] : ["--prompt", PROMPT];
+    const command = ["generate", ...prompt, "--seed", String(SEED), "--out", out, ...args];
+    execFileSync(CLI, command, { cwd: folder, stdio: ["ignore", "ignore", "pipe"] });
+    return readFileSync(out).toString("base64");
   } finally {
     rmSync(folder, { recursive: true, force: true });
   }
+}
+
+/** A base64 PNG as RGBA decoded by the page's browser. */
+function decoded(page, png) {
+  return page.evaluate(async (base64) => {
+    const image = new Image();
+    image.src = `data:image/png;base64,${base64}`;
+    await image.decode();
+    const canvas = new OffscreenCanvas(image.width, image.height);
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    return Array.from(context.getImageData(0, 0, image.width, image.height).data);
+  }, png);
+}
+
+/** The native CLI's image for the same prompt and seed, as RGBA decoded by the page's browser. */
+function nativeImage(page, args = [], files = {}) {
+  return decoded(page, nativePng(args, files));
+}
+
+/** The page engine's image for `options` (prompt and seed added); `images` (option name to
+ *  base64 PNG) become ImageData options, decoded in the page. */
+function engineImage(page, options, images = {}) {
+  return page.evaluate(
+    async ({ options, images }) => {
+      for (const [name, base64] of Object.entries(images)) {
+        const image = new Image();
+        image.src = `data:image/png;base64,${base64}`;
+        await image.decode();
+        const context = new OffscreenCanvas(image.width, image.height).getContext("2d");
+        context.drawImage(image, 0, 0);
+        options[name] = context.getImageData(0, 0, image.width, image.height);
+      }
+      const image = await window.webdiffusionEngine.generate(options);
+      return { width: image.width, height: image.height, pixels: Array.from(image.rgba) };
+    },
+    { options: { prompt: PROMPT, seed: SEED, ...options }, images },
+  );
+}
+
+/** A width x height PNG (base64), black with a white rectangle: an inpainting mask. */
+function maskPng(page, width, height, [x, y, w, h]) {
+  return page.evaluate(
+    async ({ width, height, rect }) => {
+      const canvas = new OffscreenCanvas(width, height);
+      const context = canvas.getContext("2d");
+      context.fillStyle = "#000";
+      context.fillRect(0, 0, width, height);
+      context.fillStyle = "#fff";
+      context.fillRect(...rect);
+      const bytes = new Uint8Array(await (await canvas.convertToBlob({ type: "image/png" })).arrayBuffer());
+      return btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
+    },
+    { width, height, rect: [x, y, w, h] },
+  );
 }
 
 /** Per-channel mean and largest absolute difference of two RGBA images, alpha ignored. */
@@ -245,5 +297,50 @@ test("the page generates with the embedded model, then again from cached shards"
   assert.deepEqual(shardRequests, [], "the second visit reads every shard from Cache Storage");
   assert.equal(second.previewMs.length, 4);
   assert.deepEqual(second.pixels, first.pixels, "the same seed and prompt give the same image");
+  await context.close();
+});
+
+test("the engine's options give the CLI's images: sampler, size, image to image, inpainting", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (error) => pageErrors.push(error.message));
+  await page.goto(baseUrl);
+  await page.waitForSelector("body[data-state=ready], body[data-state=error]", { timeout: LOAD_TIMEOUT_MS });
+  await assertNoError(page);
+
+  const init = nativePng();
+  const mask = await maskPng(page, 64, 64, [8, 8, 32, 24]);
+  const cases = [
+    ["euler, 3 steps, 96x64", { scheduler: "euler", steps: 3, width: 96, height: 64 }, {}, ["--scheduler", "euler", "--steps", "3", "--width", "96", "--height", "64"]],
+    ["image to image", { prompt: "a large green ring at the center on a white background", strength: 0.6 }, { initImage: init },
+      ["--prompt", "a large green ring at the center on a white background", "--init-image", "init.png", "--strength", "0.6"]],
+    ["inpainting, clip skip 1", { strength: 1, clipSkip: 1 }, { initImage: init, mask },
+      ["--init-image", "init.png", "--mask", "mask.png", "--strength", "1", "--clip-skip", "1"]],
+  ];
+  for (const [what, options, images, args] of cases) {
+    const got = await engineImage(page, options, images);
+    const want = await nativeImage(page, args, { "init.png": init, "mask.png": mask });
+    const expectedWidth = options.width ?? 64;
+    assert.equal(got.width, expectedWidth, what);
+    assert.equal(got.pixels.length, want.length, `${what}: the CLI's image has another size`);
+    const native = difference(got.pixels, want);
+    console.log(`${what}: engine vs native CLI, mean |difference| ${native.mean.toFixed(3)}, largest ${native.max}`);
+    assert.ok(native.mean < 0.5 && native.max <= 8, `${what}: the engine's image differs from the CLI's by ${JSON.stringify(native)}`);
+    assert.ok(largestChannelStdDev(got.pixels) > 5, `${what}: the image is flat`);
+  }
+
+  // Bad options are TypeErrors naming the option.
+  const rejected = (optionsSource) =>
+    page.evaluate(`window.webdiffusionEngine.generate({ prompt: "x", ...(${optionsSource}) }).then(() => "accepted", (e) => e.name + ": " + e.message)`);
+  assert.match(await rejected(`{ scheduler: "warp" }`), /^TypeError: .*options\.scheduler "warp" is none of ddim, pndm/);
+  assert.match(await rejected(`{ width: 64.5 }`), /^TypeError: .*options\.width must be an integer/);
+  assert.match(await rejected(`{ strength: 0 }`), /^TypeError: .*options\.strength must be in \(0, 1\]/);
+  assert.match(await rejected(`{ mask: { data: new Uint8Array(4), width: 1, height: 1 } }`), /^TypeError: .*options\.mask needs options\.initImage/);
+  assert.match(await rejected(`{ initImage: { data: [1, 2, 3], width: 1, height: 1 } }`), /^TypeError: .*options\.initImage must be an ImageData/);
+  assert.match(await rejected(`{ initImage: { data: new Uint8Array(12), width: 2, height: 2 } }`), /^TypeError: .*holds 12 bytes, not 2 x 2 RGBA pixels \(16\)/);
+  // What the pipeline refuses comes back as its message: a size the VAE cannot take.
+  assert.match(await rejected(`{ width: 66 }`), /^Error: .*66/);
+  assert.deepEqual(pageErrors, []);
   await context.close();
 });

@@ -143,6 +143,8 @@ async function main(): Promise<void> {
     event.preventDefault();
     void generate(engine);
   });
+  // The engine for the console and for tests that call its API directly.
+  Object.assign(window, { webdiffusionEngine: engine });
   ui.generate.disabled = false;
   setState("ready");
 }
