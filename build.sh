@@ -38,12 +38,14 @@ setup() {
     (cd web && npm ci --no-audit --no-fund --loglevel=error)
 }
 
-# The page in web/dist: the library as WebAssembly with its bindings (web/pkg), the
+# The page in web/dist: the library as WebAssembly with its bindings (web/pkg, the npm package), the
 # TypeScript compiled, and the embedded model copied beside them.
 build_page() {
     local wasm="${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/webdiffusion.wasm"
     cargo build --release --target wasm32-unknown-unknown -p webdiffusion --lib
     wasm-bindgen --target web --out-dir web/pkg "$wasm"
+    # web/pkg is also the npm package: its manifest and README beside the bindings.
+    cp web/npm/package.json web/npm/README.md web/pkg/
     (cd web && npx tsc -p .)
     rm -rf web/dist/pkg web/dist/models
     mkdir -p web/dist/models
