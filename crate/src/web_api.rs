@@ -3,6 +3,7 @@
 //! one image with a preview after every step. Every failure reaches JavaScript as an
 //! `Error` carrying the library's message; nothing panics across the boundary.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::image::{RgbImage, from_decoded};
 use crate::loader::WeightPrecision;
+use crate::lora::LoraFile;
 use crate::package::{FetchSource, LoadProgress, load_package};
 use crate::pipeline::{Previewer, Request, StableDiffusion};
 use crate::schedulers;
@@ -66,6 +68,15 @@ export interface GeneratedImage {
   seed: number;
 }
 
+/** A LoRA for `Engine.setLoras`: a kohya-ss or diffusers/PEFT safetensors file's bytes. */
+export interface LoraOptions {
+  data: Uint8Array;
+  /** How errors name it. "LoRA" */
+  name?: string;
+  /** The LoRA's weight (diffusers' `set_adapters` weight). 1 */
+  scale?: number;
+}
+
 /** Bytes of the package's shards loaded so far, of `total`. */
 export type LoadProgressCallback = (done: number, total: number) => void;
 
@@ -91,7 +102,9 @@ pub struct Engine {
 
 struct Loaded {
     gpu: Gpu,
-    sd: StableDiffusion,
+    // Borrowed for the whole of a generation, so `setLoras` (which borrows it mutably, never
+    // waiting) is refused while one runs instead of changing weights between its steps.
+    sd: RefCell<StableDiffusion>,
     preview: Previewer,
 }
 
@@ -124,7 +137,7 @@ impl Engine {
         }
         let sd = StableDiffusion::load(&gpu, &package, WeightPrecision::AsStored).map_err(to_js)?;
         let preview = Previewer::for_vae(&gpu, sd.vae()).await.map_err(to_js)?;
-        Ok(Engine { loaded: Rc::new(Loaded { gpu, sd, preview }) })
+        Ok(Engine { loaded: Rc::new(Loaded { gpu, sd: RefCell::new(sd), preview }) })
     }
 
     /// The WebGPU adapter in use, for display (browsers often withhold its name).
@@ -133,6 +146,18 @@ impl Engine {
         let info = self.loaded.gpu.info();
         let name = if info.adapter.is_empty() { "WebGPU".to_string() } else { format!("WebGPU ({})", info.adapter) };
         format!("{name}, {} shader-f16", if info.shader_f16 { "with" } else { "without" })
+    }
+
+    /// Runs later generations with `loras` (`LoraOptions`: safetensors bytes, a name, a
+    /// scale) instead of the ones set before; `[]` restores the plain model exactly. A LoRA
+    /// that does not fit the model fails the call and leaves the previous ones in place, and
+    /// so does a call while a generation runs.
+    #[wasm_bindgen(js_name = setLoras)]
+    pub fn set_loras(&self, #[wasm_bindgen(unchecked_param_type = "LoraOptions[]")] loras: js_sys::Array) -> Result<(), JsValue> {
+        let parsed = loras.iter().enumerate().map(|(i, lora)| lora_from(&lora, i)).collect::<Result<Vec<_>, JsValue>>()?;
+        let mut sd =
+            self.loaded.sd.try_borrow_mut().map_err(|_| js_sys::Error::new("setLoras: a generation is running; cancel it or wait"))?;
+        sd.set_loras(&parsed.iter().map(|(file, scale)| (file, *scale)).collect::<Vec<_>>()).map_err(to_js)
     }
 
     /// Generates one image. `onStep(step, total, rgba, width, height)` is called with a
@@ -149,10 +174,14 @@ impl Engine {
 }
 
 impl Loaded {
+    // Holding the borrow across the awaits is the point (see `Loaded::sd`): nothing borrows
+    // it mutably but `setLoras`, with `try_borrow_mut`, so this cannot panic.
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn generate(&self, options: &JsValue, on_step: Option<&Function>) -> Result<JsValue, JsValue> {
         let request = request_from(options)?;
         let signal = abort_signal(options)?;
-        let mut run = self.sd.start_generation(&request).map_err(to_js)?;
+        let sd = self.sd.borrow();
+        let mut run = sd.start_generation(&request).map_err(to_js)?;
         // One step at a time, at most one queued behind the one the GPU works on: after
         // recording step k the page waits for step k-1 (its preview, read right behind it),
         // so the GPU stays busy, the page stays responsive and a cancel takes effect after
@@ -162,7 +191,7 @@ impl Loaded {
             let (done, total) = (progress.done, progress.total);
             // Without `onStep` the latents are read instead: the same wait, no preview work.
             let shown = match on_step {
-                Some(_) => self.preview.render(self.sd.vae(), &progress.preview_latents().map_err(to_js)?).map_err(to_js)?,
+                Some(_) => self.preview.render(sd.vae(), &progress.preview_latents().map_err(to_js)?).map_err(to_js)?,
                 None => progress.latents.clone(),
             };
             let read = StepRead { done, total, shape: shown.shape().to_vec(), read: start_read(shown) };
@@ -319,6 +348,24 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         clip_skip: integer_field(options, "clipSkip", 0, MAX_CLIP_SKIP)?.unwrap_or(0),
         ..defaults
     })
+}
+
+/// The `index`th of `setLoras`' array, parsed, with its scale.
+fn lora_from(lora: &JsValue, index: usize) -> Result<(LoraFile, f32), JsValue> {
+    let bad = |what: &str| type_error(&format!("setLoras: loras[{index}] {what}"));
+    if !lora.is_object() {
+        return Err(bad("must be an object such as { data: Uint8Array, scale: 0.8 }"));
+    }
+    let data = Reflect::get(lora, &"data".into())?.dyn_into::<js_sys::Uint8Array>().map_err(|_| bad("data must be a Uint8Array"))?;
+    let name = match field(lora, "name")? {
+        Some(name) => name.as_string().ok_or_else(|| bad("name must be a string"))?,
+        None => "LoRA".to_string(),
+    };
+    let scale = match field(lora, "scale")? {
+        Some(scale) => scale.as_f64().filter(|s| s.is_finite()).ok_or_else(|| bad("scale must be a finite number"))? as f32,
+        None => 1.0,
+    };
+    Ok((LoraFile::parse(&data.to_vec(), &name).map_err(to_js)?, scale))
 }
 
 /// `options[name]`, an integer in `min..=max`, if given.

@@ -52,7 +52,7 @@ test("web/pkg packs, installs and imports as the npm package webdiffusion", asyn
     assert.ok(readFileSync(imported.wasm).subarray(0, 4).equals(Buffer.from([0, 0x61, 0x73, 0x6d])), "the wasm resolves by its export path");
 
     const types = readFileSync(join(project, "node_modules/webdiffusion/webdiffusion.d.ts"), "utf8");
-    for (const declaration of ["export class Engine", "export interface GenerateOptions", "scheduler?: string", "initImage?: RgbaImage", "export interface GeneratedImage"]) {
+    for (const declaration of ["export class Engine", "export interface GenerateOptions", "scheduler?: string", "initImage?: RgbaImage", "export interface GeneratedImage", "setLoras(loras: LoraOptions[]): void"]) {
       assert.ok(types.includes(declaration), `webdiffusion.d.ts declares ${declaration}`);
     }
   } finally {

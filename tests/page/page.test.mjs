@@ -6,7 +6,7 @@
 // the engine's message; Cancel after the first preview stops after the step in flight and
 // keeps its preview. A reload then generates again and must fetch no shard: Cache Storage
 // kept them. The engine's other options (sampler, size, image to image, inpainting), called
-// as an npm user calls them, must give the CLI's images for the same options too.
+// and LoRAs, as an npm user calls them, must give the CLI's images for the same options too.
 //
 //   node --test tests/page/     after ./build.sh has built web/dist and cargo the native
 //                               CLI (target/debug/webdiffusion, or $WEBDIFFUSION_CLI)
@@ -38,6 +38,7 @@ const CHROMIUM_FLAGS = [
 const LOAD_TIMEOUT_MS = 300_000;
 const GENERATE_TIMEOUT_MS = 300_000;
 const PROMPT = "a small yellow star at the top left on a dark blue background";
+const LORA = new URL("../../models/lcm-lora/embedded-lcm-lora.safetensors", import.meta.url).pathname;
 const SEED = 7;
 const CLI =
   process.env.WEBDIFFUSION_CLI ?? join(process.env.CARGO_TARGET_DIR ?? new URL("../../target", import.meta.url).pathname, "debug/webdiffusion");
@@ -300,7 +301,7 @@ test("the page generates with the embedded model, then again from cached shards"
   await context.close();
 });
 
-test("the engine's options give the CLI's images: sampler, size, image to image, inpainting", async () => {
+test("the engine's options give the CLI's images: sampler, size, image to image, inpainting, LoRA", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
   const pageErrors = [];
@@ -329,6 +330,43 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
     assert.ok(native.mean < 0.5 && native.max <= 8, `${what}: the engine's image differs from the CLI's by ${JSON.stringify(native)}`);
     assert.ok(largestChannelStdDev(got.pixels) > 5, `${what}: the image is flat`);
   }
+
+  // A LoRA set on the engine: the CLI's image with --lora at the same scale; [] restores
+  // the plain model exactly; a call while a generation runs is refused.
+  const lora = readFileSync(LORA).toString("base64");
+  const setLoras = (loras) =>
+    page.evaluate((loras) => {
+      const bytes = (base64) => Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      try {
+        window.webdiffusionEngine.setLoras(loras.map((l) => ({ ...l, data: bytes(l.data) })));
+        return "ok";
+      } catch (e) {
+        return `${e.name}: ${e.message}`;
+      }
+    }, loras);
+  const plain = await engineImage(page, {});
+  assert.equal(await setLoras([{ data: lora, name: "lcm-lora", scale: 0.7 }]), "ok");
+  const withLora = await engineImage(page, {});
+  const native = difference(withLora.pixels, await nativeImage(page, ["--lora", `${LORA}:0.7`]));
+  console.log(`LoRA at 0.7: engine vs native CLI, mean |difference| ${native.mean.toFixed(3)}, largest ${native.max}`);
+  assert.ok(native.mean < 0.5 && native.max <= 8, `with a LoRA the engine's image differs from the CLI's by ${JSON.stringify(native)}`);
+  assert.ok(difference(withLora.pixels, plain.pixels).mean > 2, "the LoRA changes the image");
+  const during = await page.evaluate(async () => {
+    let refused = "accepted";
+    // From a step's preview callback: the generation is under way.
+    await window.webdiffusionEngine.generate({ prompt: "x", seed: 1 }, () => {
+      try {
+        window.webdiffusionEngine.setLoras([]);
+      } catch (e) {
+        refused = e.message;
+      }
+    });
+    return refused;
+  });
+  assert.match(during, /^setLoras: a generation is running/);
+  assert.match(await setLoras([{ data: btoa("not a lora"), name: "broken.safetensors" }]), /^Error: .*broken\.safetensors/);
+  assert.equal(await setLoras([]), "ok");
+  assert.deepEqual((await engineImage(page, {})).pixels, plain.pixels, "setLoras([]) restores the plain model");
 
   // Bad options are TypeErrors naming the option.
   const rejected = (optionsSource) =>
