@@ -84,12 +84,19 @@ fn bad_input_is_a_message_and_a_failure_never_a_panic() {
     let wrong_latents = temp("wrong.safetensors");
     write_latents(&wrong_latents, &[0.0; 16], &[1, 4, 2, 2]);
     let out = temp("never.png");
-    let cases: [(Vec<&str>, &str); 5] = [
+    // taesd-tiny decodes at 8x, as TAESD for SD does; this model's VAE at 4x.
+    let (taesd, previews) = (path("models/taesd-tiny"), temp("refused-previews"));
+    let cases: [(Vec<&str>, &str); 7] = [
         (vec!["--model", model, "--scheduler", "warp-drive"], "warp-drive"),
         (vec!["--model", "/no/such/model"], "/no/such/model"),
         (vec!["--model", model, "--width", "33"], "multiples of"),
         (vec!["--model", model, "--latents", wrong_latents.to_str().unwrap()], "latents must be"),
         (vec!["--model", model, "--latents", "/no/such/file"], "/no/such/file"),
+        (
+            vec!["--model", model, "--preview-dir", previews.to_str().unwrap(), "--preview-taesd", taesd.to_str().unwrap()],
+            "not a TAESD for this model",
+        ),
+        (vec!["--model", model, "--preview-dir", previews.to_str().unwrap(), "--preview-taesd", "/no/such/taesd"], "/no/such/taesd"),
     ];
     for (args, needle) in cases {
         let output =
@@ -100,6 +107,7 @@ fn bad_input_is_a_message_and_a_failure_never_a_panic() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     assert!(!out.exists());
+    assert!(!previews.exists(), "a refused TAESD leaves no preview folder");
     std::fs::remove_file(wrong_latents).unwrap();
 }
 

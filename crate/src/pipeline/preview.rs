@@ -48,6 +48,23 @@ impl Previewer {
         Ok(Previewer::Linear(LatentPreview::new(gpu, &map)?))
     }
 
+    /// Previews decoded by `taesd` (full resolution, far cheaper than the VAE), which must
+    /// be made for latents like `vae`'s: as many channels, the same downsampling.
+    pub fn taesd(taesd: AutoencoderTiny, vae: &AutoencoderKl) -> Result<Self> {
+        let theirs = (taesd.config().latent_channels, taesd.downsampling_factor());
+        let ours = (vae.config().latent_channels, vae.downsampling_factor());
+        if theirs != ours {
+            return Err(Error::shape(
+                "TAESD previews",
+                format!(
+                    "the TAESD decodes {} latent channels at {}x, the model's VAE {} at {}x: not a TAESD for this model",
+                    theirs.0, theirs.1, ours.0, ours.1
+                ),
+            ));
+        }
+        Ok(Previewer::Taesd(taesd))
+    }
+
     /// The preview of the sampler's `latents` as an image `[B, 3, H, W]` in about [-1, 1];
     /// `vae` is the model's (what `Decoder` decodes with).
     pub fn render(&self, vae: &AutoencoderKl, latents: &Tensor) -> Result<Tensor> {

@@ -10,6 +10,7 @@ use webdiffusion::gpu::Gpu;
 use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
 use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::lora::{LoraFile, LoraSpec};
+use webdiffusion::models::taesd::AutoencoderTiny;
 use webdiffusion::package::manifest::MANIFEST;
 use webdiffusion::package::{DirSource, LoadProgress, load_package};
 use webdiffusion::pipeline::{Control, Previewer, Progress, Request, StableDiffusion};
@@ -71,6 +72,10 @@ pub struct GenerateArgs {
     /// Write a cheap preview of the latents after every step into this folder.
     #[arg(long)]
     preview_dir: Option<PathBuf>,
+    /// Draw those previews with this TAESD (a diffusers AutoencoderTiny folder, such as
+    /// madebyollin/taesd for SD 1.x and 2.x): full resolution instead of the latents'.
+    #[arg(long, requires = "preview_dir")]
+    preview_taesd: Option<PathBuf>,
     /// A LoRA (kohya-ss or diffusers/PEFT safetensors) at a scale (1 when omitted);
     /// repeat for several at once.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
@@ -126,12 +131,19 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     let precision = if args.f16_weights { WeightPrecision::F16 } else { WeightPrecision::AsStored };
     let mut sd = StableDiffusion::load(gpu, files.as_ref(), precision)?;
     sd.set_loras(&loras.iter().map(|(lora, scale)| (lora, *scale)).collect::<Vec<_>>())?;
-    let preview = match &args.preview_dir {
-        Some(dir) => {
+    let preview = match (&args.preview_dir, &args.preview_taesd) {
+        (Some(dir), taesd) => {
+            let previewer = match taesd {
+                Some(folder) => {
+                    let taesd = AutoencoderTiny::load(gpu, &DirFiles::new(folder)?, "", WeightPrecision::AsStored)?;
+                    Previewer::taesd(taesd, sd.vae())?
+                }
+                None => Previewer::for_vae(gpu, sd.vae()).await?,
+            };
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-            Some(Previewer::for_vae(gpu, sd.vae()).await?)
+            Some(previewer)
         }
-        None => None,
+        (None, _) => None,
     };
     let first_seed = args.seed.unwrap_or_else(random_seed);
     let model = match &args.model {
