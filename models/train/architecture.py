@@ -51,8 +51,8 @@ UNET_CONFIG = dict(
 )
 
 
-def build_vae() -> AutoencoderKL:
-    return AutoencoderKL(**VAE_CONFIG)
+def build_vae(latent_channels: int = LATENT_CHANNELS, layers_per_block: int = 1) -> AutoencoderKL:
+    return AutoencoderKL(**{**VAE_CONFIG, "latent_channels": latent_channels, "layers_per_block": layers_per_block})
 
 
 def deepen_vae(vae: AutoencoderKL, layers_per_block: int) -> AutoencoderKL:
@@ -78,8 +78,9 @@ def build_text_encoder() -> CLIPTextModel:
     return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
 
 
-def build_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(**UNET_CONFIG)
+def build_unet(latent_channels: int = LATENT_CHANNELS) -> UNet2DConditionModel:
+    """The denoiser of latents with `latent_channels` channels (the VAE's)."""
+    return UNet2DConditionModel(**{**UNET_CONFIG, "in_channels": latent_channels, "out_channels": latent_channels})
 
 
 def build_lcm_student(teacher: UNet2DConditionModel, guidance_init: str = "zero") -> UNet2DConditionModel:

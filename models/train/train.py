@@ -66,7 +66,7 @@ def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tens
 
 def stage_vae(args, dev, workdir: Path):
     hp = args.hp["vae"]
-    vae = architecture.build_vae().to(dev)
+    vae = architecture.build_vae(args.latent_channels, args.vae_layers).to(dev)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=hp["lr"], betas=(0.9, 0.99), weight_decay=0.0)
 
     def loss_fn(step):
@@ -78,7 +78,8 @@ def stage_vae(args, dev, workdir: Path):
         kl = posterior.kl().float().mean() / images[0].numel()
         return reconstruction_loss(recon, images) + VAE_KL_WEIGHT * kl
 
-    loop.train("vae", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("vae"), hp["lr"], hp["warmup"], info={"batch": hp["batch"]})
+    info = {"batch": hp["batch"], "latent_channels": args.latent_channels, "layers_per_block": args.vae_layers}
+    loop.train("vae", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("vae"), hp["lr"], hp["warmup"], info=info)
 
     # SD's convention: scaling_factor = 1 / std of the encoder's sampled latents.
     latents = []
@@ -139,7 +140,7 @@ def stage_unet(args, dev, workdir: Path):
         unet = UNet2DConditionModel.from_pretrained(args.init["unet"] / "unet").to(dev)
     else:
         text_encoder = architecture.build_text_encoder().to(dev)
-        unet = architecture.build_unet().to(dev)
+        unet = architecture.build_unet(vae.config.latent_channels).to(dev)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=hp["lr"], betas=(0.9, 0.999), weight_decay=1e-2)
     emas = {"text_encoder": loop.Ema(text_encoder, UNET_EMA_DECAY), "unet": loop.Ema(unet, UNET_EMA_DECAY)}
@@ -161,7 +162,7 @@ def stage_unet(args, dev, workdir: Path):
             context = text_encoder(ids).last_hidden_state
             prediction = unet(noisy, timesteps, context).sample.float()
         per_sample = ((prediction - noise) ** 2).mean(dim=(1, 2, 3))
-        return (per_sample * diffusion.min_snr_weight(alphas_cumprod, timesteps)).mean()
+        return (per_sample * diffusion.min_snr_weight(alphas_cumprod, timesteps, args.min_snr_gamma)).mean()
 
     loop.train(
         "unet",
@@ -178,7 +179,7 @@ def stage_unet(args, dev, workdir: Path):
             "batch": hp["batch"],
             "ema_decay": UNET_EMA_DECAY,
             "caption_dropout": CAPTION_DROPOUT,
-            "min_snr_gamma": 5.0,
+            "min_snr_gamma": args.min_snr_gamma,
             "init": str(args.init["unet"]) if "unet" in args.init else None,
         },
     )
@@ -303,6 +304,9 @@ def main():
     parser.add_argument("--budget-seconds", help="one number, or stage=S,...")
     parser.add_argument("--init", help="unet=FOLDER,lcm=FOLDER: continue the networks of exported pipelines")
     parser.add_argument("--lcm-guidance-init", choices=["zero", "default"], default="zero", help="the LCM student's guidance projection at the start: zero (the student starts as the teacher) or torch's Linear init (diffusers' script)")
+    parser.add_argument("--latent-channels", type=int, default=architecture.LATENT_CHANNELS, help="the vae stage's latent channels (default %(default)s; the UNet takes the VAE's)")
+    parser.add_argument("--vae-layers", type=int, default=1, help="the vae stage's resnets per block, encoder and decoder alike (default %(default)s)")
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="the unet stage's Min-SNR-gamma loss weighting (default %(default)s; larger weighs the low-noise steps, where fine shapes form, more)")
     parser.add_argument("--decoder-layers", type=int, help="the decoder stage first deepens the VAE to this many resnets per block (architecture.deepen_vae; the encoder's latents stay exact)")
     parser.add_argument("--lcm-w-range", type=w_range, default=diffusion.LCM_W_RANGE, help="LOW,HIGH: the teacher's guidance w (guidance_scale - 1) drawn uniformly; default %(default)s")
     args = parser.parse_args()
