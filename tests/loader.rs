@@ -152,6 +152,9 @@ fn weights_files_on_disk_are_read_by_tensor() {
     let blocks = HostTensor::in_file(&on_disk, "layer.weight").unwrap().row_blocks(2);
     let blocks: Vec<Vec<f32>> = blocks.into_iter().map(|b| b.into_values().unwrap()).collect();
     assert_eq!(blocks, [[1.0, 2.0], [3.0, 4.0]]);
+    let in_memory_blocks = HostTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).row_blocks(2);
+    assert_eq!(in_memory_blocks.iter().map(|b| b.values().unwrap().into_owned()).collect::<Vec<_>>(), blocks);
+    assert!(in_memory_blocks.iter().all(|b| b.shape == [1, 2]));
 
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(40).unwrap();

@@ -77,7 +77,10 @@ impl HostTensor {
         shape[0] /= parts;
         let block = |data: Data| HostTensor { shape: shape.clone(), data };
         match &self.data {
-            Data::Values(values) => values.chunks(values.len() / parts).map(|part| block(Data::Values(part.to_vec()))).collect(),
+            Data::Values(values) => {
+                let size = values.len() / parts;
+                (0..parts).map(|i| block(Data::Values(values[i * size..][..size].to_vec()))).collect()
+            }
             Data::InFile { source, offset, len, dtype } => (0..parts)
                 .map(|i| {
                     let (offset, len) = (offset + (i * len / parts) as u64, len / parts);
