@@ -330,8 +330,13 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
     };
     let init_image = image_field(options, "initImage")?;
     let mask = image_field(options, "mask")?;
-    if mask.is_some() && init_image.is_none() {
-        return Err(type_error("generate: options.mask needs options.initImage, the picture it masks"));
+    if init_image.is_none() {
+        if mask.is_some() {
+            return Err(type_error("generate: options.mask needs options.initImage, the picture it masks"));
+        }
+        if field(options, "strength")?.is_some() {
+            return Err(type_error("generate: options.strength needs options.initImage, the picture it starts from"));
+        }
     }
     Ok(Request {
         prompt,

@@ -374,6 +374,7 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
   assert.match(await rejected(`{ scheduler: "warp" }`), /^TypeError: .*options\.scheduler "warp" is none of ddim, pndm/);
   assert.match(await rejected(`{ width: 64.5 }`), /^TypeError: .*options\.width must be an integer/);
   assert.match(await rejected(`{ strength: 0 }`), /^TypeError: .*options\.strength must be in \(0, 1\]/);
+  assert.match(await rejected(`{ strength: 0.5 }`), /^TypeError: .*options\.strength needs options\.initImage/);
   assert.match(await rejected(`{ mask: { data: new Uint8Array(4), width: 1, height: 1 } }`), /^TypeError: .*options\.mask needs options\.initImage/);
   assert.match(await rejected(`{ initImage: { data: [1, 2, 3], width: 1, height: 1 } }`), /^TypeError: .*options\.initImage must be an ImageData/);
   assert.match(await rejected(`{ initImage: { data: new Uint8Array(12), width: 2, height: 2 } }`), /^TypeError: .*holds 12 bytes, not 2 x 2 RGBA pixels \(16\)/);
