@@ -85,6 +85,7 @@ export type StepCallback = (step: number, total: number, rgba: Uint8ClampedArray
 "#;
 
 const DEFAULT_STEPS: usize = 4;
+const MAX_STEPS: usize = 1000;
 /// Image sides (and `clipSkip`) past these are surely mistakes; the pipeline checks the
 /// sizes a model and a GPU can take.
 const MAX_SIDE: usize = 16384;
@@ -300,13 +301,7 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         Some(seed) => seed as u64,
         None => (js_sys::Math::random() * 4_294_967_296.0) as u64,
     };
-    let steps = match number_field(options, "steps")? {
-        Some(steps) if !(1.0..=1000.0).contains(&steps) || steps.fract() != 0.0 => {
-            return Err(type_error(&format!("generate: options.steps must be an integer from 1 to 1000, got {steps}")));
-        }
-        Some(steps) => steps as usize,
-        None => DEFAULT_STEPS,
-    };
+    let steps = integer_field(options, "steps", 1, MAX_STEPS)?.unwrap_or(DEFAULT_STEPS);
     let guidance_scale = match number_field(options, "guidance")? {
         Some(guidance) if !guidance.is_finite() => {
             return Err(type_error(&format!("generate: options.guidance must be finite, got {guidance}")));
@@ -325,8 +320,7 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         Some(strength) if !(strength > 0.0 && strength <= 1.0) => {
             return Err(type_error(&format!("generate: options.strength must be in (0, 1], got {strength}")));
         }
-        Some(strength) => strength as f32,
-        None => defaults.strength,
+        strength => strength.map(|s| s as f32),
     };
     let init_image = image_field(options, "initImage")?;
     let mask = image_field(options, "mask")?;
@@ -334,7 +328,7 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         if mask.is_some() {
             return Err(type_error("generate: options.mask needs options.initImage, the picture it masks"));
         }
-        if field(options, "strength")?.is_some() {
+        if strength.is_some() {
             return Err(type_error("generate: options.strength needs options.initImage, the picture it starts from"));
         }
     }
@@ -348,7 +342,7 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         width: integer_field(options, "width", 1, MAX_SIDE)?,
         height: integer_field(options, "height", 1, MAX_SIDE)?,
         init_image,
-        strength,
+        strength: strength.unwrap_or(defaults.strength),
         mask,
         clip_skip: integer_field(options, "clipSkip", 0, MAX_CLIP_SKIP)?.unwrap_or(0),
         ..defaults

@@ -34,10 +34,9 @@ impl HostTensor {
 
     /// The float tensor `name` of `file`, left in the file until its values are needed.
     pub fn in_file(file: &SafetensorsFile, name: &str) -> Result<Self> {
-        let dtype = file.float_type(name)?;
+        let info = file.float_info(name)?;
         let (source, offset, len) = file.location(name)?;
-        let shape = file.info(name).map(|info| info.shape.clone()).unwrap_or_default();
-        Ok(Self { shape, data: Data::InFile { source, offset, len, dtype } })
+        Ok(Self { shape: info.shape.clone(), data: Data::InFile { source, offset, len, dtype: info.dtype } })
     }
 
     pub fn element_count(&self) -> usize {

@@ -2,6 +2,7 @@
 //! time on request: a multi-gigabyte UNet file is never held in memory whole.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, TensorInfo};
@@ -79,6 +80,11 @@ impl SafetensorsFile {
         self.tensors.iter().map(|(name, info)| (name.as_str(), info))
     }
 
+    /// The tensors from the name `first` on, sorted by name.
+    pub fn tensors_from<'s>(&'s self, first: &str) -> impl Iterator<Item = (&'s str, &'s TensorInfo)> {
+        self.tensors.range::<str, _>((Bound::Included(first), Bound::Unbounded)).map(|(name, info)| (name.as_str(), info))
+    }
+
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.get(name)
     }
@@ -98,15 +104,15 @@ impl SafetensorsFile {
 
     /// A float tensor's values widened to f32 (f16 and bf16 widen exactly).
     pub fn values(&self, name: &str) -> Result<Vec<f32>> {
-        let dtype = self.float_type(name)?;
+        let dtype = self.float_info(name)?.dtype;
         Ok(widen(dtype, &self.bytes(name)?))
     }
 
-    /// The type of a float tensor (f32, f16 or bf16); anything else is unsupported.
-    pub fn float_type(&self, name: &str) -> Result<Dtype> {
+    /// The header entry of a float tensor (f32, f16 or bf16); anything else is unsupported.
+    pub fn float_info(&self, name: &str) -> Result<&TensorInfo> {
         let info = self.info(name).ok_or_else(|| Error::MissingTensor { file: self.file.clone(), name: name.to_string() })?;
         match info.dtype {
-            dtype @ (Dtype::F32 | Dtype::F16 | Dtype::BF16) => Ok(dtype),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(info),
             other => Err(Error::Unsupported { file: self.file.clone(), detail: format!("tensor {name} of type {other:?}") }),
         }
     }

@@ -185,7 +185,7 @@ impl Weights {
         };
         let info = file.info(name).ok_or_else(|| self.missing(name))?;
         self.check_shape(name, shape, &info.shape)?;
-        Ok((file.float_type(name)?, file.bytes(name)?))
+        Ok((file.float_info(name)?.dtype, file.bytes(name)?))
     }
 
     fn uploaded<'t>(&self, tensors: &'t HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<&'t Tensor> {

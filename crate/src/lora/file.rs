@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::keys::{ModuleName, Role, parse_key};
 use crate::error::{Error, Result};
+use crate::loader::widen;
 
 /// diffusers' safetensors metadata key for the PEFT configs of the saved adapters
 /// (`{"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {...}, ...}`).
@@ -148,13 +149,10 @@ fn module(component: Option<&'static str>, name: ModuleName, parts: Parts, adapt
 
 /// A float tensor's values as f32, and whether it was f16.
 fn float_values(view: &TensorView, name: &str, file: &str) -> Result<(Vec<f32>, bool)> {
-    let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => (bytemuck::pod_collect_to_vec(data), false),
-        Dtype::F16 => (bytemuck::pod_collect_to_vec::<u8, half::f16>(data).into_iter().map(half::f16::to_f32).collect(), true),
-        Dtype::BF16 => (bytemuck::pod_collect_to_vec::<u8, half::bf16>(data).into_iter().map(half::bf16::to_f32).collect(), false),
-        other => return Err(Error::Unsupported { file: file.to_string(), detail: format!("tensor {name} of type {other:?}") }),
-    })
+    match view.dtype() {
+        dtype @ (Dtype::F32 | Dtype::F16 | Dtype::BF16) => Ok((widen(dtype, view.data()), dtype == Dtype::F16)),
+        other => Err(Error::Unsupported { file: file.to_string(), detail: format!("tensor {name} of type {other:?}") }),
+    }
 }
 
 /// The PEFT configs diffusers stores with saved adapters, by network.

@@ -152,18 +152,15 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         shard_bytes: args.shard_mib << 20,
         source: format!("{source}, webdiffusion {} convert --quant {}", env!("CARGO_PKG_VERSION"), quantization.name()),
         // A merged LoRA makes another model than the one the hash names.
-        model_hash: if args.loras.is_empty() { Some(source_hash(&args.from)?) } else { None },
+        model_hash: if args.loras.is_empty() { Some(source_hash(&args.from, is_folder)?) } else { None },
         latent_rgb: preview_map(&model)?,
     };
     write(&model, &options, to)
 }
 
 /// AUTOMATIC1111's model hash: of a folder's UNet weights file, or of a whole checkpoint.
-fn source_hash(from: &Path) -> Result<String> {
-    match from.is_dir() {
-        true => model_hash(&DirFiles::new(from)?),
-        false => file_hash(&OpenFile::open(from.to_path_buf())?),
-    }
+fn source_hash(from: &Path, is_folder: bool) -> Result<String> {
+    if is_folder { model_hash(&DirFiles::new(from)?) } else { file_hash(&OpenFile::open(from.to_path_buf())?) }
 }
 
 /// The VAE's preview map, fitted on the first GPU adapter (lavapipe will do). Without

@@ -2,7 +2,6 @@
 //! f32 when read), with errors that name the file and the tensor.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 
 use crate::convert::HostTensor;
 use crate::error::{Error, Result};
@@ -10,12 +9,11 @@ use crate::loader::SafetensorsFile;
 
 pub(super) struct CheckpointFile<'a> {
     tensors: &'a SafetensorsFile,
-    names: BTreeSet<String>,
 }
 
 impl<'a> CheckpointFile<'a> {
     pub fn new(tensors: &'a SafetensorsFile) -> Self {
-        Self { tensors, names: tensors.tensors().map(|(name, _)| name.to_string()).collect() }
+        Self { tensors }
     }
 
     pub fn file(&self) -> &str {
@@ -24,17 +22,16 @@ impl<'a> CheckpointFile<'a> {
 
     /// Every tensor name, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+        self.tensors.tensors().map(|(name, _)| name)
     }
 
     /// The names that start with `prefix`, sorted.
     pub fn names_under<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s str> {
-        let from: (Bound<&str>, Bound<&str>) = (Bound::Included(prefix), Bound::Unbounded);
-        self.names.range::<str, _>(from).map(String::as_str).take_while(move |name| name.starts_with(prefix))
+        self.tensors.tensors_from(prefix).map(|(name, _)| name).take_while(move |name| name.starts_with(prefix))
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
+        self.tensors.info(name).is_some()
     }
 
     pub fn any_under(&self, prefix: &str) -> bool {
