@@ -1,5 +1,7 @@
 """The embedded model's networks: diffusers / transformers classes exactly, so the engine loads them as it loads SD 1.x."""
 
+from typing import Callable
+
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -72,6 +74,91 @@ def deepen_vae(vae: AutoencoderKL, layers_per_block: int) -> AutoencoderKL:
         torch.nn.init.zeros_(resnet.conv2.weight)
         torch.nn.init.zeros_(resnet.conv2.bias)
     return deep
+
+
+def widen_latents(vae: AutoencoderKL, channels: int, added_logvar: float) -> tuple[AutoencoderKL, Callable[[], None]]:
+    """The same VAE with `channels` latent channels whose first ones are its latents exactly, so a UNet trained on
+    them keeps its meaning; the added channels are for what the old ones lose (small corners). Returns the wide VAE
+    and a function that puts back the encoder weights that make the old latents (and the added channels' fixed
+    log-variance), to call after every optimizer step: only the added channels' means are learnt in the encoder.
+    The decoder starts ignoring the added channels (their conv_in columns are zero). Their posterior log-variance is
+    the constant `added_logvar` (train.py passes the old channels' mean)."""
+    old = vae.config.latent_channels
+    if channels <= old:
+        raise ValueError(f"widen_latents: the VAE has {old} latent channels already, not fewer than {channels}")
+    wide = AutoencoderKL.from_config(vae.config, latent_channels=channels)
+    # Moments are [mean 0..C, logvar 0..C]: old mean i stays row i, old logvar i moves to row channels + i.
+    old_rows = list(range(old)) + list(range(channels, channels + old))
+    added_logvar_rows = list(range(channels + old, 2 * channels))
+    added = list(range(old, channels))
+    with torch.no_grad():
+        state, wide_state = vae.state_dict(), wide.state_dict()
+        for name, tensor in state.items():
+            if wide_state[name].shape == tensor.shape:
+                wide_state[name].copy_(tensor)
+        conv_out, quant = wide.encoder.conv_out, wide.quant_conv
+        conv_out.weight[old_rows] = state["encoder.conv_out.weight"]
+        conv_out.bias[old_rows] = state["encoder.conv_out.bias"]
+        quant.weight.zero_()
+        quant.weight[[[row] for row in old_rows], old_rows] = state["quant_conv.weight"]
+        quant.bias.zero_()
+        quant.bias[old_rows] = state["quant_conv.bias"]
+        quant.weight[added, added] = 1.0
+        quant.bias[added_logvar_rows] = added_logvar
+        post = wide.post_quant_conv
+        post.weight.zero_()
+        post.weight[:old, :old] = state["post_quant_conv.weight"]
+        post.bias.zero_()
+        post.bias[:old] = state["post_quant_conv.bias"]
+        post.weight[added, added] = 1.0
+        wide.decoder.conv_in.weight.zero_()
+        wide.decoder.conv_in.weight[:, :old] = state["decoder.conv_in.weight"]
+    kept_rows = old_rows + added_logvar_rows
+    kept = [(parameter, rows, parameter[rows].clone())
+            for parameter, rows in ((conv_out.weight, old_rows), (conv_out.bias, old_rows), (quant.weight, kept_rows), (quant.bias, kept_rows))]
+
+    def restore():
+        with torch.no_grad():
+            for parameter, rows, value in kept:
+                parameter[rows] = value.to(parameter.device)
+
+    return wide, restore
+
+
+def normalise_added_latents(vae: AutoencoderKL, old: int, mean: torch.Tensor, std: torch.Tensor, target_std: float):
+    """Rescales the latent channels from `old` on (measured `mean`, `std` per channel) to mean 0 and `target_std`, the
+    old channels' spread, so one scaling_factor fits all: an exact reparametrisation (quant_conv's rows and
+    post_quant_conv's columns change inversely)."""
+    scale = target_std / std
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        quant, post = vae.quant_conv, vae.post_quant_conv
+        for k, channel in enumerate(range(old, channels)):
+            # latent' = (latent - mean) * scale; post_quant_conv sees latent = latent' / scale + mean.
+            post.bias += post.weight[:, channel, 0, 0] * mean[k]
+            post.weight[:, channel] /= scale[k]
+            quant.weight[channel] *= scale[k]
+            quant.bias[channel] = (quant.bias[channel] - mean[k]) * scale[k]
+            quant.bias[channels + channel] += 2 * torch.log(scale[k])
+
+
+def widen_unet(unet: UNet2DConditionModel, channels: int) -> UNet2DConditionModel:
+    """The same UNet for latents with more channels: it starts ignoring the added ones (zero conv_in columns) and
+    predicting zero noise for them (zero conv_out rows), so its old channels compute what they did."""
+    old = unet.config.in_channels
+    if channels <= old:
+        raise ValueError(f"widen_unet: the UNet takes {old} latent channels already, not fewer than {channels}")
+    wide = UNet2DConditionModel.from_config(unet.config, in_channels=channels, out_channels=channels)
+    state, wide_state = unet.state_dict(), wide.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            target = wide_state[name]
+            if target.shape == tensor.shape:
+                target.copy_(tensor)
+            else:
+                target.zero_()
+                target[tuple(slice(0, size) for size in tensor.shape)] = tensor
+    return wide
 
 
 def build_text_encoder() -> CLIPTextModel:

@@ -82,16 +82,10 @@ def stage_vae(args, dev, workdir: Path):
     loop.train("vae", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("vae"), hp["lr"], hp["warmup"], info=info)
 
     # SD's convention: scaling_factor = 1 / std of the encoder's sampled latents.
-    latents = []
-    with torch.no_grad():
-        for index in range(SCALING_BATCHES):
-            images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["scaling"], index, dev)
-            generator = loop.step_generator(dev, args.seed, "scaling", index)
-            with loop.autocast(dev):
-                latents.append(vae.encode(images).latent_dist.sample(generator=generator).float())
-        latents = torch.cat(latents)
-        with loop.autocast(dev):
-            recon_error = (vae.decode(latents[-hp["batch"] :]).sample.float() - images).abs().mean().item()
+    latents = sampled_latents(vae, hp["batch"], args.seed, dev)
+    images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["scaling"], SCALING_BATCHES - 1, dev)
+    with torch.no_grad(), loop.autocast(dev):
+        recon_error = (vae.decode(latents[-hp["batch"] :]).sample.float() - images).abs().mean().item()
     scaling_factor = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scaling_factor)
     vae.save_pretrained(workdir / "vae", safe_serialization=True)
@@ -105,29 +99,65 @@ def stage_vae(args, dev, workdir: Path):
 
 def stage_decoder(args, dev, workdir: Path):
     """More training for the decoder alone. The encoder, its latents and scaling_factor stay as they are, so a UNet
-    trained on this VAE's latents keeps working with the fine-tuned decoder."""
+    trained on this VAE's latents keeps working with the fine-tuned decoder. With --widen-latents the VAE first gets
+    more latent channels (architecture.widen_latents: the old ones stay exact) whose encoder rows train too."""
     hp = args.hp["decoder"]
     vae = AutoencoderKL.from_pretrained(workdir / "vae")
     if args.decoder_layers is not None and args.decoder_layers != vae.config.layers_per_block:
         vae = architecture.deepen_vae(vae, args.decoder_layers)
+    old_channels, restore = vae.config.latent_channels, None
+    if args.widen_latents is not None and args.widen_latents != old_channels:
+        images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["scaling"], 0, torch.device("cpu"))
+        with torch.no_grad():
+            old_logvar = vae.encode(images).latent_dist.logvar.mean().item()
+        vae, restore = architecture.widen_latents(vae, args.widen_latents, old_logvar)
     vae = vae.to(dev)
     vae.encoder.requires_grad_(False)
-    vae.quant_conv.requires_grad_(False)
+    vae.quant_conv.requires_grad_(restore is not None)
+    vae.encoder.conv_out.requires_grad_(restore is not None)
     trained = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=hp["lr"], betas=(0.9, 0.99), weight_decay=0.0)
 
     def loss_fn(step):
         images, _, _ = shapes.batch(hp["batch"], args.seed * 10 + DATA_STREAM["decoder"], step, dev)
         generator = loop.step_generator(dev, args.seed, "decoder", step)
-        with torch.no_grad(), loop.autocast(dev):
+        with torch.set_grad_enabled(restore is not None), loop.autocast(dev):
             latents = vae.encode(images).latent_dist.sample(generator=generator)
         with loop.autocast(dev):
             recon = vae.decode(latents).sample.float()
         return reconstruction_loss(recon, images)
 
-    info = {"batch": hp["batch"], "layers_per_block": vae.config.layers_per_block}
-    loop.train("decoder", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("decoder"), hp["lr"], hp["warmup"], info=info)
+    info = {"batch": hp["batch"], "layers_per_block": vae.config.layers_per_block, "latent_channels": vae.config.latent_channels}
+    after_step = None if restore is None else (lambda step: restore())
+    loop.train("decoder", workdir, {"vae": vae}, optimizer, loss_fn, args.budget("decoder"), hp["lr"], hp["warmup"], after_step=after_step, info=info)
+    if restore is not None:
+        rescale_added_latents(vae, old_channels, hp["batch"], args.seed, dev, workdir)
     vae.save_pretrained(workdir / "vae", safe_serialization=True)
+
+
+def sampled_latents(vae: AutoencoderKL, batch: int, seed: int, dev) -> torch.Tensor:
+    """The encoder's sampled latents of SCALING_BATCHES fresh batches (unscaled)."""
+    latents = []
+    with torch.no_grad():
+        for index in range(SCALING_BATCHES):
+            images, _, _ = shapes.batch(batch, seed * 10 + DATA_STREAM["scaling"], index, dev)
+            generator = loop.step_generator(dev, seed, "scaling", index)
+            with loop.autocast(dev):
+                latents.append(vae.encode(images).latent_dist.sample(generator=generator).float())
+    return torch.cat(latents)
+
+
+def rescale_added_latents(vae: AutoencoderKL, old_channels: int, batch: int, seed: int, dev, workdir: Path):
+    """The added channels rescaled to the old ones' spread, so the config's one scaling_factor fits them all."""
+    latents = sampled_latents(vae, batch, seed, dev)
+    added = latents[:, old_channels:].transpose(0, 1).flatten(1)
+    mean, std = added.mean(dim=1), added.std(dim=1)
+    target = latents[:, :old_channels].std().item()
+    architecture.normalise_added_latents(vae, old_channels, mean.cpu(), std.cpu(), target)
+    after = sampled_latents(vae, batch, seed, dev)[:, old_channels:].transpose(0, 1).flatten(1)
+    entry = {"old_std": target, "added_mean": mean.tolist(), "added_std": std.tolist(), "added_std_after": after.std(dim=1).tolist()}
+    loop.update_train_log(workdir, "widened_latents", entry)
+    print(f"[decoder] added latent channels: mean {mean.tolist()}, std {std.tolist()} -> {entry['added_std_after']}", flush=True)
 
 
 def stage_unet(args, dev, workdir: Path):
@@ -137,7 +167,10 @@ def stage_unet(args, dev, workdir: Path):
     tok = tokenizer()
     if "unet" in args.init:
         text_encoder = CLIPTextModel.from_pretrained(args.init["unet"] / "text_encoder").to(dev)
-        unet = UNet2DConditionModel.from_pretrained(args.init["unet"] / "unet").to(dev)
+        unet = UNet2DConditionModel.from_pretrained(args.init["unet"] / "unet")
+        if unet.config.in_channels != vae.config.latent_channels:
+            unet = architecture.widen_unet(unet, vae.config.latent_channels)
+        unet = unet.to(dev)
     else:
         text_encoder = architecture.build_text_encoder().to(dev)
         unet = architecture.build_unet(vae.config.latent_channels).to(dev)
@@ -308,6 +341,7 @@ def main():
     parser.add_argument("--vae-layers", type=int, default=1, help="the vae stage's resnets per block, encoder and decoder alike (default %(default)s)")
     parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="the unet stage's Min-SNR-gamma loss weighting (default %(default)s; larger weighs the low-noise steps, where fine shapes form, more)")
     parser.add_argument("--decoder-layers", type=int, help="the decoder stage first deepens the VAE to this many resnets per block (architecture.deepen_vae; the encoder's latents stay exact)")
+    parser.add_argument("--widen-latents", type=int, help="the decoder stage first gives the VAE this many latent channels (architecture.widen_latents: the old ones stay exact, the added ones' encoder rows train with the decoder); the unet stage then widens a continued UNet to match")
     parser.add_argument("--lcm-w-range", type=w_range, default=diffusion.LCM_W_RANGE, help="LOW,HIGH: the teacher's guidance w (guidance_scale - 1) drawn uniformly; default %(default)s")
     args = parser.parse_args()
     args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}
