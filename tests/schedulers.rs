@@ -4,11 +4,22 @@ use crate::common;
 
 use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu, read};
-use webdiffusion::schedulers::{Ddim, Noise, Scheduler, SchedulerConfig, spaced_timesteps};
+use webdiffusion::schedulers::{Ddim, Noise, Scheduler, SchedulerConfig, display_name, spaced_timesteps};
 
 fn config(model: &str) -> SchedulerConfig {
     let file = path(&format!("models/{model}/scheduler/scheduler_config.json"));
     serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+}
+
+/// PNG `parameters` name PNDM as AUTOMATIC1111 does only where it runs A1111's PLMS.
+#[test]
+fn pndm_is_named_plms_only_without_its_runge_kutta_warm_up() {
+    let mut config = SchedulerConfig::default();
+    assert!(!config.skip_prk_steps, "diffusers' PNDMScheduler default");
+    assert_eq!(display_name("pndm", &config), "PNDM");
+    config.skip_prk_steps = true;
+    assert_eq!(display_name("pndm", &config), "PLMS");
+    assert_eq!(display_name("euler-a", &config), "Euler a");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 // the engine's message; Cancel after the first preview stops after the step in flight and
 // keeps its preview. A reload then generates again and must fetch no shard: Cache Storage
 // kept them. The engine's other options (sampler, size, image to image, inpainting), called
-// and LoRAs, as an npm user calls them, must give the CLI's images for the same options too.
+// and LoRAs, as an npm user calls them, must give the CLI's images for the same options too,
+// and so must the same options set in the form's "More options".
 //
 //   node --test tests/page/     after ./build.sh has built web/dist and cargo the native
 //                               CLI (target/debug/webdiffusion, or $WEBDIFFUSION_CLI)
@@ -219,6 +220,27 @@ async function assertNoError(page) {
   assert.equal(error, "", `the page shows an error: ${error}`);
 }
 
+/** A new browser context's page, loaded and ready; `pageErrors` collects its uncaught errors. */
+async function readyPage() {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (error) => pageErrors.push(error.message));
+  await page.goto(baseUrl);
+  await page.waitForSelector("body[data-state=ready], body[data-state=error]", { timeout: LOAD_TIMEOUT_MS });
+  await assertNoError(page);
+  return { context, page, pageErrors };
+}
+
+/** `got` (RGBA) is the CLI's `want` up to float rounding: Tint on SwiftShader and naga on the
+ *  native driver round differently, nothing more. */
+function assertLikeCli(what, got, want) {
+  assert.equal(got.length, want.length, `${what}: the CLI's image has another size`);
+  const native = difference(got, want);
+  console.log(`${what}: vs native CLI, mean |difference| ${native.mean.toFixed(3)}, largest ${native.max} (of 255)`);
+  assert.ok(native.mean < 0.5 && native.max <= 8, `${what}: the image differs from the native CLI's by ${JSON.stringify(native)}`);
+}
+
 test("the page generates with the embedded model, then again from cached shards", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -253,10 +275,7 @@ test("the page generates with the embedded model, then again from cached shards"
   const spread = largestChannelStdDev(first.pixels);
   assert.ok(spread > 5, `the image is flat (largest channel standard deviation ${spread.toFixed(2)})`);
   assert.ok(first.longestStallMs < 3000, `generating froze the page for ${first.longestStallMs.toFixed(0)} ms`);
-  // Tint on SwiftShader and naga on the native driver differ in float rounding only.
-  const native = difference(first.pixels, await nativeImage(page));
-  console.log(`page vs native CLI: mean |difference| ${native.mean.toFixed(3)}, largest ${native.max} (of 255)`);
-  assert.ok(native.mean < 0.5 && native.max <= 8, `the page's image differs from the native CLI's by ${JSON.stringify(native)}`);
+  assertLikeCli("page", first.pixels, await nativeImage(page));
 
   // A bad option reaches the page as the engine's error message, and the page recovers.
   await page.fill("#guidance", "");
@@ -302,13 +321,7 @@ test("the page generates with the embedded model, then again from cached shards"
 });
 
 test("the engine's options give the CLI's images: sampler, size, image to image, inpainting, LoRA", async () => {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (error) => pageErrors.push(error.message));
-  await page.goto(baseUrl);
-  await page.waitForSelector("body[data-state=ready], body[data-state=error]", { timeout: LOAD_TIMEOUT_MS });
-  await assertNoError(page);
+  const { context, page, pageErrors } = await readyPage();
 
   const init = nativePng();
   const mask = await maskPng(page, 64, 64, [8, 8, 32, 24]);
@@ -324,10 +337,7 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
     const want = await nativeImage(page, args, { "init.png": init, "mask.png": mask });
     const expectedWidth = options.width ?? 64;
     assert.equal(got.width, expectedWidth, what);
-    assert.equal(got.pixels.length, want.length, `${what}: the CLI's image has another size`);
-    const native = difference(got.pixels, want);
-    console.log(`${what}: engine vs native CLI, mean |difference| ${native.mean.toFixed(3)}, largest ${native.max}`);
-    assert.ok(native.mean < 0.5 && native.max <= 8, `${what}: the engine's image differs from the CLI's by ${JSON.stringify(native)}`);
+    assertLikeCli(`engine, ${what}`, got.pixels, want);
     assert.ok(largestChannelStdDev(got.pixels) > 5, `${what}: the image is flat`);
   }
 
@@ -347,9 +357,7 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
   const plain = await engineImage(page, {});
   assert.equal(await setLoras([{ data: lora, name: "lcm-lora", scale: 0.7 }]), "ok");
   const withLora = await engineImage(page, {});
-  const native = difference(withLora.pixels, await nativeImage(page, ["--lora", `${LORA}:0.7`]));
-  console.log(`LoRA at 0.7: engine vs native CLI, mean |difference| ${native.mean.toFixed(3)}, largest ${native.max}`);
-  assert.ok(native.mean < 0.5 && native.max <= 8, `with a LoRA the engine's image differs from the CLI's by ${JSON.stringify(native)}`);
+  assertLikeCli("engine, LoRA at 0.7", withLora.pixels, await nativeImage(page, ["--lora", `${LORA}:0.7`]));
   assert.ok(difference(withLora.pixels, plain.pixels).mean > 2, "the LoRA changes the image");
   const during = await page.evaluate(async () => {
     let refused = "accepted";
@@ -381,5 +389,57 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
   // What the pipeline refuses comes back as its message: a size the VAE cannot take.
   assert.match(await rejected(`{ width: 66 }`), /^Error: .*66/);
   assert.deepEqual(pageErrors, []);
+  await context.close();
+});
+
+test("the form's more options reach the engine: sampler, size, LoRA, then image to image with a mask", async () => {
+  const { context, page, pageErrors } = await readyPage();
+  const submit = async () => {
+    await page.click("#generate");
+    await page.waitForSelector("body[data-state=done], body[data-state=error]", { timeout: GENERATE_TIMEOUT_MS });
+    await assertNoError(page);
+    return page.evaluate(() => {
+      const canvas = document.querySelector("#result");
+      return { width: canvas.width, height: canvas.height, pixels: Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data) };
+    });
+  };
+
+  await page.fill("#prompt", PROMPT);
+  await page.fill("#seed", String(SEED));
+  await page.click("#more-options > summary");
+  await page.selectOption("#scheduler", "euler");
+  await page.fill("#steps", "3");
+  await page.fill("#width", "96");
+  await page.fill("#height", "64");
+  await page.setInputFiles("#lora", LORA);
+  await page.fill("#lora-scale", "0.7");
+  const sized = await submit();
+  assert.equal(sized.width, 96);
+  assert.equal(sized.height, 64);
+  const sizedArgs = ["--scheduler", "euler", "--steps", "3", "--width", "96", "--height", "64", "--lora", `${LORA}:0.7`];
+  assertLikeCli("form, euler, 3 steps, 96x64, LoRA at 0.7", sized.pixels, await nativeImage(page, sizedArgs));
+
+  // The LoRA cleared, the size and sampler back to the model's; a start image and a mask.
+  const init = nativePng();
+  const mask = await maskPng(page, 64, 64, [8, 8, 32, 24]);
+  await page.setInputFiles("#lora", []);
+  await page.selectOption("#scheduler", "");
+  await page.fill("#steps", "4");
+  await page.fill("#width", "");
+  await page.fill("#height", "");
+  await page.setInputFiles("#init-image", { name: "init.png", mimeType: "image/png", buffer: Buffer.from(init, "base64") });
+  await page.setInputFiles("#mask", { name: "mask.png", mimeType: "image/png", buffer: Buffer.from(mask, "base64") });
+  await page.fill("#strength", "1");
+  await page.fill("#clip-skip", "1");
+  const inpainted = await submit();
+  const inpaintArgs = ["--init-image", "init.png", "--mask", "mask.png", "--strength", "1", "--clip-skip", "1"];
+  assertLikeCli("form, inpainting, clip skip 1", inpainted.pixels, await nativeImage(page, inpaintArgs, { "init.png": init, "mask.png": mask }));
+
+  // A file that is no picture is refused by name.
+  await page.setInputFiles("#mask", { name: "notes.png", mimeType: "image/png", buffer: Buffer.from("not a png") });
+  await page.click("#generate");
+  await page.waitForSelector("body[data-state=error]", { timeout: GENERATE_TIMEOUT_MS });
+  assert.equal(await page.textContent("#error"), "notes.png is not an image this browser can decode");
+  assert.equal(pageErrors.length, 0, "a refused file is shown, not thrown");
   await context.close();
 });

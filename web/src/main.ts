@@ -24,6 +24,15 @@ const ui = {
   seed: element("seed", HTMLInputElement),
   steps: element("steps", HTMLInputElement),
   guidance: element("guidance", HTMLInputElement),
+  scheduler: element("scheduler", HTMLSelectElement),
+  width: element("width", HTMLInputElement),
+  height: element("height", HTMLInputElement),
+  clipSkip: element("clip-skip", HTMLInputElement),
+  initImage: element("init-image", HTMLInputElement),
+  strength: element("strength", HTMLInputElement),
+  mask: element("mask", HTMLInputElement),
+  lora: element("lora", HTMLInputElement),
+  loraScale: element("lora-scale", HTMLInputElement),
   generate: element("generate", HTMLButtonElement),
   cancel: element("cancel", HTMLButtonElement),
   error: element("error", HTMLElement),
@@ -63,8 +72,27 @@ function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
 }
 
-/** The form as options; an empty seed means a random one. */
-function readOptions(signal: AbortSignal): GenerateOptions {
+/** The picture a file input holds, as ImageData at its own size; undefined when none is chosen. */
+async function chosenImage(input: HTMLInputElement): Promise<ImageData | undefined> {
+  const file = input.files?.[0];
+  if (!file) return undefined;
+  let bitmap: ImageBitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch {
+    throw new Error(`${file.name} is not an image this browser can decode`);
+  }
+  const context = new OffscreenCanvas(bitmap.width, bitmap.height).getContext("2d");
+  if (!context) throw new Error("no 2D canvas context");
+  context.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return context.getImageData(0, 0, context.canvas.width, context.canvas.height);
+}
+
+/** The form as options; an empty field leaves the engine's default (a random seed, the
+ *  model's sampler and size). Strength counts only with a start image, so that a value left
+ *  in its field does not refuse a plain generation. */
+async function readOptions(signal: AbortSignal): Promise<GenerateOptions> {
   const options: GenerateOptions = {
     prompt: ui.prompt.value,
     negativePrompt: ui.negativePrompt.value,
@@ -73,7 +101,31 @@ function readOptions(signal: AbortSignal): GenerateOptions {
     signal,
   };
   if (ui.seed.value !== "") options.seed = ui.seed.valueAsNumber;
+  if (ui.scheduler.value !== "") options.scheduler = ui.scheduler.value;
+  if (ui.width.value !== "") options.width = ui.width.valueAsNumber;
+  if (ui.height.value !== "") options.height = ui.height.valueAsNumber;
+  if (ui.clipSkip.value !== "") options.clipSkip = ui.clipSkip.valueAsNumber;
+  const initImage = await chosenImage(ui.initImage);
+  const mask = await chosenImage(ui.mask);
+  if (initImage) {
+    options.initImage = initImage;
+    options.strength = ui.strength.valueAsNumber;
+  }
+  if (mask) options.mask = mask;
   return options;
+}
+
+/** What the engine's LoRA is set to, so a generation calls setLoras only when the form changed it. */
+let appliedLora = "";
+
+/** Sets the form's LoRA (or none) on the engine. */
+async function applyLora(engine: Engine): Promise<void> {
+  const file = ui.lora.files?.[0];
+  const scale = ui.loraScale.valueAsNumber;
+  const wanted = file ? `${file.name}|${file.size}|${file.lastModified}|${scale}` : "";
+  if (wanted === appliedLora) return;
+  engine.setLoras(file ? [{ data: new Uint8Array(await file.arrayBuffer()), name: file.name, scale }] : []);
+  appliedLora = wanted;
 }
 
 async function load(): Promise<Engine> {
@@ -107,7 +159,8 @@ async function generate(engine: Engine): Promise<void> {
   const previewMs: string[] = [];
   const started = performance.now();
   try {
-    const image = await engine.generate(readOptions(abort.signal), (step, total, rgba, width, height) => {
+    await applyLora(engine);
+    const image = await engine.generate(await readOptions(abort.signal), (step, total, rgba, width, height) => {
       const elapsed = performance.now() - started;
       draw(ui.preview, rgba, width, height);
       ui.stepLabel.textContent = `step ${step} of ${total} (${seconds(elapsed)})`;

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::{elementwise as ew, layout};
 use crate::models::embeddings::guidance_scale_embedding;
-use crate::schedulers::{Noise, Scheduler};
+use crate::schedulers::{self, Noise, Scheduler};
 
 /// A generation under way: the prompt encoded, the latents at the current step.
 pub struct Denoising<'a> {
@@ -121,6 +121,7 @@ impl Denoising<'_> {
         let sd = self.sd;
         let image = sd.vae.decode(&ew::scale(&sd.gpu, &self.latents, 1.0 / sd.vae.scaling_factor())?)?;
         let (width, height) = self.size;
-        Ok(Generation { latents: self.latents, image, scheduler: self.scheduler_name, width, height })
+        let sampler_display_name = schedulers::display_name(&self.scheduler_name, &self.sd.scheduler_config).to_string();
+        Ok(Generation { latents: self.latents, image, scheduler: self.scheduler_name, sampler_display_name, width, height })
     }
 }

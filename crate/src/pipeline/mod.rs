@@ -84,6 +84,8 @@ pub struct Generation {
     pub image: Tensor,
     /// The sampler that ran.
     pub scheduler: String,
+    /// Its name in AUTOMATIC1111's terms (`schedulers::display_name`), for `parameters`.
+    pub sampler_display_name: String,
     pub width: usize,
     pub height: usize,
 }
@@ -100,11 +102,7 @@ impl Generation {
         let seed = if request.latents.is_some() { "given latents".to_string() } else { request.seed.to_string() };
         text.push_str(&format!(
             "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}",
-            request.steps,
-            schedulers::display_name(&self.scheduler),
-            request.guidance_scale,
-            self.width,
-            self.height,
+            request.steps, self.sampler_display_name, request.guidance_scale, self.width, self.height,
         ));
         if let Some(hash) = model_hash {
             text.push_str(&format!(", Model hash: {hash}"));

@@ -135,11 +135,14 @@ impl Noise {
 pub const NAMES: &[&str] =
     &["ddim", "pndm", "euler", "euler-a", "heun", "lms", "dpm++2m", "dpm++2m-karras", "dpm++2m-sde-karras", "unipc", "lcm"];
 
-/// The name AUTOMATIC1111 shows for a sampler (its PNG `parameters` use these).
-pub fn display_name(name: &str) -> &str {
+/// The name AUTOMATIC1111 shows for a sampler (its PNG `parameters` use these). PNDM
+/// with `skip_prk_steps` is its PLMS; A1111 has no name for PNDM's Runge-Kutta warm-up,
+/// so that one keeps the paper's.
+pub fn display_name<'a>(name: &'a str, config: &SchedulerConfig) -> &'a str {
     match name {
         "ddim" => "DDIM",
-        "pndm" => "PLMS",
+        "pndm" if config.skip_prk_steps => "PLMS",
+        "pndm" => "PNDM",
         "euler" => "Euler",
         "euler-a" => "Euler a",
         "heun" => "Heun",
