@@ -1,6 +1,7 @@
 // The page: loads the embedded model through the wasm API, then generates on demand,
 // drawing a preview after every step and the final image; Cancel stops after the step in
-// flight and keeps its preview. State for tests and users is on <body>: data-state
+// flight and keeps its preview. "More options" passes the rest of the engine's options
+// (sampler, size, CLIP skip, start image, mask) and sets a LoRA file on it. State for tests and users is on <body>: data-state
 // (loading, ready, generating, done, cancelled, error), data-load-ms,
 // data-generate-ms and data-preview-ms (when each preview of the last generation arrived,
 // in ms from its start, comma-separated).

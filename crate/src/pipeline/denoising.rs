@@ -121,7 +121,7 @@ impl Denoising<'_> {
         let sd = self.sd;
         let image = sd.vae.decode(&ew::scale(&sd.gpu, &self.latents, 1.0 / sd.vae.scaling_factor())?)?;
         let (width, height) = self.size;
-        let sampler_display_name = schedulers::display_name(&self.scheduler_name, &self.sd.scheduler_config).to_string();
+        let sampler_display_name = schedulers::display_name(&self.scheduler_name, &sd.scheduler_config).to_string();
         Ok(Generation { latents: self.latents, image, scheduler: self.scheduler_name, sampler_display_name, width, height })
     }
 }
