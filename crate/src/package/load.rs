@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::{MANIFEST, Manifest, Placement, ShardEntry, parse_manifest};
+use super::manifest::{MANIFEST, Manifest, Placement, ShardEntry, parse_placed_manifest};
 use super::source::{BoxFuture, ChunkSink, PackageSource};
 use super::writer::{hex, sha256_hex};
 use crate::error::{Error, Result};
@@ -74,8 +74,7 @@ impl ModelFiles for Package {
 /// Loads the package `source` holds onto `gpu`, calling `on_progress` after every chunk.
 pub async fn load_package(gpu: &Gpu, source: &dyn PackageSource, on_progress: &mut dyn FnMut(&LoadProgress)) -> Result<Package> {
     let manifest_file = source.describe(MANIFEST);
-    let manifest = parse_manifest(&source.read_file(MANIFEST).await?).map_err(|e| rename_file(e, &manifest_file))?;
-    let placements = manifest.placements()?;
+    let (manifest, placements) = parse_placed_manifest(&source.read_file(MANIFEST).await?).map_err(|e| rename_file(e, &manifest_file))?;
 
     let mut files = config_files(&manifest, &manifest_file)?;
     for entry in &manifest.files {

@@ -99,6 +99,12 @@ pub const STORAGE_TYPES: [DType; 4] = [DType::F32, DType::F16, DType::Q8, DType:
 
 /// Parses and validates a manifest. Pure: the fuzz target's entry point.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
+    Ok(parse_placed_manifest(bytes)?.0)
+}
+
+/// [`parse_manifest`], with the tensor placements its check computed, so a loader need
+/// not compute them again.
+pub(super) fn parse_placed_manifest(bytes: &[u8]) -> Result<(Manifest, Vec<Placement>)> {
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| invalid(format!("{e}")))?;
     // Format and version first: a future version may change anything else.
     if manifest.format != FORMAT {
@@ -110,10 +116,10 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
             detail: format!("package format version {} (this build reads version {VERSION})", manifest.version),
         });
     }
-    manifest.placements()?;
+    let placements = manifest.placements()?;
     manifest.check_files()?;
     manifest.check_latent_rgb()?;
-    Ok(manifest)
+    Ok((manifest, placements))
 }
 
 fn invalid(detail: String) -> Error {
