@@ -17,10 +17,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+import package
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests/fixtures"))
 from generate_embedded import non_finite_floats, read_package  # noqa: E402
 
-WEIGHT_FILES = {"vae": "diffusion_pytorch_model.safetensors", "unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+# component -> its weights file in a diffusers folder, as the device run's files come back
+WEIGHT_FILES = dict(package.WEIGHTS.values())
 CONFIG_FILES = {"scheduler": "scheduler_config.json"}
 
 
