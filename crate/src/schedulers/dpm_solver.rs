@@ -137,14 +137,6 @@ impl Scheduler for DpmSolver {
         &self.schedule.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
-
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor> {
         self.cursor.advance("DPM-Solver step", step, self.schedule.timesteps.len())?;
         let x0 = data_prediction(self.prediction, model_output, sample, self.schedule.sigmas[step])?;

@@ -94,14 +94,6 @@ impl Scheduler for Lcm {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
-
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor> {
         let timestep = timestep_at(&self.timesteps, step, "LCM step")?;
         let last = step + 1 == self.timesteps.len();

@@ -29,10 +29,16 @@ use crate::rng::TorchGenerator;
 pub trait Scheduler {
     /// The model's timesteps, first to last.
     fn timesteps(&self) -> &[f64];
-    /// The standard deviation of the initial noise.
-    fn init_noise_sigma(&self) -> f32;
-    /// The UNet's input at `step` (some samplers scale the latents).
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
+    /// The standard deviation of the initial noise: 1 for samplers on the alphas'
+    /// variance-preserving latents, larger for those on the sigma (Karras) scale.
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+    /// The UNet's input at `step`: the latents themselves, unless the sampler works on the
+    /// sigma scale and divides by sqrt(sigma^2 + 1).
+    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// The latents after `step`, given the model's output there. Ancestral and SDE
     /// samplers draw their fresh noise from `noise`, as diffusers does from its generator.
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: &mut Noise) -> Result<Tensor>;

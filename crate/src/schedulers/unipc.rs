@@ -179,14 +179,6 @@ impl Scheduler for UniPc {
         &self.schedule.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
-
     fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, _noise: &mut Noise) -> Result<Tensor> {
         let steps = self.schedule.timesteps.len();
         self.cursor.advance("UniPC step", step, steps)?;
