@@ -22,8 +22,13 @@ def configure_backends():
     torch.backends.cudnn.benchmark = True
 
 
-def start(seed: int, workdir: Path) -> torch.device:
-    """What every training command does first: quiet progress bars, torch seeded, backends set, the workdir made."""
+CPU_AUTOCAST = {"enabled": False}
+
+
+def start(seed: int, workdir: Path, cpu_bf16: bool = False) -> torch.device:
+    """What every training command does first: quiet progress bars, torch seeded, backends set, the workdir made.
+    cpu_bf16 makes autocast() use bf16 on the CPU too (about 1.3x faster on CPUs with AVX512-BF16)."""
+    CPU_AUTOCAST["enabled"] = cpu_bf16
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
@@ -33,8 +38,10 @@ def start(seed: int, workdir: Path) -> torch.device:
 
 
 def autocast(dev: torch.device):
-    """bf16 autocast on CUDA; plain fp32 on the CPU (the smoke run)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    """bf16 autocast on CUDA; on the CPU plain fp32 unless start() was asked for bf16."""
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=CPU_AUTOCAST["enabled"])
 
 
 def step_generator(dev: torch.device, seed: int, stage: str, step: int) -> torch.Generator:

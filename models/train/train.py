@@ -342,6 +342,7 @@ def main():
     parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="the unet stage's Min-SNR-gamma loss weighting (default %(default)s; larger weighs the low-noise steps, where fine shapes form, more)")
     parser.add_argument("--decoder-layers", type=int, help="the decoder stage first deepens the VAE to this many resnets per block (architecture.deepen_vae; the encoder's latents stay exact)")
     parser.add_argument("--widen-latents", type=int, help="the decoder stage first gives the VAE this many latent channels (architecture.widen_latents: the old ones stay exact, the added ones' encoder rows train with the decoder); the unet stage then widens a continued UNet to match")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU as on CUDA (about 1.3x faster where the CPU has AVX512-BF16)")
     parser.add_argument("--lcm-w-range", type=w_range, default=diffusion.LCM_W_RANGE, help="LOW,HIGH: the teacher's guidance w (guidance_scale - 1) drawn uniformly; default %(default)s")
     args = parser.parse_args()
     args.init = {stage: Path(folder) for stage, folder in per_stage(args.init, str).items()}
@@ -360,7 +361,7 @@ def main():
     args.hp = {stage: {key: overrides[key].get(stage, value) for key, value in hp.items()} for stage, hp in DEFAULTS.items()}
     args.budget = lambda stage: loop.Budget(args.hp[stage]["max_steps"], args.hp[stage]["budget_seconds"])
 
-    dev = loop.start(args.seed, args.workdir)
+    dev = loop.start(args.seed, args.workdir, cpu_bf16=args.cpu_bf16)
     loop.update_train_log(
         args.workdir,
         "environment",
@@ -369,6 +370,7 @@ def main():
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "seed": args.seed,
+            "autocast": "bf16" if dev.type == "cuda" or args.cpu_bf16 else "fp32",
             "hyperparameters": args.hp,
         },
     )
