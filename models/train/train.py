@@ -370,7 +370,7 @@ def main():
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "seed": args.seed,
-            "autocast": "bf16" if dev.type == "cuda" or args.cpu_bf16 else "fp32",
+            "autocast": "bf16" if loop.autocasts(dev) else "fp32",
             "hyperparameters": args.hp,
         },
     )
