@@ -346,6 +346,10 @@ fn bench_quality_scores_a_sheet_without_a_model() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // The generator's own drawings: the analyser reads every attribute of all 128 right.
     assert!(stdout.contains("| all prompts | 128 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |"), "{stdout}");
+    // Several sheets (runs over other seeds) are scored together.
+    let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).args([&ground_truth, &ground_truth]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("| all prompts | 256 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |"), "{stdout}");
     let other = path("img2img_init.png");
     let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).arg(&other).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -54,17 +54,21 @@ pub struct QualityArgs {
     /// A package folder or a diffusers folder.
     #[arg(long, required_unless_present = "score_sheet")]
     model: Option<PathBuf>,
-    /// Score the images of this PNG instead of generating any: tiles laid out as
+    /// Score the images of these PNGs, together, instead of generating any: tiles laid out as
     /// `models/eval/ground_truth.png` (64x64, 16 to a row, tile t showing prompt t % 64), as
-    /// `models/eval/vae_ceiling.py` writes a VAE's reconstructions of the ground truth.
-    #[arg(long, conflicts_with_all = ["model", "sheet"])]
-    score_sheet: Option<PathBuf>,
+    /// `models/eval/vae_ceiling.py` writes a VAE's reconstructions of the ground truth and
+    /// `--sheet` writes generated images.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["model", "sheet"])]
+    score_sheet: Vec<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Images per prompt, with seeds 0, 1, ...
+    /// Images per prompt, with seeds `--first-seed`, `--first-seed` + 1, ...
     #[arg(long, default_value_t = 1)]
     seeds: u64,
-    /// Also write every image into this PNG, a row per 16 prompts, seed after seed.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Also write every image into this PNG, seed after seed, laid out as `--score-sheet`
+    /// reads: runs over other seeds can be scored together later.
     #[arg(long)]
     sheet: Option<PathBuf>,
 }
@@ -89,16 +93,15 @@ pub async fn generate_image(sd: &StableDiffusion, request: &Request) -> Result<R
 pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     let list = PromptList::builtin()?;
     let palette = list.palette();
-    let model = match (&args.model, &args.score_sheet) {
-        (Some(model), _) => model,
-        (None, Some(path)) => return score_sheet(&list, path),
-        (None, None) => return Err(Error::Format { file: "--model".into(), detail: "missing".into() }),
+    let Some(model) = &args.model else {
+        return score_sheets(&list, &args.score_sheet);
     };
     let sd = load_pipeline(gpu, model).await?;
     let total = list.prompts.len() * args.seeds as usize;
     let (mut outcomes, mut images) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let start = Instant::now();
-    for seed in 0..args.seeds {
+    let seeds = args.first_seed..args.first_seed + args.seeds;
+    for seed in seeds.clone() {
         for (index, prompt) in list.prompts.iter().enumerate() {
             let request = args.sampling.request(&prompt.prompt, seed);
             let image = generate_image(&sd, &request).await?;
@@ -111,16 +114,15 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64() / total.max(1) as f64;
     println!("adapter: {} ({})", gpu.info().adapter, gpu.info().backend);
     println!(
-        "model: {}, {} steps, sampler {}, guidance {}, seeds 0..{}: {total} images, {seconds:.2} s each",
+        "model: {}, {} steps, sampler {}, guidance {}, seeds {seeds:?}: {total} images, {seconds:.2} s each",
         model.display(),
         args.sampling.steps,
         args.sampling.scheduler.as_deref().map_or_else(|| sd.default_scheduler().unwrap_or("?").to_string(), str::to_string),
         args.sampling.guidance,
-        args.seeds
     );
     println!("\n{}\n\n{}", score::summary(&list, &outcomes), score::per_shape(&list, &outcomes));
     if let Some(path) = &args.sheet {
-        let png = encode_png(&sheet::contact_sheet(&images, 16, 2), None)?;
+        let png = encode_png(&sheet::contact_sheet(&images, list.ground_truth.columns, 1), None)?;
         std::fs::write(path, png).map_err(|e| Error::Io { path: path.display().to_string(), detail: e.to_string() })?;
         eprintln!("wrote {}", path.display());
     }
@@ -147,12 +149,16 @@ pub fn sheet_outcomes(list: &PromptList, sheet: &RgbImage, file: &str) -> Result
         .collect())
 }
 
-/// Scores the sheet at `path` and prints the tables.
-fn score_sheet(list: &PromptList, path: &Path) -> Result<()> {
-    let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: file.clone(), detail: e.to_string() })?;
-    let outcomes = sheet_outcomes(list, &decode_png(&bytes)?, &file)?;
-    println!("sheet: {file} ({} tiles)", outcomes.len());
+/// Scores the sheets at `paths` together and prints the tables.
+fn score_sheets(list: &PromptList, paths: &[PathBuf]) -> Result<()> {
+    let mut outcomes = Vec::new();
+    for path in paths {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: file.clone(), detail: e.to_string() })?;
+        let tiles = sheet_outcomes(list, &decode_png(&bytes)?, &file)?;
+        println!("sheet: {file} ({} tiles)", tiles.len());
+        outcomes.extend(tiles);
+    }
     println!("\n{}\n\n{}", score::summary(list, &outcomes), score::per_shape(list, &outcomes));
     Ok(())
 }
