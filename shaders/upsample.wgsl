@@ -14,13 +14,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-#ifdef X_F16
-@group(0) @binding(1) var<storage, read> x: array<u32>;
-fn load_x(i: u32) -> f32 { return f16_word(x[i >> 1u], i); }
-#else
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-fn load_x(i: u32) -> f32 { return x[i]; }
-#endif
+#include "input_x.wgsl"
 
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 

@@ -3,6 +3,7 @@
 const FILES: &[(&str, &str)] = &[
     ("common.wgsl", include_str!("../../shaders/common.wgsl")),
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
+    ("input_x.wgsl", include_str!("../../shaders/input_x.wgsl")),
     ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("conv2d.wgsl", include_str!("../../shaders/conv2d.wgsl")),
