@@ -105,10 +105,10 @@ impl Conv2d {
 
 /// `torch.nn.GroupNorm` with affine parameters.
 pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-    eps: f32,
+    pub(super) weight: Tensor,
+    pub(super) bias: Tensor,
+    pub(super) groups: usize,
+    pub(super) eps: f32,
 }
 
 impl GroupNorm {

@@ -3,12 +3,12 @@
 
 use super::AutoencoderKlConfig;
 use super::channel_chunks::ChannelChunks;
-use super::layers::{ChunkPlan, Conv, GroupNorm, Resnet, Upsample};
+use super::layers::{ChunkPlan, Conv, Resnet, Upsample, group_norm};
 use super::mid_block::{EPS, MidBlock};
 use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::loader::Weights;
-use crate::models::nn::join;
+use crate::models::nn::{GroupNorm, join};
 
 /// Resnets at one resolution, then (except in the last block) nearest 2x upsampling and a conv.
 struct UpDecoderBlock2D {
@@ -88,7 +88,7 @@ impl Decoder {
         for block in &self.up_blocks {
             h = block.forward(&h, plan)?;
         }
-        let image = self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?, plan)?;
+        let image = self.conv_out.forward(&group_norm(&h, &self.conv_norm_out)?, plan)?;
         plan.whole(self.conv_out.name(), &image)
     }
 

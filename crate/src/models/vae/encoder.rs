@@ -3,12 +3,12 @@
 
 use super::AutoencoderKlConfig;
 use super::channel_chunks::ChannelChunks;
-use super::layers::{ChunkPlan, Conv, GroupNorm, Resnet};
+use super::layers::{ChunkPlan, Conv, Resnet, group_norm};
 use super::mid_block::{EPS, MidBlock};
 use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::loader::Weights;
-use crate::models::nn::join;
+use crate::models::nn::{GroupNorm, join};
 
 /// The encoder's downsamplers pad only bottom and right, then convolve with stride 2.
 const DOWNSAMPLE_PADDING: [usize; 4] = [0, 1, 0, 1];
@@ -95,7 +95,7 @@ impl Encoder {
             h = block.forward(&h, plan)?;
         }
         h = self.mid_block.forward(&h, plan)?;
-        let moments = self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?, plan)?;
+        let moments = self.conv_out.forward(&group_norm(&h, &self.conv_norm_out)?, plan)?;
         plan.whole(self.conv_out.name(), &moments)
     }
 

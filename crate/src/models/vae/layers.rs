@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::conv2d::{Conv2dOptions, output_size};
 use crate::loader::Weights;
-use crate::models::nn::join;
+use crate::models::nn::{GroupNorm, join};
 
 /// How the VAE holds activations: any over `limit` in chunks of whole groups of
 /// `groups` (every norm in the VAE has `norm_num_groups`), so each chunk can be normed.
@@ -114,23 +114,9 @@ impl Conv {
     }
 }
 
-/// `torch.nn.GroupNorm` with affine parameters; its output is chunked like its input.
-pub(super) struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-    eps: f32,
-}
-
-impl GroupNorm {
-    pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f32) -> Result<Self> {
-        Ok(Self { weight: w.get(&join(prefix, "weight"), &[channels])?, bias: w.get(&join(prefix, "bias"), &[channels])?, groups, eps })
-    }
-
-    /// Normalises `x`, then applies SiLU when `silu` (fused).
-    pub fn forward(&self, x: &ChannelChunks, silu: bool) -> Result<ChannelChunks> {
-        x.group_norm(self.groups, &self.weight, &self.bias, self.eps, silu)
-    }
+/// `norm` then SiLU (the VAE never normalises without it), chunked like `x`.
+pub(super) fn group_norm(x: &ChannelChunks, norm: &GroupNorm) -> Result<ChannelChunks> {
+    x.group_norm(norm.groups, &norm.weight, &norm.bias, norm.eps, true)
 }
 
 /// diffusers' `ResnetBlock2D` as the VAE builds it: `silu(norm1(x)) -> conv1 ->
@@ -158,8 +144,8 @@ impl Resnet {
     }
 
     pub fn forward(&self, x: &ChannelChunks, plan: &ChunkPlan) -> Result<ChannelChunks> {
-        let h = self.conv1.forward(&self.norm1.forward(x, true)?, plan)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?, plan)?;
+        let h = self.conv1.forward(&group_norm(x, &self.norm1)?, plan)?;
+        let h = self.conv2.forward(&group_norm(&h, &self.norm2)?, plan)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x, plan)?,
             None => x.clone(),
