@@ -65,6 +65,7 @@ pub struct QualityArgs {
     /// Images per prompt, with seeds `--first-seed`, `--first-seed` + 1, ...
     #[arg(long, default_value_t = 1)]
     seeds: u64,
+    /// The seed of each prompt's first image.
     #[arg(long, default_value_t = 0)]
     first_seed: u64,
     /// Also write every image into this PNG, seed after seed, laid out as `--score-sheet`
@@ -122,7 +123,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     );
     println!("\n{}\n\n{}", score::summary(&list, &outcomes), score::per_shape(&list, &outcomes));
     if let Some(path) = &args.sheet {
-        let png = encode_png(&sheet::contact_sheet(&images, list.ground_truth.columns, 1), None)?;
+        let png = encode_png(&sheet::contact_sheet(&images, list.ground_truth.columns), None)?;
         std::fs::write(path, png).map_err(|e| Error::Io { path: path.display().to_string(), detail: e.to_string() })?;
         eprintln!("wrote {}", path.display());
     }

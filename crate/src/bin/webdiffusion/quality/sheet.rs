@@ -1,24 +1,20 @@
-//! A contact sheet: images side by side in a grid, each enlarged by pixel repetition; and
-//! one tile of such a sheet back.
+//! A contact sheet: images side by side in a grid, as `--score-sheet` reads them; and one
+//! tile of such a sheet back.
 
 use webdiffusion::image::RgbImage;
 
-/// `images` (all of one size) in rows of `columns`, each pixel repeated `scale` times
-/// each way; empty cells stay black.
-pub fn contact_sheet(images: &[RgbImage], columns: usize, scale: usize) -> RgbImage {
-    let (tile_w, tile_h) = images.first().map_or((0, 0), |i| (i.width * scale, i.height * scale));
+/// `images` (all of one size) in rows of `columns`; empty cells stay black.
+pub fn contact_sheet(images: &[RgbImage], columns: usize) -> RgbImage {
+    let (tile_w, tile_h) = images.first().map_or((0, 0), |i| (i.width, i.height));
     let columns = columns.clamp(1, images.len().max(1));
     let rows = images.len().div_ceil(columns);
     let (width, height) = (columns * tile_w, rows * tile_h);
     let mut pixels = vec![0u8; width * height * 3];
     for (index, image) in images.iter().enumerate() {
         let (x0, y0) = ((index % columns) * tile_w, (index / columns) * tile_h);
-        for y in 0..image.height * scale {
-            for x in 0..image.width * scale {
-                let from = ((y / scale) * image.width + x / scale) * 3;
-                let to = ((y0 + y) * width + x0 + x) * 3;
-                pixels[to..to + 3].copy_from_slice(&image.pixels[from..from + 3]);
-            }
+        for (y, row) in image.pixels.chunks_exact(tile_w * 3).enumerate() {
+            let to = ((y0 + y) * width + x0) * 3;
+            pixels[to..to + row.len()].copy_from_slice(row);
         }
     }
     RgbImage { width, height, pixels }
@@ -39,19 +35,19 @@ mod tests {
     use super::{RgbImage, contact_sheet, tile};
 
     #[test]
-    fn tiles_enlarged_in_rows() {
+    fn tiles_in_rows() {
         let one = |v: u8| RgbImage { width: 1, height: 1, pixels: vec![v, v, v] };
-        let sheet = contact_sheet(&[one(1), one(2), one(3)], 2, 2);
-        assert_eq!((sheet.width, sheet.height), (4, 4));
-        let row = |y: usize| (0..4).map(|x| sheet.pixels[(y * 4 + x) * 3]).collect::<Vec<_>>();
-        assert_eq!([row(0), row(1), row(2), row(3)], [vec![1, 1, 2, 2], vec![1, 1, 2, 2], vec![3, 3, 0, 0], vec![3, 3, 0, 0]]);
+        let sheet = contact_sheet(&[one(1), one(2), one(3)], 2);
+        assert_eq!((sheet.width, sheet.height), (2, 2));
+        let row = |y: usize| (0..2).map(|x| sheet.pixels[(y * 2 + x) * 3]).collect::<Vec<_>>();
+        assert_eq!([row(0), row(1)], [vec![1, 2], vec![3, 0]]);
     }
 
     #[test]
     fn a_tile_comes_back_whole() {
         let image = |v: u8| RgbImage { width: 2, height: 2, pixels: (0..12).map(|i| v + i).collect() };
         let images: Vec<RgbImage> = (0..5).map(|k| image(20 * k)).collect();
-        let sheet = contact_sheet(&images, 3, 1);
+        let sheet = contact_sheet(&images, 3);
         for (index, want) in images.iter().enumerate() {
             assert_eq!(tile(&sheet, index, 2, 3), *want, "tile {index}");
         }
