@@ -166,8 +166,9 @@ def run_verify(args, dev):
     pipe.load_lora_weights(str(args.out))
     loaded = sum(1 for name, _ in pipe.unet.named_modules() if name.endswith("lora_A.default_0") or name.endswith("lora_A.default"))
     generator = torch.Generator().manual_seed(args.seed)
-    sample = torch.randn(2, 4, 16, 16, generator=generator)
-    context = torch.randn(2, 77, 64, generator=generator)
+    config = trained.config
+    sample = torch.randn(2, config.in_channels, 16, 16, generator=generator)
+    context = torch.randn(2, 77, config.cross_attention_dim, generator=generator)
     timesteps = torch.tensor([999, 259])
     base = UNet2DConditionModel.from_pretrained(args.teacher / "unet")
     with torch.no_grad():
