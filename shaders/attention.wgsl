@@ -45,6 +45,8 @@ struct Params {
     head_dim: u32,
     scale_log2: f32, // the softmax scale times log2(e)
     causal: u32,
+    batch: u32,      // (attention_rows.wgsl's)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

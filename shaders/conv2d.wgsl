@@ -6,10 +6,16 @@
 // A launch may use a block of a larger weight (input channels in_start.., output channels
 // out_start..): w_first_row and w_first_col locate it, so a convolution can be summed over
 // input-channel chunks or computed by output-channel chunks without copying weights.
+// The epilogue adds, after the bias, what diffusers adds right after a conv: a value per
+// (sample, output channel) (a resnet's time embedding) and a tensor of the output's shape
+// (a residual), so neither costs a launch and a pass over memory of its own.
 // Defines: W_F16 (weight stored as packed f16), WEIGHT_QUANT (a q8 weight, dequantized
 //          while staging; + WEIGHT_Q4 for q4), BIAS (a bias binding), BIAS_F16 (it is packed f16),
-//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
-//          ACCUMULATE (add to the output's contents instead of overwriting them).
+//          CHANNEL_ADD ([N, channel_add_stride] f32, at channel bias_offset + oc),
+//          RESIDUAL (f32 of the output's shape), F16_MATH (tiles and products in f16, sums in
+//          f32; needs shader-f16), ACCUMULATE (add to the output's contents instead of
+//          overwriting them); value defines BIAS_AT, CHANNEL_ADD_AT, RESIDUAL_AT, OUT_AT (the
+//          bindings of the optional operands and the output, numbered in that order).
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -21,15 +27,20 @@ alias tile_t = f16;
 alias tile_t = f32;
 #endif
 
-// A 16 x 16 workgroup computes a BM x BN output tile; each invocation a 4 x 4 register
-// block, strided by 16 so neighbouring invocations touch neighbouring pixels.
-const THREADS: u32 = 16u;
-const BLOCK: u32 = 4u;
-const BM: u32 = 64u; // output channels per tile (THREADS * BLOCK)
-const BN: u32 = 64u; // output pixels per tile
-const BK: u32 = 16u; // reduction step
-// One spare column: the weight loaders write down a column of a_tile, and a stride of
-// exactly 64 words would put all 16 of them in one memory bank.
+// A workgroup of TM x TN invocations computes a BM x BN output tile; each invocation an
+// 8 x 8 register block, strided by TM and TN so neighbouring invocations touch
+// neighbouring pixels. The launcher picks TM and TN by shape (value defines).
+// The register block is written out with constant indices: a loop over it, or any
+// dynamic index into `acc`, makes some drivers (Mesa's llvmpipe) keep the block in
+// memory, which costs more than the arithmetic.
+const THREADS: u32 = TM * TN;
+const RM: u32 = 8u;
+const RN: u32 = 8u;
+const BM: u32 = TM * RM; // output channels per tile
+const BN: u32 = TN * RN; // output pixels per tile
+const BK: u32 = 16u;     // reduction step
+// One spare column: the weight loaders write down a column of a_tile, and a stride of a
+// power of two would put them all in one memory bank.
 const A_STRIDE: u32 = BM + 1u;
 
 struct Params {
@@ -50,7 +61,7 @@ struct Params {
     w_stride: u32,      // weight elements per output channel (all its input channels)
     bias_offset: u32,   // bias element of output channel 0
     w_row_words: u32,   // WEIGHT_QUANT: words per weight row (quants and scales)
-    _pad0: u32,
+    channel_add_stride: u32, // CHANNEL_ADD: values per sample
     _pad1: u32,
     _pad2: u32,
 }
@@ -79,17 +90,28 @@ fn load_w(row: u32, col: u32) -> f32 { return w[row * p.w_stride + col]; }
 
 #ifdef BIAS
 #ifdef BIAS_F16
-@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(BIAS_AT) var<storage, read> bias: array<u32>;
 fn load_bias(i: u32) -> f32 { return f16_word(bias[i >> 1u], i); }
 #else
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(BIAS_AT) var<storage, read> bias: array<f32>;
 fn load_bias(i: u32) -> f32 { return bias[i]; }
 #endif
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #else
 fn load_bias(i: u32) -> f32 { return 0.0; }
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
+#ifdef CHANNEL_ADD
+@group(0) @binding(CHANNEL_ADD_AT) var<storage, read> channel_add: array<f32>;
+fn load_channel_add(batch: u32, oc: u32) -> f32 { return channel_add[batch * p.channel_add_stride + p.bias_offset + oc]; }
+#else
+fn load_channel_add(batch: u32, oc: u32) -> f32 { return 0.0; }
+#endif
+#ifdef RESIDUAL
+@group(0) @binding(RESIDUAL_AT) var<storage, read> residual: array<f32>;
+fn load_residual(i: u32) -> f32 { return residual[i]; }
+#else
+fn load_residual(i: u32) -> f32 { return 0.0; }
+#endif
+@group(0) @binding(OUT_AT) var<storage, read_write> out: array<f32>;
 
 var<workgroup> a_tile: array<tile_t, BK * A_STRIDE>; // weight slice, [k][oc]
 var<workgroup> b_tile: array<tile_t, BK * BN>;       // patch slice, [k][pixel]
@@ -108,19 +130,20 @@ fn weight_at(oc: u32, k: u32) -> f32 {
 // own k are zero.
 fn stage_quant_words(lid: u32, k0: u32, oc0: u32) {
     let words_per_row = BK / QUANTS_PER_WORD;
-    if (lid >= BM * words_per_row) { return; }
-    let m = lid / words_per_row;
-    let k = k0 + (lid % words_per_row) * QUANTS_PER_WORD;
-    var word = 0u;
-    var scale = 0.0;
-    if (oc0 + m < p.out_channels && k < p.k) {
-        let col = p.w_first_col + k;
-        let base = (p.w_first_row + oc0 + m) * p.w_row_words;
-        word = w[base + quant_word(col)];
-        scale = block_scale(w[base + scale_word(p.w_stride, col)], col);
-    }
-    for (var j = 0u; j < QUANTS_PER_WORD; j++) {
-        a_tile[(k - k0 + j) * A_STRIDE + m] = tile_t(select(0.0, quant_at(word, j) * scale, k + j < p.k));
+    for (var i = lid; i < BM * words_per_row; i += THREADS) {
+        let m = i / words_per_row;
+        let k = k0 + (i % words_per_row) * QUANTS_PER_WORD;
+        var word = 0u;
+        var scale = 0.0;
+        if (oc0 + m < p.out_channels && k < p.k) {
+            let col = p.w_first_col + k;
+            let base = (p.w_first_row + oc0 + m) * p.w_row_words;
+            word = w[base + quant_word(col)];
+            scale = block_scale(w[base + scale_word(p.w_stride, col)], col);
+        }
+        for (var j = 0u; j < QUANTS_PER_WORD; j++) {
+            a_tile[(k - k0 + j) * A_STRIDE + m] = tile_t(select(0.0, quant_at(word, j) * scale, k + j < p.k));
+        }
     }
 }
 #endif
@@ -140,29 +163,28 @@ fn patch_at(image: u32, k: u32, oy: u32, ox: u32, pixel_ok: bool) -> f32 {
     return x[image + (c * p.height + u32(iy)) * p.width + u32(ix)];
 }
 
-@compute @workgroup_size(THREADS, THREADS)
+// The patch loaders keep one pixel each for the whole reduction: BN divides THREADS.
+@compute @workgroup_size(THREADS)
 fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let pixels = p.out_h * p.out_w;
     let batch = wid.z;
     let image = batch * p.channels * p.height * p.width;
     let oc0 = wid.y * BM;
     let pixel0 = wid.x * BN;
-    let tx = lid % THREADS; // pixel lane of the register block
-    let ty = lid / THREADS; // channel lane
+    let tx = lid % TN; // pixel lane of the register block
+    let ty = lid / TN; // channel lane
 
-    // Loader roles. Weights: 16 consecutive invocations read 16 consecutive k of one
-    // row. Patches: 64 consecutive invocations read 64 consecutive pixels, and each
-    // invocation keeps one pixel for the whole reduction.
-    let a_k = lid % BK;
-    let a_row = lid / BK;                 // + 16 * r
+    // Loader roles. Weights: consecutive invocations read consecutive k of one row.
+    // Patches: consecutive invocations read consecutive pixels; where BN divides THREADS
+    // each keeps one pixel for the whole reduction.
+    let fixed_pixel = THREADS % BN == 0u;
     let b_pixel = lid % BN;
-    let b_row = lid / BN;                 // + 4 * r
     let pixel = pixel0 + b_pixel;
-    let pixel_ok = pixel < pixels;
     let oy = pixel / p.out_w;
     let ox = pixel - oy * p.out_w;
 
-    var acc: array<vec4<f32>, BLOCK>; // acc[i][j]: channel ty + 16i, pixel tx + 16j
+    // acc[2i + h]: channel ty + TM i, pixels tx + TN (4h + 0..3).
+    var acc: array<vec4<f32>, 16>;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
 #ifdef WEIGHT_QUANT
         let by_word = p.w_first_col % BK == 0u;
@@ -171,40 +193,82 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let by_word = false;
 #endif
         if (!by_word) {
-            for (var r = 0u; r < BM / THREADS; r++) {
-                let m = a_row + r * (THREADS * THREADS / BK);
-                a_tile[a_k * A_STRIDE + m] = tile_t(weight_at(oc0 + m, k0 + a_k));
+            for (var i = lid; i < BK * BM; i += THREADS) {
+                let k = i % BK;
+                let m = i / BK;
+                a_tile[k * A_STRIDE + m] = tile_t(weight_at(oc0 + m, k0 + k));
             }
         }
-        for (var r = 0u; r < BK / (THREADS * THREADS / BN); r++) {
-            let kk = b_row + r * (THREADS * THREADS / BN);
-            b_tile[kk * BN + b_pixel] = tile_t(patch_at(image, k0 + kk, oy, ox, pixel_ok));
+        if (fixed_pixel) {
+            for (var kk = lid / BN; kk < BK; kk += THREADS / BN) {
+                b_tile[kk * BN + b_pixel] = tile_t(patch_at(image, k0 + kk, oy, ox, pixel < pixels));
+            }
+        } else {
+            for (var i = lid; i < BK * BN; i += THREADS) {
+                let n = pixel0 + i % BN;
+                let y = n / p.out_w;
+                b_tile[i] = tile_t(patch_at(image, k0 + i / BN, y, n - y * p.out_w, n < pixels));
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let a_base = kk * A_STRIDE + ty;
-            let b_base = kk * BN + tx;
-            let b = vec4<tile_t>(b_tile[b_base], b_tile[b_base + THREADS],
-                                 b_tile[b_base + 2u * THREADS], b_tile[b_base + 3u * THREADS]);
-            for (var i = 0u; i < BLOCK; i++) {
-                // The product in tile precision, the sum in f32.
-                acc[i] += vec4<f32>(a_tile[a_base + i * THREADS] * b);
-            }
+            let at = kk * BN + tx;
+            let b0 = vec4<tile_t>(b_tile[at], b_tile[at + TN], b_tile[at + 2u * TN], b_tile[at + 3u * TN]);
+            let b1 = vec4<tile_t>(b_tile[at + 4u * TN], b_tile[at + 5u * TN], b_tile[at + 6u * TN], b_tile[at + 7u * TN]);
+            // The products in tile precision, the sums in f32.
+            let a0 = a_tile[a_base + 0u * TM];
+            acc[0] += vec4<f32>(a0 * b0);
+            acc[1] += vec4<f32>(a0 * b1);
+            let a1 = a_tile[a_base + 1u * TM];
+            acc[2] += vec4<f32>(a1 * b0);
+            acc[3] += vec4<f32>(a1 * b1);
+            let a2 = a_tile[a_base + 2u * TM];
+            acc[4] += vec4<f32>(a2 * b0);
+            acc[5] += vec4<f32>(a2 * b1);
+            let a3 = a_tile[a_base + 3u * TM];
+            acc[6] += vec4<f32>(a3 * b0);
+            acc[7] += vec4<f32>(a3 * b1);
+            let a4 = a_tile[a_base + 4u * TM];
+            acc[8] += vec4<f32>(a4 * b0);
+            acc[9] += vec4<f32>(a4 * b1);
+            let a5 = a_tile[a_base + 5u * TM];
+            acc[10] += vec4<f32>(a5 * b0);
+            acc[11] += vec4<f32>(a5 * b1);
+            let a6 = a_tile[a_base + 6u * TM];
+            acc[12] += vec4<f32>(a6 * b0);
+            acc[13] += vec4<f32>(a6 * b1);
+            let a7 = a_tile[a_base + 7u * TM];
+            acc[14] += vec4<f32>(a7 * b0);
+            acc[15] += vec4<f32>(a7 * b1);
         }
         workgroupBarrier();
     }
+    store_row(batch, oc0 + ty + 0u * TM, pixel0 + tx, acc[0], acc[1]);
+    store_row(batch, oc0 + ty + 1u * TM, pixel0 + tx, acc[2], acc[3]);
+    store_row(batch, oc0 + ty + 2u * TM, pixel0 + tx, acc[4], acc[5]);
+    store_row(batch, oc0 + ty + 3u * TM, pixel0 + tx, acc[6], acc[7]);
+    store_row(batch, oc0 + ty + 4u * TM, pixel0 + tx, acc[8], acc[9]);
+    store_row(batch, oc0 + ty + 5u * TM, pixel0 + tx, acc[10], acc[11]);
+    store_row(batch, oc0 + ty + 6u * TM, pixel0 + tx, acc[12], acc[13]);
+    store_row(batch, oc0 + ty + 7u * TM, pixel0 + tx, acc[14], acc[15]);
+}
 
-    for (var i = 0u; i < BLOCK; i++) {
-        let oc = oc0 + ty + i * THREADS;
-        if (oc >= p.out_channels) { continue; }
-        let row = (batch * p.out_channels + oc) * pixels;
-        let b = load_bias(p.bias_offset + oc);
-        for (var j = 0u; j < BLOCK; j++) {
-            let n = pixel0 + tx + j * THREADS;
+// Writes one register row: output channel `oc` at pixels n, n + TN, ... n + 7 TN, plus
+// the epilogue's additions.
+fn store_row(batch: u32, oc: u32, n: u32, low: vec4<f32>, high: vec4<f32>) {
+    if (oc >= p.out_channels) { return; }
+    let pixels = p.out_h * p.out_w;
+    let row = (batch * p.out_channels + oc) * pixels;
+    let b = load_bias(p.bias_offset + oc) + load_channel_add(batch, oc);
+    for (var j = 0u; j < RN; j++) {
+        let at = n + j * TN;
+        if (at < pixels) {
+            let v = select(high, low, j < 4u)[j % 4u] + b + load_residual(row + at);
 #ifdef ACCUMULATE
-            if (n < pixels) { out[row + n] = out[row + n] + (acc[i][j] + b); }
+            out[row + at] = out[row + at] + v;
 #else
-            if (n < pixels) { out[row + n] = acc[i][j] + b; }
+            out[row + at] = v;
 #endif
         }
     }

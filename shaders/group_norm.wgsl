@@ -1,13 +1,18 @@
 // Group normalisation of x [N, C, *spatial] (PyTorch semantics: biased variance, eps
 // inside the square root). A group is contiguous in memory (channels g*C/G .. (g+1)*C/G
-// of one sample, every position), and can be a million elements long (the VAE at
-// 512x512), so its statistics are split over many workgroups in three passes:
+// of one sample, every position).
+// A short group (a UNet's at latent sizes: hundreds to a few thousand elements) is one
+// workgroup's whole job in one launch:
+//   fused:         mean, then the mean squared deviation (two passes, no E[x^2] - E[x]^2
+//                  cancellation), then the normalised write, with three short reductions.
+// A long one can be a million elements (the VAE at 512x512), so its statistics are split
+// over many workgroups in three passes:
 //   stats_partial: each workgroup reduces one CHUNK of a group to (count, mean, M2);
 //   stats_combine: one workgroup per group merges its chunks into (mean, 1/std);
 //   normalise:     one invocation per element applies the statistics and the affine.
 // Welford updates and Chan's merge keep the variance exact-ish even when the mean is
-// far larger than the spread (no E[x^2] - E[x]^2 cancellation).
-// Defines: STATS_PARTIAL | STATS_COMBINE | NORMALISE (the entry point);
+// far larger than the spread.
+// Defines: FUSED | STATS_PARTIAL | STATS_COMBINE | NORMALISE (the entry point);
 //          AFFINE_F16 (weight and bias stored as packed f16), SILU (fused SiLU after).
 #include "common.wgsl"
 
@@ -53,7 +58,84 @@ fn merge(a: Moments, b: Moments) -> Moments {
     return Moments(count, a.mean + delta * b_share, a.m2 + b.m2 + delta * delta * a.count * b_share);
 }
 
+#ifdef FUSED
+const FUSED_WG: u32 = 64u;
+// The reduction's two levels: FUSED_WG partial sums, then LANES sums of LANES each.
+const LANES: u32 = 8u;
+
+var<workgroup> sums: array<f32, FUSED_WG>;
+var<workgroup> sums_of_sums: array<f32, LANES>;
+
+// The sum of every invocation's value, with three barriers and no more than LANES loads
+// an invocation (on GPUs emulated on a CPU a barrier and a scattered load are the dear
+// parts); call from uniform control flow.
+fn workgroup_sum(lid: u32, own: f32) -> f32 {
+    sums[lid] = own;
+    workgroupBarrier();
+    if (lid < LANES) {
+        var s = 0.0;
+        for (var i = 0u; i < LANES; i++) {
+            s += sums[lid * LANES + i];
+        }
+        sums_of_sums[lid] = s;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < LANES; i++) {
+        total += sums_of_sums[i];
+    }
+    // Everyone has read the total before a following call overwrites the arrays.
+    workgroupBarrier();
+    return total;
+}
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+#ifdef AFFINE_F16
+@group(0) @binding(2) var<storage, read> weight: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<u32>;
+fn load_weight(c: u32) -> f32 { return f16_word(weight[c >> 1u], c); }
+fn load_bias(c: u32) -> f32 { return f16_word(bias[c >> 1u], c); }
+#else
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+fn load_weight(c: u32) -> f32 { return weight[c]; }
+fn load_bias(c: u32) -> f32 { return bias[c]; }
+#endif
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(FUSED_WG)
+fn fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let group = flat_workgroup(wid, nwg);
+    // A folded grid can round past the last group: those workgroups touch nothing.
+    let len = select(0u, p.group_len, group < p.groups);
+    let start = group * p.group_len;
+    var sum = 0.0;
+    for (var i = lid.x; i < len; i += FUSED_WG) {
+        sum += x[start + i];
+    }
+    let mean = workgroup_sum(lid.x, sum) / f32(p.group_len);
+    var squares = 0.0;
+    for (var i = lid.x; i < len; i += FUSED_WG) {
+        let d = x[start + i] - mean;
+        squares += d * d;
+    }
+    let inv_std = 1.0 / sqrt(workgroup_sum(lid.x, squares) / f32(p.group_len) + p.eps);
+    // The group's first channel; a group spans group_len / spatial channels.
+    let first_channel = (start / p.spatial) % p.channels;
+    for (var i = lid.x; i < len; i += FUSED_WG) {
+        let channel = first_channel + i / p.spatial;
+        var v = (x[start + i] - mean) * inv_std * load_weight(channel) + load_bias(channel);
+#ifdef SILU
+        v = silu(v);
+#endif
+        out[start + i] = v;
+    }
+}
+#endif
+
 #ifndef NORMALISE
+#ifndef FUSED
 var<workgroup> moments: array<Moments, WG>;
 
 // Merges every invocation's moments into one; call from uniform control flow.
@@ -68,6 +150,7 @@ fn workgroup_merge(lid: u32, own: Moments) -> Moments {
     }
     return moments[0];
 }
+#endif
 #endif
 
 #ifdef STATS_PARTIAL

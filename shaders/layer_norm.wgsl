@@ -1,9 +1,12 @@
 // Layer normalisation over the last dimension of x [rows, dim] (PyTorch semantics:
-// biased variance, eps inside the square root). One workgroup per row, two passes
-// over the row (mean, then the mean squared deviation: no E[x^2] - E[x]^2 cancellation),
-// then the normalised write; the row (at most a few KiB) stays in cache between passes.
+// biased variance, eps inside the square root). Two passes over the row (mean, then the
+// mean squared deviation: no E[x^2] - E[x]^2 cancellation), then the normalised write; the
+// row (at most a few KiB) stays in cache between passes.
+//   layer_norm:      one workgroup per row, the passes' sums reduced across it;
+//   layer_norm_rows: one invocation per row, for short rows: no workgroup memory and no
+//                    barrier, which on GPUs emulated on a CPU cost far more than the loop.
 // Defines: THREADS (invocations per workgroup, a power of two),
-//          AFFINE_F16 (weight and bias stored as packed f16).
+//          AFFINE_F16 (weight and bias stored as packed f16), ROWS (the second entry).
 #include "common.wgsl"
 
 const WG: u32 = THREADS;
@@ -30,6 +33,31 @@ fn load_bias(j: u32) -> f32 { return bias[j]; }
 #endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
+#ifdef ROWS
+@compute @workgroup_size(WG)
+fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = flat_workgroup(wid, nwg) * WG + lid.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.dim;
+    var sum = 0.0;
+    for (var j = 0u; j < p.dim; j++) {
+        sum += x[base + j];
+    }
+    let mean = sum / f32(p.dim);
+    var squares = 0.0;
+    for (var j = 0u; j < p.dim; j++) {
+        let d = x[base + j] - mean;
+        squares += d * d;
+    }
+    let inv_std = 1.0 / sqrt(squares / f32(p.dim) + p.eps);
+    for (var j = 0u; j < p.dim; j++) {
+        out[base + j] = (x[base + j] - mean) * inv_std * load_weight(j) + load_bias(j);
+    }
+}
+#else
 var<workgroup> partial_sums: array<f32, WG>;
 
 // The sum of every invocation's value; call from uniform control flow.
@@ -70,3 +98,4 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         out[base + j] = (x[base + j] - mean) * inv_std * load_weight(j) + load_bias(j);
     }
 }
+#endif

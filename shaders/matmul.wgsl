@@ -1,14 +1,19 @@
 // Tiled matmul with a fused epilogue: out[b] = ACT(op(a[b]) @ op(b[b]) + bias), or with
 // ACCUMULATE out[b] = ACT(out[b] + op(a[b]) @ op(b[b]) + bias).
-// A 16x16 workgroup computes a 64x64 output tile; each invocation owns a 4x4 register
-// block. Each step stages a 64x16 slice of a and a 16x64 slice of b in workgroup memory
-// (8 KiB as f32, 4 KiB as f16), k-major so the inner loop reads whole vec4s.
+// A workgroup of TM x TN invocations computes a BM x BN output tile (value defines TM and
+// TN, picked by the launcher to fit the output); each invocation an 8 x 8 register block,
+// strided by TM and TN so neighbouring invocations read neighbouring words. Each step
+// stages a BM x 16 slice of a and a 16 x BN slice of b in workgroup memory, k-major.
+// The register block is written out with constant indices (see conv2d.wgsl).
 // Defines: TRANS_A (a stored [.., K, M]), TRANS_B (b stored [.., N, K]), B_F16 (b is
 //          packed f16), WEIGHT_QUANT (b is a q8 weight [N, K] with TRANS_B; + WEIGHT_Q4
 //          for q4), BIAS (+ BIAS_F16), ACT (an activation from common.wgsl, or affine),
+//          RESIDUAL (f32 of the output's shape, added after the activation: the residual
+//          connection after an attention or feed-forward output projection),
 //          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
 //          ACCUMULATE (add the output's contents before the activation: a LoRA's side
-//          path adds into its layer's output).
+//          path adds into its layer's output); value defines BIAS_AT, RESIDUAL_AT, OUT_AT
+//          (the bindings of the optional operands and the output, numbered in that order).
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -20,10 +25,10 @@ alias tile_t = f16;
 alias tile_t = f32;
 #endif
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
+const THREADS: u32 = TM * TN;
+const BM: u32 = TM * 8u;
+const BN: u32 = TN * 8u;
 const BK: u32 = 16u;
-const THREADS: u32 = 256u;
 
 struct Params {
     m: u32,              // rows of the output (per batch)
@@ -58,23 +63,24 @@ fn b_at(i: u32) -> f32 { return b[i]; }
 
 #ifdef BIAS
 #ifdef BIAS_F16
-@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(BIAS_AT) var<storage, read> bias: array<u32>;
 fn bias_at(i: u32) -> f32 { return f16_word(bias[i >> 1u], i); }
 #else
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(BIAS_AT) var<storage, read> bias: array<f32>;
 fn bias_at(i: u32) -> f32 { return bias[i]; }
 #endif
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-#else
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
+#ifdef RESIDUAL
+@group(0) @binding(RESIDUAL_AT) var<storage, read> residual: array<f32>;
+#endif
+@group(0) @binding(OUT_AT) var<storage, read_write> out: array<f32>;
 
 fn affine(v: f32) -> f32 { return p.act_a * v + p.act_b; }
 fn clamp_ab(v: f32) -> f32 { return clamp(v, p.act_a, p.act_b); }
 
-// Tiles are k-major: entry [k][i / 4] holds columns (or rows) i..i+3 at step k.
-var<workgroup> a_tile: array<vec4<tile_t>, BK * BM / 4u>;
-var<workgroup> b_tile: array<vec4<tile_t>, BK * BN / 4u>;
+// Tiles are k-major: entry [k * BM + i] holds row (or column) i at step k.
+var<workgroup> a_tile: array<tile_t, BK * BM>;
+var<workgroup> b_tile: array<tile_t, BK * BN>;
 
 // a[row, k] of this batch, zero outside the matrix so partial tiles add nothing.
 fn load_a(base: u32, row: u32, k: u32, rows: u32) -> f32 {
@@ -92,18 +98,19 @@ fn load_a(base: u32, row: u32, k: u32, rows: u32) -> f32 {
 // within one block and never past the row's end.
 fn stage_quant_b(tid: u32, k0: u32, col0: u32, cols: u32) {
     let words_per_col = BK / QUANTS_PER_WORD;
-    if (tid >= BN * words_per_col) { return; }
-    let n = tid / words_per_col;
-    let k = k0 + (tid % words_per_col) * QUANTS_PER_WORD;
-    var word = 0u;
-    var scale = 0.0;
-    if (col0 + n < cols) {
-        let row = (col0 + n) * p.b_row_words;
-        word = b[row + quant_word(k)];
-        scale = block_scale(b[row + scale_word(p.k, k)], k);
-    }
-    for (var j = 0u; j < QUANTS_PER_WORD; j++) {
-        b_tile[(k - k0 + j) * (BN / 4u) + n / 4u][n % 4u] = tile_t(quant_at(word, j) * scale);
+    for (var e = tid; e < BN * words_per_col; e += THREADS) {
+        let n = e / words_per_col;
+        let k = k0 + (e % words_per_col) * QUANTS_PER_WORD;
+        var word = 0u;
+        var scale = 0.0;
+        if (col0 + n < cols) {
+            let row = (col0 + n) * p.b_row_words;
+            word = b[row + quant_word(k)];
+            scale = block_scale(b[row + scale_word(p.k, k)], k);
+        }
+        for (var j = 0u; j < QUANTS_PER_WORD; j++) {
+            b_tile[(k - k0 + j) * BN + n] = tile_t(quant_at(word, j) * scale);
+        }
     }
 }
 #else
@@ -117,15 +124,12 @@ fn load_b(base: u32, k: u32, col: u32, cols: u32) -> f32 {
 }
 #endif
 
-// acc + x * y with the product taken in tile precision.
-fn mac(acc: vec4<f32>, x: tile_t, y: vec4<tile_t>) -> vec4<f32> {
-    return acc + vec4<f32>(x * y);
-}
-
 // Grid: x = column tiles; y and z fold (batch, row tile), see Gpu::grid.
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(THREADS)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+          @builtin(local_invocation_index) tid: u32) {
+    let tx = tid % TN; // column lane of the register block
+    let ty = tid / TN; // row lane
     let flat = wid.y + wid.z * nwg.y;
     let batch = flat / p.m_tiles;
     // Workgroups past the folded grid's end still reach every barrier; they see an
@@ -138,12 +142,11 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let a_base = batch * p.a_batch_stride;
     let b_base = batch * p.b_batch_stride;
 
-    var acc: array<vec4<f32>, 4>;
+    // acc[2i + h]: row ty + TM i, columns tx + TN (4h + 0..3).
+    var acc: array<vec4<f32>, 16>;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // Consecutive invocations read consecutive addresses of each operand's layout.
-        // Fixed trip counts keep the barriers below in uniform control flow for Tint.
-        for (var i = 0u; i < BM * BK / THREADS; i++) {
-            let e = tid + i * THREADS;
+        for (var e = tid; e < BM * BK; e += THREADS) {
 #ifdef TRANS_A
             let m = e % BM;
             let k = e / BM;
@@ -151,13 +154,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let k = e % BK;
             let m = e / BK;
 #endif
-            a_tile[k * (BM / 4u) + m / 4u][m % 4u] = tile_t(load_a(a_base, row0 + m, k0 + k, rows));
+            a_tile[k * BM + m] = tile_t(load_a(a_base, row0 + m, k0 + k, rows));
         }
 #ifdef WEIGHT_QUANT
         stage_quant_b(tid, k0, col0, cols);
 #else
-        for (var i = 0u; i < BK * BN / THREADS; i++) {
-            let e = tid + i * THREADS;
+        for (var e = tid; e < BK * BN; e += THREADS) {
 #ifdef TRANS_B
             let k = e % BK;
             let n = e / BK;
@@ -165,39 +167,76 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let n = e % BN;
             let k = e / BN;
 #endif
-            b_tile[k * (BN / 4u) + n / 4u][n % 4u] = tile_t(load_b(b_base, k0 + k, col0 + n, cols));
+            b_tile[k * BN + n] = tile_t(load_b(b_base, k0 + k, col0 + n, cols));
         }
 #endif
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
-            let av = a_tile[k * (BM / 4u) + lid.y];
-            let bv = b_tile[k * (BN / 4u) + lid.x];
-            acc[0] = mac(acc[0], av.x, bv);
-            acc[1] = mac(acc[1], av.y, bv);
-            acc[2] = mac(acc[2], av.z, bv);
-            acc[3] = mac(acc[3], av.w, bv);
+            let a_at = k * BM + ty;
+            let b_at = k * BN + tx;
+            let b0 = vec4<tile_t>(b_tile[b_at], b_tile[b_at + TN], b_tile[b_at + 2u * TN], b_tile[b_at + 3u * TN]);
+            let b1 = vec4<tile_t>(b_tile[b_at + 4u * TN], b_tile[b_at + 5u * TN], b_tile[b_at + 6u * TN], b_tile[b_at + 7u * TN]);
+            // The products in tile precision, the sums in f32.
+            let a0 = a_tile[a_at + 0u * TM];
+            acc[0] += vec4<f32>(a0 * b0);
+            acc[1] += vec4<f32>(a0 * b1);
+            let a1 = a_tile[a_at + 1u * TM];
+            acc[2] += vec4<f32>(a1 * b0);
+            acc[3] += vec4<f32>(a1 * b1);
+            let a2 = a_tile[a_at + 2u * TM];
+            acc[4] += vec4<f32>(a2 * b0);
+            acc[5] += vec4<f32>(a2 * b1);
+            let a3 = a_tile[a_at + 3u * TM];
+            acc[6] += vec4<f32>(a3 * b0);
+            acc[7] += vec4<f32>(a3 * b1);
+            let a4 = a_tile[a_at + 4u * TM];
+            acc[8] += vec4<f32>(a4 * b0);
+            acc[9] += vec4<f32>(a4 * b1);
+            let a5 = a_tile[a_at + 5u * TM];
+            acc[10] += vec4<f32>(a5 * b0);
+            acc[11] += vec4<f32>(a5 * b1);
+            let a6 = a_tile[a_at + 6u * TM];
+            acc[12] += vec4<f32>(a6 * b0);
+            acc[13] += vec4<f32>(a6 * b1);
+            let a7 = a_tile[a_at + 7u * TM];
+            acc[14] += vec4<f32>(a7 * b0);
+            acc[15] += vec4<f32>(a7 * b1);
         }
         workgroupBarrier();
     }
 
     let out_base = batch * p.m * p.n;
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x * 4u + j;
-            if (row < rows && col < cols) {
-                var v = acc[i][j];
+    store_row(out_base, row0 + ty + 0u * TM, col0 + tx, rows, cols, acc[0], acc[1]);
+    store_row(out_base, row0 + ty + 1u * TM, col0 + tx, rows, cols, acc[2], acc[3]);
+    store_row(out_base, row0 + ty + 2u * TM, col0 + tx, rows, cols, acc[4], acc[5]);
+    store_row(out_base, row0 + ty + 3u * TM, col0 + tx, rows, cols, acc[6], acc[7]);
+    store_row(out_base, row0 + ty + 4u * TM, col0 + tx, rows, cols, acc[8], acc[9]);
+    store_row(out_base, row0 + ty + 5u * TM, col0 + tx, rows, cols, acc[10], acc[11]);
+    store_row(out_base, row0 + ty + 6u * TM, col0 + tx, rows, cols, acc[12], acc[13]);
+    store_row(out_base, row0 + ty + 7u * TM, col0 + tx, rows, cols, acc[14], acc[15]);
+}
+
+// Finishes one register row: row `row` at columns col, col + TN, ... col + 7 TN; the
+// epilogue, then the store.
+fn store_row(out_base: u32, row: u32, col: u32, rows: u32, cols: u32, low: vec4<f32>, high: vec4<f32>) {
+    if (row >= rows) { return; }
+    for (var j = 0u; j < 8u; j++) {
+        let c = col + j * TN;
+        if (c < cols) {
+            var v = select(high, low, j < 4u)[j % 4u];
 #ifdef ACCUMULATE
-                v += out[out_base + row * p.n + col];
+            v += out[out_base + row * p.n + c];
 #endif
 #ifdef BIAS
-                v += bias_at(col);
+            v += bias_at(c);
 #endif
 #ifdef ACT
-                v = ACT(v);
+            v = ACT(v);
 #endif
-                out[out_base + row * p.n + col] = v;
-            }
+#ifdef RESIDUAL
+            v += residual[out_base + row * p.n + c];
+#endif
+            out[out_base + row * p.n + c] = v;
         }
     }
 }

@@ -73,6 +73,21 @@ fn causal_text_encoder() {
     check(shape(1, 20, 30, 2, 40), true, None, 1.0, 150);
 }
 
+/// Head dims up to 32 and divisible by 4 take attention_rows.wgsl (an invocation a query
+/// row): the built-in model's 32 at its latent and text lengths, 4 to 28, rows past a
+/// workgroup's 64, the causal mask both ways, and scores large enough to need the running max.
+#[test]
+fn short_heads() {
+    check(shape(2, 256, 77, 2, 32), false, None, 1.0, 200);
+    check(shape(2, 70, 70, 3, 32), false, None, 1.0, 210);
+    check(shape(1, 9, 14, 3, 4), false, None, 1.0, 220);
+    check(shape(3, 13, 5, 2, 28), false, Some(0.3), 1.0, 230);
+    check(shape(1, 77, 77, 4, 16), true, None, 1.0, 240);
+    check(shape(1, 30, 20, 2, 8), true, None, 1.0, 250);
+    check(shape(1, 20, 30, 2, 8), true, None, 1.0, 260);
+    check(shape(1, 40, 50, 2, 32), false, None, 12.0, 270);
+}
+
 #[test]
 fn long_self_attention() {
     // Ten query blocks and 55 key blocks per head with the D=40 tiling.

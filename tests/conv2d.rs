@@ -79,8 +79,12 @@ impl Case {
         let (w, w_gpu) = upload(self.weight, &w_shape, random(w_shape.iter().product(), seed + 1, 0.5));
         let bias = self.bias.map(|dtype| upload(dtype, &[self.out_channels], random(self.out_channels, seed + 2, 1.0)));
         let x_gpu = gpu.upload_f32(&x_shape, &x).unwrap();
-        let opts =
-            Conv2dOptions { stride: self.stride, padding: self.padding, bias: bias.as_ref().map(|(_, t)| t), f16_math: self.f16_math };
+        let opts = Conv2dOptions {
+            bias: bias.as_ref().map(|(_, t)| t),
+            f16_math: self.f16_math,
+            padding: self.padding,
+            ..Conv2dOptions::new(self.stride, 0)
+        };
         let got = conv2d(gpu, &x_gpu, &w_gpu, &opts).unwrap();
 
         let bias_values = bias.as_ref().map(|(values, _)| values.as_slice());
@@ -161,6 +165,56 @@ fn larger_than_one_tile() {
     // 18 reduction steps, 4 pixel tiles; the second case spans two channel tiles.
     Case { bias: Some(DType::F32), ..Case::new(32, 40, [16, 16], 3, 1, 1) }.check(40);
     Case { weight: DType::F16, bias: Some(DType::F16), ..Case::new(32, 72, [16, 16], 3, 1, 1) }.check(41);
+}
+
+#[test]
+fn tiles_shaped_to_small_outputs() {
+    // The launcher shapes the tile to the output: 96 channels at 4x4 (a 32 x 16 tile, as
+    // the built-in model's deepest layers), 8 channels at 16x16 (an 8 x 64 tile, its output
+    // conv), 36 pixels (8-pixel tiles, five of them) and 3 channels at 1 pixel.
+    Case { bias: Some(DType::F16), weight: DType::F16, ..Case::new(40, 96, [4, 4], 3, 1, 1) }.check(60);
+    Case { bias: Some(DType::F32), ..Case::new(24, 8, [16, 16], 3, 1, 1) }.check(61);
+    Case { weight: DType::F16, ..Case::new(17, 20, [6, 6], 3, 1, 1) }.check(62);
+    Case { batch: 3, ..Case::new(5, 3, [1, 1], 1, 1, 0) }.check(63);
+}
+
+/// What the epilogue adds after the bias: a value per (sample, channel) and a residual of
+/// the output's shape, together and apart, including the output-channel chunk of a
+/// partial conv (whose channel_add values start at its first channel).
+#[test]
+fn adds_channel_values_and_a_residual() {
+    let gpu = gpu();
+    let (x_shape, w_shape) = ([2, 6, 7, 9], [10, 6, 3, 3]);
+    let x = random(2 * 6 * 7 * 9, 70, 2.0);
+    let w = random(10 * 6 * 9, 71, 0.5);
+    let bias = random(10, 72, 1.0);
+    let per_channel = random(2 * 10, 73, 1.0);
+    let residual = random(2 * 10 * 7 * 9, 74, 1.0);
+    let (base, _) = cpu::conv2d(&x, x_shape, &w, w_shape, Some(&bias), 1, [1; 4]);
+    let (tx, tw, tb) =
+        (gpu.upload_f32(&x_shape, &x).unwrap(), gpu.upload_f32(&w_shape, &w).unwrap(), gpu.upload_f32(&[10], &bias).unwrap());
+    let (ta, tr) = (gpu.upload_f32(&[2, 10], &per_channel).unwrap(), gpu.upload_f32(&[2, 10, 7, 9], &residual).unwrap());
+    let with = |i: usize, add: bool, res: bool| base[i] + if add { per_channel[i / 63] } else { 0.0 } + if res { residual[i] } else { 0.0 };
+    for (add, res) in [(true, false), (false, true), (true, true)] {
+        let opts = Conv2dOptions::new(1, 1).with_bias(&tb).with_channel_add(add.then_some(&ta)).with_residual(res.then_some(&tr));
+        let got = read(&conv2d(gpu, &tx, &tw, &opts).unwrap());
+        let want: Vec<f32> = (0..base.len()).map(|i| with(i, add, res)).collect();
+        assert_within(&format!("channel_add={add} residual={res}"), &got, &want, &vec![1e-5; want.len()]);
+    }
+    // Output channels 4..10 of the same conv, written into their own tensor.
+    let chunk = gpu.empty(&[2, 6, 7, 9], DType::F32).unwrap();
+    let chunk_residual: Vec<f32> = (0..2 * 6 * 63).map(|i| residual[(i / 378) * 630 + 4 * 63 + i % 378]).collect();
+    let tcr = gpu.upload_f32(&[2, 6, 7, 9], &chunk_residual).unwrap();
+    let opts = Conv2dOptions::new(1, 1).with_bias(&tb).with_channel_add(Some(&ta)).with_residual(Some(&tcr));
+    conv2d_into(gpu, &tx, &tw, &opts, ConvPart { out_start: 4, ..Default::default() }, &chunk).unwrap();
+    let want: Vec<f32> = (0..2 * 6 * 63).map(|i| with((i / 378) * 630 + 4 * 63 + i % 378, true, true)).collect();
+    assert_within("output channels 4..10", &read(&chunk), &want, &vec![1e-5; want.len()]);
+
+    let wrong = gpu.upload_f32(&[2, 9], &[0.0; 18]).unwrap();
+    let result = conv2d(gpu, &tx, &tw, &Conv2dOptions::new(1, 1).with_channel_add(Some(&wrong)));
+    assert!(matches!(result, Err(Error::Shape { .. })), "channel_add of the wrong width: {result:?}");
+    let result = conv2d(gpu, &tx, &tw, &Conv2dOptions::new(1, 1).with_residual(Some(&ta)));
+    assert!(matches!(result, Err(Error::Shape { .. })), "residual of the wrong shape: {result:?}");
 }
 
 #[test]

@@ -64,7 +64,13 @@ fn upload(gpu: &Gpu, shape: &[usize], values: Vec<f32>, dtype: DType) -> (Tensor
             let rounded = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
             (gpu.upload_f32_as_f16(shape, &values).unwrap(), rounded)
         }
-        DType::U32 | DType::Q8 | DType::Q4 => unreachable!("the matmul cases use f32 and f16 operands"),
+        // The reference sees the values the kernel dequantizes.
+        DType::Q8 | DType::Q4 => {
+            let bytes = webdiffusion::quant::quantize(dtype, shape, &values).unwrap();
+            let seen = webdiffusion::quant::dequantize(dtype, shape, &bytes).unwrap();
+            (gpu.upload_bytes(shape, dtype, &bytes).unwrap(), seen)
+        }
+        DType::U32 => unreachable!("the matmul cases use float operands"),
     }
 }
 
@@ -83,6 +89,7 @@ fn check(case: Case, seed: u64) {
         bias: bias.as_ref().map(|(t, _)| t),
         activation: case.activation,
         f16_math: case.f16_math,
+        residual: None,
     };
     let got = matmul::matmul(gpu, &ta, &tb, &opts).unwrap();
 
@@ -252,6 +259,43 @@ fn accumulates_into_its_output() {
     let b = gpu.upload_f32(&[70, 20], &vec![0.0; 70 * 20]).unwrap();
     let result = matmul::matmul_accumulate(gpu, &a, &b, &MatmulOptions { transpose_b: true, ..Default::default() }, &wrong);
     assert!(matches!(result, Err(Error::Shape { .. })), "out of the wrong shape: {result:?}");
+}
+
+/// `act(a @ b + bias) + residual`: the residual is added after the activation, in the
+/// epilogue; with f16 and q8 weights, several tilings, and rows of a batch stacked.
+#[test]
+fn adds_a_residual() {
+    let gpu = gpu();
+    let cases =
+        [(DType::F32, Some(DType::F32), None, 40), (DType::F16, None, Some(Unary::Silu), 70), (DType::Q8, Some(DType::F16), None, 9)];
+    for (i, (b_dtype, bias_dtype, activation, n)) in cases.into_iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let (a_shape, b_shape, out_shape) = ([3, 13, 32], [n, 32], [3, 13, n]);
+        let (ta, a) = upload(gpu, &a_shape, random(3 * 13 * 32, seed, 1.0), DType::F32);
+        let (tb, b) = upload(gpu, &b_shape, random(n * 32, seed + 1, 1.0), b_dtype);
+        let bias = bias_dtype.map(|dtype| upload(gpu, &[n], random(n, seed + 2, 1.0), dtype));
+        let residual = random(3 * 13 * n, seed + 3, 1.0);
+        let tr = gpu.upload_f32(&out_shape, &residual).unwrap();
+        let opts =
+            MatmulOptions { transpose_b: true, bias: bias.as_ref().map(|(t, _)| t), activation, residual: Some(&tr), ..Default::default() };
+        let got = matmul::matmul(gpu, &ta, &tb, &opts).unwrap();
+
+        let a_op = Operand { values: &a, shape: &a_shape, transposed: false };
+        let b_op = Operand { values: &b, shape: &b_shape, transposed: true };
+        let bias_values = bias.as_ref().map(|(_, v)| v.as_slice());
+        let (product, _) = cpu::matmul(a_op, b_op, bias_values, activation);
+        let want: Vec<f32> = product.iter().zip(&residual).map(|(p, r)| p + r).collect();
+        let slope = if activation.is_some() { LIPSCHITZ } else { 1.0 };
+        let scale = dot_scale(a_op, b_op, bias_values);
+        let bound: Vec<f32> = scale.iter().zip(&residual).map(|(s, r)| F32_TOL * slope * s + 1e-7 * r.abs() + ATOL).collect();
+        assert_within(&format!("residual {b_dtype:?} bias={bias_dtype:?} act={activation:?}"), &read(&got), &want, &bound);
+    }
+
+    let a = gpu.upload_f32(&[4, 32], &[0.0; 128]).unwrap();
+    let b = gpu.upload_f32(&[5, 32], &[0.0; 160]).unwrap();
+    let wrong = gpu.upload_f32(&[4, 6], &[0.0; 24]).unwrap();
+    let result = matmul::matmul(gpu, &a, &b, &MatmulOptions { transpose_b: true, residual: Some(&wrong), ..Default::default() });
+    assert!(matches!(result, Err(Error::Shape { .. })), "residual of the wrong size: {result:?}");
 }
 
 #[test]

@@ -71,25 +71,34 @@ fn group_norm_with_f16_affine() {
     }
 }
 
-/// Groups spanning several 4096-element chunks, none a whole number of them, up to a
-/// VAE-sized group of a million values (the UNet at 64x64 has 40960 per group).
+/// Groups on both sides of the one-launch limit (16384 elements: one workgroup a group
+/// below it, 4096-element chunks over three passes above it), chunked groups none a whole
+/// number of chunks, up to a VAE-sized group of a million values (the UNet at 64x64 has
+/// 40960 per group).
 #[test]
 fn group_norm_large_groups() {
-    let unet = [2, 20, 61, 67]; // 2 channels per group: 8174 elements, 2 chunks
+    let unet = [2, 20, 61, 67]; // 2 channels per group: 8174 elements, one launch
     check_group_norm(&unet, 10, &random(unet.iter().product(), 50, 2.0), false, true, ATOL);
+    let at_limit = [1, 4, 128, 128]; // 16384 elements: the largest one-launch group
+    check_group_norm(&at_limit, 1, &random(at_limit.iter().product(), 52, 2.0), false, true, ATOL);
+    let past_limit = [2, 6, 7, 781]; // 3 channels per group: 16401 elements, 5 chunks
+    check_group_norm(&past_limit, 2, &random(past_limit.iter().product(), 53, 2.0), true, false, ATOL);
     let vae = [1, 4, 511, 513]; // 1 group of 1_048_572 elements, 256 chunks
     check_group_norm(&vae, 1, &random(vae.iter().product(), 51, 2.0), true, false, ATOL);
 }
 
 /// Values 1000 + U(-1, 1): E[x^2] - E[x]^2 in f32 subtracts two numbers near 1e6 (ulp
 /// 0.06) to get a variance of 0.33; swapping it into the group-norm shader put outputs
-/// 20% off here. Welford/Chan (and layer norm's two passes) keep the variance; what
+/// 20% off here. Welford/Chan (and the two passes of layer norm and short groups) keep the variance; what
 /// remains is the mean's own rounding, about one ulp of 1000 (6e-5) times 1/std = 1.7
 /// (measured worst: 1.5e-4), so this case is held to 5e-4 absolute instead of 1e-5.
 #[test]
 fn statistics_are_stable_under_a_large_offset() {
     let shape = [2, 6, 100, 101]; // groups of 3 * 10100 values, 8 chunks each
     let x: Vec<f32> = random(shape.iter().product(), 60, 1.0).iter().map(|v| v + 1000.0).collect();
+    check_group_norm(&shape, 2, &x, false, false, 5e-4);
+    let shape = [2, 6, 30, 31]; // groups of 3 * 930 values: one launch, two passes like layer norm
+    let x: Vec<f32> = random(shape.iter().product(), 63, 1.0).iter().map(|v| v + 1000.0).collect();
     check_group_norm(&shape, 2, &x, false, false, 5e-4);
 
     let gpu = gpu();
@@ -104,9 +113,20 @@ fn statistics_are_stable_under_a_large_offset() {
 fn layer_norm_matches_reference() {
     let gpu = gpu();
     // CLIP (77 tokens, 768), UNet transformer widths, a single value, and a width past
-    // 2048 that takes the 256-invocation variant with a partial last sweep.
-    let cases: [(&[usize], bool); 6] =
-        [(&[2, 77, 768], false), (&[3, 320], true), (&[1, 1], false), (&[2, 5, 1280], true), (&[4, 1024], false), (&[3, 2500], false)];
+    // 2048 that takes the 256-invocation variant with a partial last sweep; rows up to
+    // 256 wide take one invocation each: the built-in model's widths over more rows than
+    // one workgroup's 64, and the widest such row.
+    let cases: [(&[usize], bool); 9] = [
+        (&[2, 77, 768], false),
+        (&[3, 320], true),
+        (&[1, 1], false),
+        (&[2, 5, 1280], true),
+        (&[4, 1024], false),
+        (&[3, 2500], false),
+        (&[2, 77, 64], true),
+        (&[3, 50, 96], false),
+        (&[5, 256], false),
+    ];
     for (i, (shape, f16_affine)) in cases.into_iter().enumerate() {
         let dim = *shape.last().unwrap();
         let x = random(shape.iter().product(), 70 + i as u64, 3.0);

@@ -293,6 +293,7 @@ impl<'a> LinearCase<'a> {
             bias: bias_gpu.as_ref(),
             activation: self.activation,
             f16_math: self.f16_math,
+            residual: None,
         };
         let got = matmul::matmul(gpu, &gpu.upload_f32(self.a, &a).unwrap(), &w_gpu, &opts).unwrap();
 

@@ -111,7 +111,7 @@ async fn conv2d_in_browser() {
     let bias = random(13, 8, 1.0);
     let (tx, tw, tb) = (gpu.upload_f32(&xs, &x).unwrap(), gpu.upload_f32(&ws, &w).unwrap(), gpu.upload_f32(&[13], &bias).unwrap());
     for (stride, padding) in [(1, [1, 1, 1, 1]), (2, [0, 1, 0, 1])] {
-        let opts = Conv2dOptions { stride, padding, bias: Some(&tb), f16_math: false };
+        let opts = Conv2dOptions { stride, padding, bias: Some(&tb), ..Default::default() };
         let got = conv2d(&gpu, &tx, &tw, &opts).unwrap();
         let (want, shape) = webdiffusion::reference::conv2d::conv2d(&x, xs, &w, ws, Some(&bias), stride, padding);
         assert_eq!(got.shape(), shape.as_slice());

@@ -11,6 +11,7 @@ const FILES: &[(&str, &str)] = &[
     ("layer_norm.wgsl", include_str!("../../shaders/layer_norm.wgsl")),
     ("softmax.wgsl", include_str!("../../shaders/softmax.wgsl")),
     ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("attention_rows.wgsl", include_str!("../../shaders/attention_rows.wgsl")),
     ("concat.wgsl", include_str!("../../shaders/concat.wgsl")),
     ("upsample.wgsl", include_str!("../../shaders/upsample.wgsl")),
     ("timestep_embedding.wgsl", include_str!("../../shaders/timestep_embedding.wgsl")),

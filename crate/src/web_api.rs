@@ -174,6 +174,52 @@ impl Engine {
     }
 }
 
+#[wasm_bindgen]
+impl Engine {
+    /// Times denoising steps for a benchmark: one warm-up step, then `steps` timed ones, each
+    /// waited for; with `profile`, one more step timed kernel by kernel where the browser
+    /// grants timestamp queries. `options` are `generate`'s (its `steps` ignored). Resolves
+    /// with a JSON string: the numbers and, under `table`, the same as Markdown.
+    // The borrow is held across the awaits as in `generate`; `setLoras` only try-borrows.
+    #[allow(clippy::await_holding_refcell_ref)]
+    #[wasm_bindgen(js_name = benchSteps, unchecked_return_type = "Promise<string>")]
+    pub fn bench_steps(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue,
+        steps: usize,
+        profile: bool,
+    ) -> js_sys::Promise {
+        let loaded = self.loaded.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let request = request_from(&options)?;
+            let sd = loaded.sd.try_borrow().map_err(|_| js_sys::Error::new("benchSteps: setLoras is running"))?;
+            let timings = sd.time_steps(&request, steps, profile).await.map_err(to_js)?;
+            let mut json = serde_json::to_value(&timings).map_err(|e| js_sys::Error::new(&e.to_string()))?;
+            json["table"] = timings.table().into();
+            Ok(json.to_string().into())
+        })
+    }
+}
+
+/// Times each kernel family on the built-in model's layer shapes (`shapes: "embedded"`) or a
+/// quarter of Stable Diffusion 1.5's (`"reduced"`), those whose name contains `only`, for a
+/// benchmark. Resolves with a JSON string: the rows and, under `table`, the same as Markdown.
+#[wasm_bindgen(js_name = benchKernels, unchecked_return_type = "Promise<string>")]
+pub fn bench_kernels(shapes: String, only: String, iterations: u32) -> js_sys::Promise {
+    use crate::kernels::bench::{self, Shapes};
+    wasm_bindgen_futures::future_to_promise(async move {
+        let shapes = match shapes.as_str() {
+            "embedded" => Shapes::Embedded,
+            "reduced" => Shapes::Reduced,
+            other => return Err(type_error(&format!("benchKernels: shapes must be \"embedded\" or \"reduced\", got {other:?}"))),
+        };
+        let gpu = Gpu::new().await.map_err(to_js)?;
+        let (rows, on_gpu) = bench::run(&gpu, shapes, &only, iterations).await.map_err(to_js)?;
+        let json = serde_json::json!({ "adapter": gpu.info().adapter, "rows": rows, "table": bench::table(&rows, on_gpu) });
+        Ok(json.to_string().into())
+    })
+}
+
 impl Loaded {
     // Holding the borrow across the awaits is the point (see `Loaded::sd`): nothing borrows
     // it mutably but `setLoras`, with `try_borrow_mut`, so this cannot panic.

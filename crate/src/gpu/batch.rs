@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::context::{Gpu, lock};
 use super::kernel::{Compiled, KernelKey};
+use super::stats::Profile;
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
 
@@ -29,6 +30,8 @@ pub struct Launch<'a> {
 
 struct Dispatch {
     kernel: Arc<Compiled>,
+    /// `shader:entry`, for timing launches.
+    name: (&'static str, &'static str),
     /// Each storage binding: the buffer, where the tensor starts in it, and its size.
     buffers: Vec<(wgpu::Buffer, u64, u64)>,
     uniform_offset: u32,
@@ -111,6 +114,7 @@ impl Gpu {
         if launch.workgroups.contains(&0) {
             return Ok(()); // nothing to compute
         }
+        lock(&self.inner.counters).launches += 1;
         let mut batch = lock(&self.inner.batch);
         let align = info.uniform_offset_alignment.max(16) as usize;
         let uniform_offset = batch.arena.len().next_multiple_of(align);
@@ -120,6 +124,7 @@ impl Gpu {
         batch.arena.resize(uniform_offset + uniform_size, 0);
         batch.dispatches.push(Dispatch {
             kernel,
+            name: (key.shader, key.entry),
             buffers,
             uniform_offset: uniform_offset as u32,
             uniform_size: uniform_size as u64,
@@ -156,6 +161,7 @@ impl Gpu {
         self.encode_pending(&mut batch, &mut encoder);
         let result = then(&mut encoder);
         self.inner.queue.submit([encoder.finish()]);
+        lock(&self.inner.counters).submits += 1;
         result
     }
 
@@ -167,6 +173,7 @@ impl Gpu {
             let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
             self.encode_pending(&mut batch, &mut encoder);
             self.inner.queue.submit([encoder.finish()]);
+            lock(&self.inner.counters).submits += 1;
         }
         write(&self.inner.queue);
     }
@@ -215,12 +222,38 @@ impl Gpu {
                 device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })
             })
             .collect();
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None });
-            for (d, group) in batch.dispatches.iter().zip(&bind_groups) {
-                pass.set_pipeline(&d.kernel.pipeline);
-                pass.set_bind_group(0, group, &[d.uniform_offset]);
-                pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+        lock(&self.inner.counters).bind_groups += bind_groups.len() as u64;
+        let mut profile = lock(&self.inner.profile);
+        match profile.as_mut() {
+            // Timed: a pass per launch, with a timestamp at its start and end.
+            Some(profile) => {
+                let dispatches: Vec<_> = batch.dispatches.iter().zip(&bind_groups).collect();
+                for chunk in dispatches.chunks(Profile::LAUNCHES_PER_SET) {
+                    let queries = profile.query_set(device, chunk.len());
+                    for (i, (d, group)) in chunk.iter().enumerate() {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("timed launch"),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: &queries,
+                                beginning_of_pass_write_index: Some(2 * i as u32),
+                                end_of_pass_write_index: Some(2 * i as u32 + 1),
+                            }),
+                        });
+                        pass.set_pipeline(&d.kernel.pipeline);
+                        pass.set_bind_group(0, *group, &[d.uniform_offset]);
+                        pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+                    }
+                    let labels = chunk.iter().map(|(d, _)| format!("{}:{}", d.name.0, d.name.1)).collect();
+                    profile.resolve(device, encoder, &queries, labels);
+                }
+            }
+            None => {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None });
+                for (d, group) in batch.dispatches.iter().zip(&bind_groups) {
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    pass.set_bind_group(0, group, &[d.uniform_offset]);
+                    pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+                }
             }
         }
         batch.clear();

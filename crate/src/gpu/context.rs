@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::batch::Batch;
 use super::kernel::KernelCache;
 use super::pool::BufferPool;
+use super::stats::{Counters, Profile};
 use crate::error::{Error, Result};
 
 /// What the adapter is and what it allows; printed by `webdiffusion info`.
@@ -66,6 +67,9 @@ pub(super) struct Inner {
     pub kernels: Mutex<KernelCache>,
     pub pool: Mutex<BufferPool>,
     pub batch: Mutex<Batch>,
+    pub counters: Mutex<Counters>,
+    /// Set while launches are being timed (`Gpu::start_profile`).
+    pub profile: Mutex<Option<Profile>>,
 }
 
 /// Choices made when opening the device.
@@ -175,6 +179,8 @@ impl Gpu {
                 kernels: Mutex::new(KernelCache::default()),
                 pool: Mutex::new(BufferPool::default()),
                 batch: Mutex::new(Batch::default()),
+                counters: Mutex::new(Counters::default()),
+                profile: Mutex::new(None),
             }),
         })
     }

@@ -35,6 +35,11 @@ pub(super) struct KernelCache {
 }
 
 impl KernelCache {
+    /// How many pipelines have been compiled.
+    pub fn len(&self) -> usize {
+        self.compiled.len()
+    }
+
     pub fn get(&mut self, device: &wgpu::Device, key: &KernelKey) -> Result<Arc<Compiled>> {
         if let Some(found) = self.compiled.get(key) {
             return Ok(found.clone());

@@ -11,6 +11,7 @@ mod kernel;
 mod pool;
 mod preprocess;
 mod readback;
+mod stats;
 mod tensor;
 mod upload;
 
@@ -18,5 +19,6 @@ pub use batch::{Access, Launch};
 pub use context::{Gpu, GpuInfo};
 pub use kernel::KernelKey;
 pub use preprocess::preprocess;
+pub use stats::{Counters, KernelTime};
 pub use tensor::{DType, Tensor};
 pub use upload::StreamedTensor;

@@ -20,7 +20,11 @@ impl Gpu {
             mapped_at_creation: false,
         });
         self.submit_with(|encoder| encoder.copy_buffer_to_buffer(tensor.buffer(), tensor.byte_offset(), &staging, 0, len));
+        self.read_mappable(&staging).await
+    }
 
+    /// The contents of a `MAP_READ` buffer once the work submitted before has finished.
+    pub(super) async fn read_mappable(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (sender, receiver) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
             let _ = sender.send(result);

@@ -223,12 +223,15 @@ impl Gpu {
         let pooled = lock(&self.inner.pool).take(class);
         let buffer = match pooled {
             Some(buffer) => buffer,
-            None => self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("tensor"),
-                size: class,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
+            None => {
+                lock(&self.inner.counters).buffers += 1;
+                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tensor"),
+                    size: class,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
         };
         self.check()?;
         Ok(Tensor { storage: Arc::new(Storage { buffer, class, gpu: self.clone() }), offset: 0, shape: shape.to_vec(), dtype })

@@ -1,5 +1,6 @@
-//! Launcher for `attention.wgsl`: fused multi-head attention with an online softmax,
-//! straight from the `[B, S, H*D]` projections (no permutes, no score matrix in memory).
+//! Launcher for `attention.wgsl` and `attention_rows.wgsl`: fused multi-head attention
+//! with an online softmax, straight from the `[B, S, H*D]` projections (no permutes, no
+//! score matrix in memory).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -92,6 +93,24 @@ struct Params {
     head_dim: u32,
     scale_log2: f32,
     causal: u32,
+    batch: u32,
+    _pad: u32,
+}
+
+/// Head dims up to this (and multiples of 4) run `attention_rows.wgsl`, an invocation per
+/// query row with no workgroup memory: at small models' sizes the flash kernel's staging
+/// and barriers cost more than the arithmetic, above all on GPUs emulated on a CPU.
+const ROWS_MAX_HEAD_DIM: usize = 32;
+/// Invocations per `attention_rows` workgroup (`WG` there).
+const ROWS_WG: usize = 64;
+
+fn rows_key(head_dim: usize) -> KernelKey {
+    KernelKey {
+        shader: "attention_rows.wgsl",
+        entry: "attention_rows",
+        defines: vec![("HEAD_VECS", (head_dim / 4).to_string())],
+        bindings: vec![Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+    }
 }
 
 fn shape_err(detail: impl std::fmt::Display) -> Error {
@@ -139,7 +158,6 @@ fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> 
 /// are `[B, Skv, H*D]` (f32); the result is `[B, Sq, H*D]`, heads laid out as in `q`.
 pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
     let (batch, q_len, kv_len, head_dim) = check_inputs(q, k, v, opts)?;
-    let tiling = Tiling::for_head_dim(head_dim).ok_or_else(|| shape_err(format!("no tiling for head dim {head_dim}")))?;
     let out = gpu.empty(q.shape(), DType::F32)?;
     let scale = opts.scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let params = Params {
@@ -149,20 +167,29 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
         head_dim: head_dim as u32,
         scale_log2: scale * std::f32::consts::LOG2_E,
         causal: opts.causal as u32,
+        batch: batch as u32,
+        _pad: 0,
     };
-    let KernelKey { shader, entry, defines, .. } = tiling.key();
+    let (key, workgroups) = if head_dim <= ROWS_MAX_HEAD_DIM && head_dim.is_multiple_of(4) {
+        let rows = u32::try_from((batch * opts.heads * q_len).div_ceil(ROWS_WG)).unwrap_or(u32::MAX);
+        (rows_key(head_dim), gpu.grid(rows))
+    } else {
+        let tiling = Tiling::for_head_dim(head_dim).ok_or_else(|| shape_err(format!("no tiling for head dim {head_dim}")))?;
+        (tiling.key(), tiling.workgroups(batch, q_len, opts.heads))
+    };
     gpu.launch(Launch {
-        shader,
-        entry,
-        defines,
+        shader: key.shader,
+        entry: key.entry,
+        defines: key.defines,
         params: bytemuck::bytes_of(&params),
         bindings: &[(q, Access::Read), (k, Access::Read), (v, Access::Read), (&out, Access::ReadWrite)],
-        workgroups: tiling.workgroups(batch, q_len, opts.heads),
+        workgroups,
     })?;
     Ok(out)
 }
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    TILINGS.iter().map(|&(threads, slots)| Tiling::new(threads, slots).key()).collect()
+    let flash = TILINGS.iter().map(|&(threads, slots)| Tiling::new(threads, slots).key());
+    flash.chain((4..=ROWS_MAX_HEAD_DIM).step_by(4).map(rows_key)).collect()
 }

@@ -10,9 +10,36 @@ use crate::quant;
 
 const SHADER: &str = "conv2d.wgsl";
 const OP: &str = "conv2d";
-/// The output tile of one workgroup (`BM` x `BN` in the shader).
-const TILE_CHANNELS: usize = 64;
-const TILE_PIXELS: usize = 64;
+/// How a launch tiles the output: `tm` x `tn` invocations, each an 8 x 8 register block
+/// (`TM`, `TN` in the shader), so a tile of `8 tm` channels by `8 tn` pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConvTiling {
+    tm: usize,
+    tn: usize,
+}
+
+/// The register block's side in the shader (`RM`, `RN`).
+const BLOCK: usize = 8;
+
+impl ConvTiling {
+    /// The tiling that wastes least of its tile on an output of `channels` x `pixels`: up
+    /// to 64 x 64 (8 x 8 invocations); a layer at a 4x4 latent, or one with 8 output
+    /// channels, gets a tile of its own size instead of a mostly empty 64 x 64 one.
+    fn for_output(channels: usize, pixels: usize) -> ConvTiling {
+        let padded = |side: usize, threads: usize| side.div_ceil(BLOCK * threads) * BLOCK * threads;
+        let least_padding = |side: usize| [8, 4, 2, 1].into_iter().min_by_key(|&t| padded(side, t)).unwrap_or(8);
+        ConvTiling { tm: least_padding(channels), tn: least_padding(pixels) }
+    }
+
+    fn defines(&self) -> [(&'static str, String); 2] {
+        [("TM", self.tm.to_string()), ("TN", self.tn.to_string())]
+    }
+
+    /// Every tiling `for_output` can pick, for shader validation.
+    fn all() -> impl Iterator<Item = ConvTiling> {
+        [1, 2, 4, 8].into_iter().flat_map(|tm| [1, 2, 4, 8].into_iter().map(move |tn| ConvTiling { tm, tn }))
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
@@ -34,10 +61,12 @@ struct Params {
     w_stride: u32,
     bias_offset: u32,
     w_row_words: u32,
-    _pad: [u32; 3],
+    channel_add_stride: u32,
+    _pad: [u32; 2],
 }
 
-/// How to convolve: stride, zero padding, an optional bias and the multiply precision.
+/// How to convolve: stride, zero padding, an optional bias, what the epilogue adds and
+/// the multiply precision.
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dOptions<'a> {
     /// The same stride in both directions (SD uses 1, and 2 for downsampling).
@@ -48,6 +77,11 @@ pub struct Conv2dOptions<'a> {
     pub padding: [usize; 4],
     /// `[out_channels]`, f32 or packed f16.
     pub bias: Option<&'a Tensor>,
+    /// `[N, out_channels]` f32, added to every pixel of its sample and channel after the
+    /// bias (a resnet block's projected time embedding).
+    pub channel_add: Option<&'a Tensor>,
+    /// f32 of the output's shape, added last (a residual connection).
+    pub residual: Option<&'a Tensor>,
     /// Tiles and products in f16 (sums stay f32); honoured only when the device has
     /// shader-f16, otherwise the f32 kernel runs.
     pub f16_math: bool,
@@ -56,11 +90,19 @@ pub struct Conv2dOptions<'a> {
 impl<'a> Conv2dOptions<'a> {
     /// `stride`, `padding` on every side, no bias.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride, padding: [padding; 4], bias: None, f16_math: false }
+        Self { stride, padding: [padding; 4], bias: None, channel_add: None, residual: None, f16_math: false }
     }
 
     pub fn with_bias(self, bias: &'a Tensor) -> Self {
         Self { bias: Some(bias), ..self }
+    }
+
+    pub fn with_channel_add(self, channel_add: Option<&'a Tensor>) -> Self {
+        Self { channel_add, ..self }
+    }
+
+    pub fn with_residual(self, residual: Option<&'a Tensor>) -> Self {
+        Self { residual, ..self }
     }
 
     pub fn with_f16_math(self, on: bool) -> Self {
@@ -104,8 +146,8 @@ fn check_indexable(what: &str, shape: &[usize]) -> Result<()> {
 }
 
 /// Workgroups: x over pixel tiles, y over output-channel tiles, z over the batch.
-fn workgroups(batch: usize, out_channels: usize, pixels: usize) -> [u32; 3] {
-    [pixels.div_ceil(TILE_PIXELS), out_channels.div_ceil(TILE_CHANNELS), batch].map(|n| n.min(u32::MAX as usize) as u32)
+fn workgroups(tiling: ConvTiling, batch: usize, out_channels: usize, pixels: usize) -> [u32; 3] {
+    [pixels.div_ceil(BLOCK * tiling.tn), out_channels.div_ceil(BLOCK * tiling.tm), batch].map(|n| n.min(u32::MAX as usize) as u32)
 }
 
 /// The block of a larger weight a partial convolution (`conv2d_into`) uses, and how it
@@ -186,7 +228,20 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
     if let Some(bias) = opts.bias.filter(|b| b.shape() != [weight_out]) {
         return Err(Error::shape(OP, format!("bias must be [{weight_out}], got {:?}", bias.shape())));
     }
+    if let Some(add) = opts.channel_add.filter(|a| a.dtype() != DType::F32 || a.shape() != [batch, weight_out]) {
+        return Err(Error::shape(OP, format!("channel_add must be f32 [{batch}, {weight_out}], got {:?} {:?}", add.dtype(), add.shape())));
+    }
     let [out_h, out_w] = output_size(height, width, [kernel_h, kernel_w], opts.stride, opts.padding)?;
+    if let Some(residual) = opts.residual.filter(|r| r.dtype() != DType::F32 || r.shape() != [batch, out_channels, out_h, out_w]) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "residual must be f32 of the output's shape [{batch}, {out_channels}, {out_h}, {out_w}], got {:?} {:?}",
+                residual.dtype(),
+                residual.shape()
+            ),
+        ));
+    }
     for (what, shape) in [("input", x.shape()), ("weight", weight.shape()), ("output", &[batch, out_channels, out_h, out_w])] {
         check_indexable(what, shape)?;
     }
@@ -210,62 +265,114 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         w_stride: (weight_channels * taps) as u32,
         bias_offset: part.out_start as u32,
         w_row_words: quant::row_words(weight.dtype(), weight_channels * taps) as u32,
-        _pad: [0; 3],
+        channel_add_stride: weight_out as u32,
+        _pad: [0; 2],
     };
     Ok((params, [out_h, out_w]))
 }
 
 fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: &Params, accumulate: bool, out: &Tensor) -> Result<()> {
     let mut bindings = vec![(x, Access::Read), (weight, Access::Read)];
-    bindings.extend(opts.bias.map(|b| (b, Access::Read)));
+    bindings.extend([opts.bias, opts.channel_add, opts.residual].into_iter().flatten().map(|t| (t, Access::Read)));
     bindings.push((out, Access::ReadWrite));
     let [batch, out_channels, out_h, out_w] = [out.shape()[0], params.out_channels as usize, params.out_h as usize, params.out_w as usize];
+    let variant = Variant {
+        weight: weight.dtype(),
+        bias: opts.bias.map(Tensor::dtype),
+        channel_add: opts.channel_add.is_some(),
+        residual: opts.residual.is_some(),
+        f16_math: opts.f16_math && gpu.has_shader_f16(),
+        accumulate,
+        tiling: ConvTiling::for_output(out_channels, out_h * out_w),
+    };
+    let key = variant.key();
     gpu.launch(Launch {
         shader: SHADER,
-        entry: "conv2d",
-        defines: defines(weight.dtype(), opts.bias.map(Tensor::dtype), opts.f16_math && gpu.has_shader_f16(), accumulate),
+        entry: key.entry,
+        defines: key.defines,
         params: bytemuck::bytes_of(params),
         bindings: &bindings,
-        workgroups: workgroups(batch, out_channels, out_h * out_w),
+        workgroups: workgroups(variant.tiling, batch, out_channels, out_h * out_w),
     })
 }
 
-fn defines(weight: DType, bias: Option<DType>, f16_math: bool, accumulate: bool) -> Vec<(&'static str, String)> {
-    let mut defines = Vec::new();
-    match weight {
-        DType::F16 => defines.push(("W_F16", String::new())),
-        DType::Q8 => defines.push(("WEIGHT_QUANT", String::new())),
-        DType::Q4 => defines.extend([("WEIGHT_QUANT", String::new()), ("WEIGHT_Q4", String::new())]),
-        DType::F32 | DType::U32 => {}
-    }
-    if let Some(bias) = bias {
-        defines.push(("BIAS", String::new()));
-        if bias == DType::F16 {
-            defines.push(("BIAS_F16", String::new()));
+/// The compile-time choices of one kernel variant.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    weight: DType,
+    bias: Option<DType>,
+    channel_add: bool,
+    residual: bool,
+    f16_math: bool,
+    accumulate: bool,
+    tiling: ConvTiling,
+}
+
+impl Variant {
+    fn key(self) -> KernelKey {
+        let flag = |name: &'static str| (name, String::new());
+        let mut defines = Vec::new();
+        match self.weight {
+            DType::F16 => defines.push(flag("W_F16")),
+            DType::Q8 => defines.push(flag("WEIGHT_QUANT")),
+            DType::Q4 => defines.extend([flag("WEIGHT_QUANT"), flag("WEIGHT_Q4")]),
+            DType::F32 | DType::U32 => {}
         }
+        // The optional operands take the bindings after x (1) and the weight (2), in order.
+        let mut binding = 3;
+        let mut optional = |on: bool, name: &'static str, at: &'static str| {
+            if on {
+                defines.extend([flag(name), (at, binding.to_string())]);
+                binding += 1;
+            }
+        };
+        optional(self.bias.is_some(), "BIAS", "BIAS_AT");
+        optional(self.channel_add, "CHANNEL_ADD", "CHANNEL_ADD_AT");
+        optional(self.residual, "RESIDUAL", "RESIDUAL_AT");
+        defines.push(("OUT_AT", binding.to_string()));
+        if self.bias == Some(DType::F16) {
+            defines.push(flag("BIAS_F16"));
+        }
+        if self.f16_math {
+            defines.push(flag("F16_MATH"));
+        }
+        if self.accumulate {
+            defines.push(flag("ACCUMULATE"));
+        }
+        defines.extend(self.tiling.defines());
+        let mut bindings = vec![Access::Read; binding - 1];
+        bindings.push(Access::ReadWrite);
+        KernelKey { shader: SHADER, entry: "conv2d", defines, bindings }
     }
-    if f16_math {
-        defines.push(("F16_MATH", String::new()));
-    }
-    if accumulate {
-        defines.push(("ACCUMULATE", String::new()));
-    }
-    defines
 }
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
+    let plain = Variant {
+        weight: DType::F32,
+        bias: None,
+        channel_add: false,
+        residual: false,
+        f16_math: false,
+        accumulate: false,
+        tiling: ConvTiling { tm: 8, tn: 8 },
+    };
     let mut keys = Vec::new();
     for (f16_math, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
         for weight in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
             for bias in [None, Some(DType::F32), Some(DType::F16)] {
-                let reads = if bias.is_some() { 3 } else { 2 };
-                let mut bindings = vec![Access::Read; reads];
-                bindings.push(Access::ReadWrite);
-                let defines = defines(weight, bias, f16_math, accumulate);
-                keys.push(KernelKey { shader: SHADER, entry: "conv2d", defines, bindings });
+                keys.push(Variant { weight, bias, f16_math, accumulate, ..plain }.key());
             }
         }
+    }
+    // The epilogue's additions and the other tilings change only a few lines: each once.
+    for weight in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+        for (channel_add, residual) in [(true, false), (false, true), (true, true)] {
+            keys.push(Variant { weight, bias: Some(DType::F16), channel_add, residual, ..plain }.key());
+        }
+    }
+    for tiling in ConvTiling::all() {
+        keys.push(Variant { weight: DType::Q8, bias: Some(DType::F16), tiling, ..plain }.key());
     }
     keys
 }
@@ -273,6 +380,18 @@ pub fn variants() -> Vec<KernelKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiles_fit_small_outputs() {
+        // SD-sized layers take the 64 x 64 tile; the built-in model's 4x4 latents a 16-pixel
+        // one, its 96-channel layers 32-channel tiles (no padding) and its 8-channel output
+        // an 8-channel one.
+        assert_eq!(ConvTiling::for_output(320, 4096), ConvTiling { tm: 8, tn: 8 });
+        assert_eq!(ConvTiling::for_output(96, 16), ConvTiling { tm: 4, tn: 2 });
+        assert_eq!(ConvTiling::for_output(8, 256), ConvTiling { tm: 1, tn: 8 });
+        assert_eq!(ConvTiling::for_output(64, 64), ConvTiling { tm: 8, tn: 8 });
+        assert_eq!(ConvTiling::for_output(3, 1), ConvTiling { tm: 1, tn: 1 });
+    }
 
     /// The WebGPU default (and common) per-dimension workgroup limit.
     const MAX_WORKGROUPS: u32 = 65535;
@@ -283,10 +402,10 @@ mod tests {
         // at the 64x64 and 8x8 latent resolutions (batch 2 for classifier-free guidance).
         let cases = [(1, 128, 512 * 512), (1, 256, 512 * 512), (1, 3, 512 * 512), (2, 1280, 8 * 8), (2, 320, 64 * 64), (2, 4, 64 * 64)];
         for (batch, out_channels, pixels) in cases {
-            let grid = workgroups(batch, out_channels, pixels);
+            let grid = workgroups(ConvTiling::for_output(out_channels, pixels), batch, out_channels, pixels);
             assert!(grid.iter().all(|&n| n <= MAX_WORKGROUPS), "{batch}x{out_channels}x{pixels}: {grid:?}");
         }
-        assert_eq!(workgroups(1, 128, 512 * 512), [4096, 2, 1]);
+        assert_eq!(workgroups(ConvTiling::for_output(128, 512 * 512), 1, 128, 512 * 512), [4096, 2, 1]);
     }
 
     #[test]

@@ -12,8 +12,33 @@ use crate::quant;
 
 const SHADER: &str = "matmul.wgsl";
 const ENTRY: &str = "matmul";
-/// Rows and columns of the output tile one workgroup computes (BM = BN in the shader).
-const TILE: usize = 64;
+/// The side of each invocation's register block (8 x 8 in the shader).
+const BLOCK: usize = 8;
+
+/// How a launch tiles the output: `tm` x `tn` invocations (`TM`, `TN` in the shader), so
+/// a tile of `8 tm` rows by `8 tn` columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tiling {
+    tm: usize,
+    tn: usize,
+}
+
+impl Tiling {
+    /// Up to 64 x 64, the tile that wastes least on `rows` x `cols` (as conv2d's).
+    fn for_output(rows: usize, cols: usize) -> Tiling {
+        let padded = |side: usize, threads: usize| side.div_ceil(BLOCK * threads) * BLOCK * threads;
+        let least_padding = |side: usize| [8, 4, 2, 1].into_iter().min_by_key(|&t| padded(side, t)).unwrap_or(8);
+        Tiling { tm: least_padding(rows), tn: least_padding(cols) }
+    }
+
+    fn rows(&self) -> usize {
+        BLOCK * self.tm
+    }
+
+    fn cols(&self) -> usize {
+        BLOCK * self.tn
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
@@ -42,6 +67,8 @@ pub struct MatmulOptions<'a> {
     pub bias: Option<&'a Tensor>,
     /// Applied after the bias.
     pub activation: Option<Unary>,
+    /// f32 of the output's shape, added last (after the activation): a residual connection.
+    pub residual: Option<&'a Tensor>,
     /// Tiles and products in f16 (sums stay f32); honoured only when the device has
     /// shader-f16, otherwise the f32 kernel runs.
     pub f16_math: bool,
@@ -50,10 +77,12 @@ pub struct MatmulOptions<'a> {
 /// The compile-time choices of one kernel variant.
 #[derive(Debug, Clone, Copy)]
 struct Variant {
+    tiling: Tiling,
     transpose_a: bool,
     transpose_b: bool,
     b: DType,
     bias: Option<DType>,
+    residual: bool,
     activation: Option<&'static str>,
     f16_math: bool,
     accumulate: bool,
@@ -69,6 +98,7 @@ impl Variant {
             (self.b == DType::Q4, "WEIGHT_Q4"),
             (self.bias.is_some(), "BIAS"),
             (self.bias == Some(DType::F16), "BIAS_F16"),
+            (self.residual, "RESIDUAL"),
             (self.f16_math, "F16_MATH"),
             (self.accumulate, "ACCUMULATE"),
         ];
@@ -76,8 +106,17 @@ impl Variant {
         if let Some(act) = self.activation {
             defines.push(("ACT", act.to_string()));
         }
-        let inputs = if self.bias.is_some() { 3 } else { 2 };
-        let mut bindings = vec![Access::Read; inputs];
+        defines.extend([("TM", self.tiling.tm.to_string()), ("TN", self.tiling.tn.to_string())]);
+        // The optional operands take the bindings after a (1) and b (2), in order.
+        let mut binding = 3;
+        for (on, at) in [(self.bias.is_some(), "BIAS_AT"), (self.residual, "RESIDUAL_AT")] {
+            if on {
+                defines.push((at, binding.to_string()));
+                binding += 1;
+            }
+        }
+        defines.push(("OUT_AT", binding.to_string()));
+        let mut bindings = vec![Access::Read; binding - 1];
         bindings.push(Access::ReadWrite);
         KernelKey { shader: SHADER, entry: ENTRY, defines, bindings }
     }
@@ -142,6 +181,13 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
     if let Some(bias) = opts.bias.filter(|bias| bias.shape() != [n]) {
         return Err(Error::shape(OP, format!("bias must be [{n}], got {:?}", bias.shape())));
     }
+    let out_numel = batches.unwrap_or(1) * m * n;
+    if let Some(residual) = opts.residual.filter(|r| r.dtype() != DType::F32 || r.numel() != out_numel) {
+        return Err(Error::shape(
+            OP,
+            format!("residual must be f32 with the output's {out_numel} elements, got {:?} {:?}", residual.dtype(), residual.shape()),
+        ));
+    }
     let largest = a.numel().max(b.numel()).max(batches.unwrap_or(1) * m * n);
     if largest > u32::MAX as usize {
         return Err(Error::shape(OP, format!("{largest} elements overflow the kernel's 32-bit indices")));
@@ -167,12 +213,13 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
 /// The dispatch of a product with `rows` x `cols` outputs per batch: column tiles in
 /// x, and (batch, row tile) folded into y and z so each stays within the device limit.
 pub fn workgroups(gpu: &Gpu, rows: usize, cols: usize, batches: usize) -> Result<[u32; 3]> {
-    let total = rows.div_ceil(TILE) * batches;
+    let tiling = Tiling::for_output(rows, cols);
+    let total = rows.div_ceil(tiling.rows()) * batches;
     let fits = |v: usize, what: &str| {
         u32::try_from(v).map_err(|_| Error::TooLarge { what: format!("matmul {what}"), needed: v as u64, limit: u32::MAX as u64 })
     };
     let [y, z, _] = gpu.grid(fits(total, "row tiles")?);
-    Ok([fits(cols.div_ceil(TILE), "column tiles")?, y, z])
+    Ok([fits(cols.div_ceil(tiling.cols()), "column tiles")?, y, z])
 }
 
 /// `act(op(a) @ op(b) + bias)`. `a` is f32 `[M, K]` or `[B, M, K]`; `b` is f32 or
@@ -206,11 +253,14 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         Some(Unary::Clamp { min, max }) => (min, max),
         _ => (1.0, 0.0),
     };
+    let tiling = Tiling::for_output(dims.m, dims.n);
     let variant = Variant {
+        tiling,
         transpose_a: opts.transpose_a,
         transpose_b: opts.transpose_b,
         b: b.dtype(),
         bias: opts.bias.map(Tensor::dtype),
+        residual: opts.residual.is_some(),
         activation: opts.activation.and_then(fused_name),
         f16_math: opts.f16_math && gpu.has_shader_f16(),
         accumulate,
@@ -219,7 +269,7 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         m: dims.m as u32,
         n: dims.n as u32,
         k: dims.k as u32,
-        m_tiles: dims.m.div_ceil(TILE) as u32,
+        m_tiles: dims.m.div_ceil(tiling.rows()) as u32,
         batches: dims.batches as u32,
         a_batch_stride: dims.a_batch_stride as u32,
         b_batch_stride: dims.b_batch_stride as u32,
@@ -229,7 +279,7 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         pad: [0; 2],
     };
     let mut bindings = vec![(a, Access::Read), (b, Access::Read)];
-    bindings.extend(opts.bias.map(|bias| (bias, Access::Read)));
+    bindings.extend([opts.bias, opts.residual].into_iter().flatten().map(|t| (t, Access::Read)));
     bindings.push((out, Access::ReadWrite));
     let key = variant.key();
     gpu.launch(Launch {
@@ -259,6 +309,17 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
 pub fn variants() -> Vec<KernelKey> {
     let fused = Unary::ALL.into_iter().filter(|&op| op != Unary::Identity);
     let activations: Vec<Option<&'static str>> = [None].into_iter().chain(fused.map(fused_name)).collect();
+    let plain = Variant {
+        tiling: Tiling { tm: 8, tn: 8 },
+        transpose_a: false,
+        transpose_b: true,
+        b: DType::F32,
+        bias: None,
+        residual: false,
+        activation: None,
+        f16_math: false,
+        accumulate: false,
+    };
     let mut keys = Vec::new();
     for bits in 0..16u32 {
         let on = |bit: u32| bits & (1 << bit) != 0;
@@ -269,11 +330,21 @@ pub fn variants() -> Vec<KernelKey> {
             }
             for bias in [None, Some(DType::F32), Some(DType::F16)] {
                 for &activation in &activations {
-                    let variant =
-                        Variant { transpose_a: on(0), transpose_b: on(1), b, bias, activation, f16_math: on(2), accumulate: on(3) };
-                    keys.push(variant.key());
+                    let flags = Variant { transpose_a: on(0), transpose_b: on(1), f16_math: on(2), accumulate: on(3), ..plain };
+                    keys.push(Variant { b, bias, activation, ..flags }.key());
                 }
             }
+        }
+    }
+    // The residual and the other tilings change only a few lines: each once.
+    for b in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+        for bias in [None, Some(DType::F32)] {
+            keys.push(Variant { b, bias, residual: true, ..plain }.key());
+        }
+    }
+    for tm in [1, 2, 4, 8] {
+        for tn in [1, 2, 4, 8] {
+            keys.push(Variant { tiling: Tiling { tm, tn }, b: DType::Q8, bias: Some(DType::F16), ..plain }.key());
         }
     }
     keys

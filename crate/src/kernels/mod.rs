@@ -2,6 +2,7 @@
 //! allocates the output and records one or more dispatches.
 
 pub mod attention;
+pub mod bench;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;

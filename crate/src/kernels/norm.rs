@@ -13,6 +13,10 @@ const LAYER_NORM: &str = "layer_norm.wgsl";
 const GROUP_NORM_WG: usize = 256;
 /// Elements one `stats_partial` workgroup reduces (`CHUNK` in the shader).
 const CHUNK: usize = 4096;
+/// Groups up to this long are normalised in one launch, a workgroup each (`fused`): at
+/// the UNet's latent sizes that saves two launches and most barriers; longer groups (the
+/// VAE at full size) need the three passes' parallelism.
+const FUSED_MAX_GROUP_LEN: usize = 16384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -39,6 +43,7 @@ struct LayerNormParams {
 /// The group-norm passes, in launch order.
 #[derive(Clone, Copy)]
 enum Pass {
+    Fused { affine_f16: bool, silu: bool },
     StatsPartial,
     StatsCombine,
     Normalise { affine_f16: bool, silu: bool },
@@ -49,29 +54,46 @@ fn flag(name: &'static str) -> (&'static str, String) {
 }
 
 fn group_norm_key(pass: Pass) -> KernelKey {
+    let affine = |first: &'static str, affine_f16: bool, silu: bool| {
+        let mut defines = vec![flag(first)];
+        if affine_f16 {
+            defines.push(flag("AFFINE_F16"));
+        }
+        if silu {
+            defines.push(flag("SILU"));
+        }
+        defines
+    };
     let (entry, defines, storage_bindings) = match pass {
+        Pass::Fused { affine_f16, silu } => ("fused", affine("FUSED", affine_f16, silu), 4),
         Pass::StatsPartial => ("stats_partial", vec![flag("STATS_PARTIAL")], 2),
         Pass::StatsCombine => ("stats_combine", vec![flag("STATS_COMBINE")], 2),
-        Pass::Normalise { affine_f16, silu } => {
-            let mut defines = vec![flag("NORMALISE")];
-            if affine_f16 {
-                defines.push(flag("AFFINE_F16"));
-            }
-            if silu {
-                defines.push(flag("SILU"));
-            }
-            ("normalise", defines, 5)
-        }
+        Pass::Normalise { affine_f16, silu } => ("normalise", affine("NORMALISE", affine_f16, silu), 5),
     };
     KernelKey { shader: GROUP_NORM, entry, defines, bindings: outputs_last(storage_bindings) }
 }
 
-fn layer_norm_key(threads: u32, affine_f16: bool) -> KernelKey {
-    let mut defines = vec![("THREADS", threads.to_string())];
+/// Rows up to this long are normalised one invocation each (`layer_norm_rows`): short
+/// loops instead of a workgroup's barriers, at the UNet and text-encoder widths of small
+/// models; longer rows share a workgroup.
+const ROW_PER_INVOCATION_MAX_DIM: usize = 256;
+/// Invocations per `layer_norm_rows` workgroup.
+const ROWS_WG: u32 = 64;
+
+/// `threads` invocations a row, or `None` for one invocation a row.
+fn layer_norm_key(threads: Option<u32>, affine_f16: bool) -> KernelKey {
+    let mut defines = vec![("THREADS", threads.unwrap_or(ROWS_WG).to_string())];
     if affine_f16 {
         defines.push(flag("AFFINE_F16"));
     }
-    KernelKey { shader: LAYER_NORM, entry: "layer_norm", defines, bindings: outputs_last(4) }
+    let entry = match threads {
+        Some(_) => "layer_norm",
+        None => {
+            defines.push(flag("ROWS"));
+            "layer_norm_rows"
+        }
+    };
+    KernelKey { shader: LAYER_NORM, entry, defines, bindings: outputs_last(4) }
 }
 
 /// `n` storage bindings: inputs, then the one output.
@@ -136,10 +158,15 @@ pub fn group_norm(gpu: &Gpu, x: &Tensor, groups: usize, weight: &Tensor, bias: &
         eps,
         _pad: 0,
     };
-    let partials = gpu.empty(&[all_groups * chunks_per_group, 3], DType::F32)?;
-    let stats = gpu.empty(&[all_groups, 2], DType::F32)?;
     let read = Access::Read;
     let write = Access::ReadWrite;
+    if group_len <= FUSED_MAX_GROUP_LEN {
+        let fused = group_norm_key(Pass::Fused { affine_f16, silu: fused_silu });
+        launch(gpu, fused, &params, &[(x, read), (weight, read), (bias, read), (&out, write)], all_groups)?;
+        return Ok(out);
+    }
+    let partials = gpu.empty(&[all_groups * chunks_per_group, 3], DType::F32)?;
+    let stats = gpu.empty(&[all_groups, 2], DType::F32)?;
     launch(gpu, group_norm_key(Pass::StatsPartial), &params, &[(x, read), (&partials, write)], all_groups * chunks_per_group)?;
     launch(gpu, group_norm_key(Pass::StatsCombine), &params, &[(&partials, read), (&stats, write)], all_groups)?;
     let normalise = group_norm_key(Pass::Normalise { affine_f16, silu: fused_silu });
@@ -157,7 +184,11 @@ pub fn layer_norm(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f3
     let out = gpu.empty(x.shape(), DType::F32)?;
     let params = LayerNormParams { rows: rows as u32, dim: dim as u32, eps, _pad: 0 };
     let bindings = [(x, Access::Read), (weight, Access::Read), (bias, Access::Read), (&out, Access::ReadWrite)];
-    launch(gpu, layer_norm_key(row_threads(dim), affine_f16), &params, &bindings, rows)?;
+    if dim <= ROW_PER_INVOCATION_MAX_DIM {
+        launch(gpu, layer_norm_key(None, affine_f16), &params, &bindings, rows.div_ceil(ROWS_WG as usize))?;
+    } else {
+        launch(gpu, layer_norm_key(Some(row_threads(dim)), affine_f16), &params, &bindings, rows)?;
+    }
     Ok(out)
 }
 
@@ -167,8 +198,9 @@ pub fn variants() -> Vec<KernelKey> {
     for affine_f16 in [false, true] {
         for silu in [false, true] {
             keys.push(group_norm_key(Pass::Normalise { affine_f16, silu }));
+            keys.push(group_norm_key(Pass::Fused { affine_f16, silu }));
         }
-        for threads in ROW_THREADS {
+        for threads in ROW_THREADS.map(Some).into_iter().chain([None]) {
             keys.push(layer_norm_key(threads, affine_f16));
         }
     }

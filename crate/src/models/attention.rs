@@ -56,6 +56,20 @@ impl Attention {
         })
     }
 
+    /// `x [B, S, query_dim]` attending to `context [B, S', cross_dim]` (or to itself),
+    /// plus `residual` (of the output's shape) added in the output projection's epilogue:
+    /// a transformer block's skip around its norm and attention.
+    pub fn forward_adding(&self, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+        if self.group_norm.is_some() || self.residual_connection || self.rescale_output_factor != 1.0 {
+            return Err(Error::shape(
+                "Attention",
+                "a residual is added in the projection only without a norm, residual connection or rescale",
+            ));
+        }
+        let out = self.attention(x, context)?;
+        self.to_out.forward_adding(&out, residual)
+    }
+
     /// `x [B, S, query_dim]` attending to `context [B, S', cross_dim]` (or to itself).
     /// Upcasting (`upcast_attention`) needs nothing: the scores are always f32.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
@@ -91,12 +105,16 @@ impl Attention {
 
     /// Projections, attention and the output projection on `[B, S, C]` tokens.
     fn attend(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.to_out.forward(&self.attention(tokens, context)?)
+    }
+
+    /// Projections and attention on `[B, S, C]` tokens, before the output projection.
+    fn attention(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(tokens);
         let q = self.to_q.forward(tokens)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        let attended = attention(tokens.gpu(), &q, &k, &v, &AttentionOptions { heads: self.heads, scale: None, causal: false })?;
-        self.to_out.forward(&attended)
+        attention(tokens.gpu(), &q, &k, &v, &AttentionOptions { heads: self.heads, scale: None, causal: false })
     }
 
     /// The residual connection and output rescaling, in the input's layout.

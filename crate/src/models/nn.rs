@@ -42,14 +42,26 @@ impl Linear {
     /// With an activation fused after the bias (and after the LoRA side path, if any, whose
     /// second product adds into the output and applies it).
     pub fn forward_with(&self, x: &Tensor, activation: Option<Unary>) -> Result<Tensor> {
+        self.forward_fused(x, activation, None)
+    }
+
+    /// With `residual` (of the output's shape) added in the epilogue: the residual
+    /// connection after an output projection.
+    pub fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_fused(x, None, Some(residual))
+    }
+
+    fn forward_fused(&self, x: &Tensor, activation: Option<Unary>, residual: Option<&Tensor>) -> Result<Tensor> {
         let shape = x.shape();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
         let flat = x.reshape(&[rows, *shape.last().unwrap_or(&0)])?;
         let side_path = self.lora.current();
         let fused_activation = if side_path.is_some() { None } else { activation };
-        let opts = MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation: fused_activation, ..Default::default() };
+        let opts =
+            MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation: fused_activation, residual, ..Default::default() };
         let out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
         if let Some(side_path) = side_path {
+            // Adding after the residual is the same sum: no activation runs on these layers.
             side_path.add_to_linear(&flat, &out, activation)?;
         }
         let mut out_shape = shape.to_vec();
@@ -94,7 +106,16 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), f16_math: false };
+        self.forward_adding(x, None, None)
+    }
+
+    /// With what follows the conv in diffusers added in its epilogue: `channel_add`
+    /// `[N, out]` per sample and channel (a projected time embedding), `residual` of the
+    /// output's shape.
+    pub fn forward_adding(&self, x: &Tensor, channel_add: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
+            .with_channel_add(channel_add)
+            .with_residual(residual);
         let out = conv2d(x.gpu(), x, &self.weight, &opts)?;
         if let Some(side_path) = self.lora.current() {
             side_path.add_to_conv(x, self.stride, self.padding, &out)?;

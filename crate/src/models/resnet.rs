@@ -52,25 +52,20 @@ impl ResnetBlock2D {
     /// `x [B, C, H, W]`; `temb [B, T]` is the time embedding after its SiLU, which the
     /// UNet applies once for all its blocks.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let gpu = x.gpu();
-        let mut h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
-        match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => {
-                let t = proj.forward(temb)?;
-                let [batch, channels] = [t.shape()[0], t.shape()[1]];
-                h = ew::add(gpu, &h, &t.reshape(&[batch, channels, 1, 1])?)?;
-            }
-            (None, None) => {}
+        // The time projection and the shortcut are added in the convs' epilogues.
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(temb)?),
+            (None, None) => None,
             (Some(_), None) => return Err(Error::shape("ResnetBlock2D", "this block needs a time embedding")),
             (None, Some(_)) => return Err(Error::shape("ResnetBlock2D", "this block takes no time embedding")),
-        }
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        };
+        let h = self.conv1.forward_adding(&self.norm1.forward(x, true)?, t.as_ref(), None)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let sum = ew::add(gpu, &shortcut, &h)?;
-        if self.output_scale_factor == 1.0 { Ok(sum) } else { ew::scale(gpu, &sum, 1.0 / self.output_scale_factor) }
+        let sum = self.conv2.forward_adding(&self.norm2.forward(&h, true)?, None, Some(&shortcut))?;
+        if self.output_scale_factor == 1.0 { Ok(sum) } else { ew::scale(x.gpu(), &sum, 1.0 / self.output_scale_factor) }
     }
 }
 

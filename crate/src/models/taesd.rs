@@ -115,7 +115,7 @@ impl TinyConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let opts = Conv2dOptions { stride: self.stride, padding: [1; 4], bias: self.bias.as_ref(), f16_math: false };
+        let opts = Conv2dOptions { stride: self.stride, padding: [1; 4], bias: self.bias.as_ref(), ..Default::default() };
         conv2d(x.gpu(), x, &self.weight, &opts)
     }
 

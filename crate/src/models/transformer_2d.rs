@@ -49,9 +49,10 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// With `residual` added in the output projection's epilogue.
+    fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let gated = ew::geglu(x.gpu(), &self.proj.forward(x)?)?;
-        self.out.forward(&gated)
+        self.out.forward_adding(&gated, residual)
     }
 }
 
@@ -93,12 +94,12 @@ impl BasicTransformerBlock {
     }
 
     /// `x [B, S, dim]` with the text `context [B, S', cross_attention_dim]`.
+    /// Each skip connection is added in the epilogue of the projection before it.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let gpu = x.gpu();
         let attn1_context = self.only_cross_attention.then_some(context);
-        let x = ew::add(gpu, &self.attn1.forward(&self.norm1.forward(x)?, attn1_context)?, x)?;
-        let x = ew::add(gpu, &self.attn2.forward(&self.norm2.forward(&x)?, Some(context))?, &x)?;
-        ew::add(gpu, &self.ff.forward(&self.norm3.forward(&x)?)?, &x)
+        let x = self.attn1.forward_adding(&self.norm1.forward(x)?, attn1_context, x)?;
+        let x = self.attn2.forward_adding(&self.norm2.forward(&x)?, Some(context), &x)?;
+        self.ff.forward_adding(&self.norm3.forward(&x)?, &x)
     }
 }
 
@@ -163,10 +164,10 @@ impl Transformer2DModel {
             let channels = t.shape()[2];
             layout::permute(gpu, &t.reshape(&[batch, height, width, channels])?, &[0, 3, 1, 2])
         };
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
-            Projection::Linear(linear) => to_image(&linear.forward(&tokens)?)?,
-        };
-        ew::add(gpu, &out, x)
+        match &self.proj_out {
+            // The input comes back as the residual, in the conv's epilogue.
+            Projection::Conv(conv) => conv.forward_adding(&to_image(&tokens)?, None, Some(x)),
+            Projection::Linear(linear) => ew::add(gpu, &to_image(&linear.forward(&tokens)?)?, x),
+        }
     }
 }

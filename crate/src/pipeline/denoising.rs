@@ -89,6 +89,21 @@ impl Denoising<'_> {
         self.timesteps.len()
     }
 
+    /// The image's width and height.
+    pub fn size(&self) -> (usize, usize) {
+        self.size
+    }
+
+    /// Whether each step runs the UNet over a classifier-free guidance batch of 2.
+    pub fn guided(&self) -> bool {
+        self.cfg
+    }
+
+    /// The sampler that runs.
+    pub fn scheduler_name(&self) -> &str {
+        &self.scheduler_name
+    }
+
     /// Records the next step's GPU work and reports it; `None` once every step has run.
     pub fn step(&mut self) -> Result<Option<Progress<'_>>> {
         let Some(&t) = self.timesteps.get(self.done) else { return Ok(None) };

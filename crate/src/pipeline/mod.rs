@@ -10,10 +10,12 @@ mod img2img;
 mod inpaint;
 mod lora;
 mod preview;
+mod step_timing;
 
 pub use denoising::Denoising;
 use inpaint::Inpainting;
 pub use preview::{LatentPreview, MIN_EXPLAINED, Previewer, fit_latent_rgb};
+pub use step_timing::{StepTimings, median_min_max};
 
 use serde::Deserialize;
 

@@ -36,8 +36,14 @@ enum BenchTarget {
     /// Every kernel family at a few sizes: time per launch and GFLOP/s or GB/s.
     Kernels {
         /// Use full Stable Diffusion shapes (slow without a real GPU).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "embedded")]
         full: bool,
+        /// Use the built-in model's layer shapes instead.
+        #[arg(long)]
+        embedded: bool,
+        /// Only the kernels whose name contains this ("conv2d", "matmul", ...).
+        #[arg(long, default_value = "")]
+        only: String,
         /// Launches timed per row (after one warm-up launch).
         #[arg(long, default_value_t = 5)]
         iterations: u32,
@@ -55,6 +61,25 @@ enum BenchTarget {
         /// Preview with this TAESD (AutoencoderTiny) folder instead of the linear map.
         #[arg(long)]
         taesd: Option<std::path::PathBuf>,
+    },
+    /// One guided denoising step, again and again: wall time, the CPU's share, launches,
+    /// bind groups, pipelines and buffers created per step, and (with --profile) the GPU
+    /// time of each kernel where the adapter has timestamp queries.
+    Step {
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Steps timed (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Image side in pixels (the checkpoint's own size when omitted).
+        #[arg(long)]
+        size: Option<usize>,
+        /// Guidance scale; above 1 runs classifier-free guidance (a batch of 2).
+        #[arg(long, default_value_t = 7.5)]
+        guidance: f32,
+        /// Time one more step kernel by kernel.
+        #[arg(long)]
+        profile: bool,
     },
     /// Generate the evaluation prompts (models/eval/prompts.json) and score colour, shape,
     /// position and size with a deterministic image analyser.
@@ -94,7 +119,20 @@ async fn run_on_gpu(command: Command) -> webdiffusion::Result<()> {
         Command::Bench { what: BenchTarget::Pipeline { model, steps, size, taesd } } => {
             crate::bench::pipeline(&gpu, &model, steps, size, taesd.as_deref()).await
         }
-        Command::Bench { what: BenchTarget::Kernels { full, iterations } } => crate::bench::kernels(&gpu, full, iterations).await,
+        Command::Bench { what: BenchTarget::Step { model, steps, size, guidance, profile } } => {
+            crate::bench_step::run(&gpu, crate::bench_step::StepArgs { model: &model, steps, size, guidance, profile }).await
+        }
+        Command::Bench { what: BenchTarget::Kernels { full, embedded, only, iterations } } => {
+            use webdiffusion::kernels::bench::Shapes;
+            let shapes = if full {
+                Shapes::Full
+            } else if embedded {
+                Shapes::Embedded
+            } else {
+                Shapes::Reduced
+            };
+            crate::bench::kernels(&gpu, shapes, &only, iterations).await
+        }
         Command::Bench { what: BenchTarget::Quality(args) } => crate::quality::run(&gpu, args).await,
         Command::Bench { what: BenchTarget::Fidelity(args) } => crate::fidelity::run(&gpu, args).await,
         Command::Convert(args) => crate::convert::run(*args),

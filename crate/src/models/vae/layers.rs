@@ -109,7 +109,7 @@ impl Conv {
 
     pub fn forward(&self, x: &ChannelChunks, plan: &ChunkPlan) -> Result<ChannelChunks> {
         let out_chunk = plan.chunk_channels(&self.name, self.check(x.shape(), plan)?)?;
-        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: Some(&self.bias), f16_math: false };
+        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: Some(&self.bias), ..Default::default() };
         x.conv2d(&self.weight, &opts, out_chunk)
     }
 }
