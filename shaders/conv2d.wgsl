@@ -8,11 +8,12 @@
 // input-channel chunks or computed by output-channel chunks without copying weights.
 // The epilogue adds, after the bias, what diffusers adds right after a conv: a value per
 // (sample, output channel) (a resnet's time embedding) and a tensor of the output's shape
-// (a residual), so neither costs a launch and a pass over memory of its own.
+// (a residual), then an activation, so none costs a launch and a pass over memory of its own.
 // Defines: W_F16 (weight stored as packed f16), WEIGHT_QUANT (a q8 weight, dequantized
 //          while staging; + WEIGHT_Q4 for q4), BIAS (a bias binding), BIAS_F16 (it is packed f16),
 //          CHANNEL_ADD ([N, channel_add_stride] f32, at channel bias_offset + oc),
-//          RESIDUAL (f32 of the output's shape), F16_MATH (tiles and products in f16, sums in
+//          RESIDUAL (f32 of the output's shape), ACT (an activation from common.wgsl, applied
+//          last; never with ACCUMULATE), F16_MATH (tiles and products in f16, sums in
 //          f32; needs shader-f16), ACCUMULATE (add to the output's contents instead of
 //          overwriting them); value defines BIAS_AT, CHANNEL_ADD_AT, RESIDUAL_AT, OUT_AT (the
 //          bindings of the optional operands and the output, numbered in that order).
@@ -264,7 +265,10 @@ fn store_row(batch: u32, oc: u32, n: u32, low: vec4<f32>, high: vec4<f32>) {
     for (var j = 0u; j < RN; j++) {
         let at = n + j * TN;
         if (at < pixels) {
-            let v = select(high, low, j < 4u)[j % 4u] + b + load_residual(row + at);
+            var v = select(high, low, j < 4u)[j % 4u] + b + load_residual(row + at);
+#ifdef ACT
+            v = ACT(v);
+#endif
 #ifdef ACCUMULATE
             out[row + at] = out[row + at] + v;
 #else

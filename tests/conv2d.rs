@@ -6,6 +6,7 @@ use common::{assert_within, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::DType;
 use webdiffusion::kernels::conv2d::{Conv2dOptions, ConvPart, conv2d, conv2d_into};
+use webdiffusion::kernels::elementwise::Unary;
 use webdiffusion::reference::conv2d as cpu;
 
 /// The GPU sums `C*KH*KW` products in f32 in its own order, so its error grows with the
@@ -182,7 +183,7 @@ fn tiles_shaped_to_small_outputs() {
 /// the output's shape, together and apart, including the output-channel chunk of a
 /// partial conv (whose channel_add values start at its first channel).
 #[test]
-fn adds_channel_values_and_a_residual() {
+fn adds_channel_values_and_a_residual_then_activates() {
     let gpu = gpu();
     let (x_shape, w_shape) = ([2, 6, 7, 9], [10, 6, 3, 3]);
     let x = random(2 * 6 * 7 * 9, 70, 2.0);
@@ -201,6 +202,12 @@ fn adds_channel_values_and_a_residual() {
         let want: Vec<f32> = (0..base.len()).map(|i| with(i, add, res)).collect();
         assert_within(&format!("channel_add={add} residual={res}"), &got, &want, &vec![1e-5; want.len()]);
     }
+    // TAESD's block end: relu(conv(h) + bias + x), the activation after the residual.
+    let opts = Conv2dOptions::new(1, 1).with_bias(&tb).with_residual(Some(&tr)).with_activation(Some(Unary::Relu));
+    let got = read(&conv2d(gpu, &tx, &tw, &opts).unwrap());
+    let want: Vec<f32> = (0..base.len()).map(|i| with(i, false, true).max(0.0)).collect();
+    assert!(want.iter().filter(|v| **v == 0.0).count() > want.len() / 4, "the relu must clip a good share");
+    assert_within("residual then relu", &got, &want, &vec![1e-5; want.len()]);
     // Output channels 4..10 of the same conv, written into their own tensor.
     let chunk = gpu.empty(&[2, 6, 7, 9], DType::F32).unwrap();
     let chunk_residual: Vec<f32> = (0..2 * 6 * 63).map(|i| residual[(i / 378) * 630 + 4 * 63 + i % 378]).collect();
@@ -215,6 +222,9 @@ fn adds_channel_values_and_a_residual() {
     assert!(matches!(result, Err(Error::Shape { .. })), "channel_add of the wrong width: {result:?}");
     let result = conv2d(gpu, &tx, &tw, &Conv2dOptions::new(1, 1).with_residual(Some(&ta)));
     assert!(matches!(result, Err(Error::Shape { .. })), "residual of the wrong shape: {result:?}");
+    let relu = Conv2dOptions::new(1, 1).with_activation(Some(Unary::Relu));
+    let result = conv2d_into(gpu, &tx, &tw, &relu, ConvPart { accumulate: true, ..Default::default() }, &chunk);
+    assert!(matches!(result, Err(Error::Shape { .. })), "an activation on one part of a sum: {result:?}");
 }
 
 #[test]

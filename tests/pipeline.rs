@@ -276,7 +276,7 @@ fn taesd_previews_decode_like_diffusers() {
     use webdiffusion::models::taesd::AutoencoderTiny;
     let gpu = gpu();
     let files = DirFiles::new(path("models/taesd-tiny")).unwrap();
-    let previewer = Previewer::Taesd(AutoencoderTiny::load(gpu, &files, "", WeightPrecision::AsStored).unwrap());
+    let previewer = Previewer::Taesd(std::rc::Rc::new(AutoencoderTiny::load(gpu, &files, "", WeightPrecision::AsStored).unwrap()));
     let outputs = Outputs::load("taesd-tiny");
     let (latents, shape) = outputs.f32("taesd.decode.latents");
     let (want, want_shape) = outputs.f32("taesd.decode.image");

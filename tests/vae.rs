@@ -123,6 +123,21 @@ fn taesd_matches_diffusers() {
     assert_matches("taesd encode", &latents, &outputs.f32("taesd.encode.latents"));
 }
 
+/// A preview decoder ships without the encoder: the decoder alone decodes as the whole
+/// model does, and encoding with it is a clear error.
+#[test]
+fn decoder_only_taesd_decodes_and_refuses_to_encode() {
+    let gpu = gpu();
+    let files = Patched { dir: DirFiles::new(path("models")).unwrap(), files: HashMap::new() }
+        .weights("taesd-tiny/diffusion_pytorch_model.safetensors", |name, v| (!name.starts_with("encoder.")).then_some(v));
+    let taesd = AutoencoderTiny::load(gpu, &files, "taesd-tiny", WeightPrecision::AsStored).unwrap();
+    let outputs = Outputs::load("taesd-tiny");
+    let image = taesd.decode(&upload(gpu, &outputs.f32("taesd.decode.latents"))).unwrap();
+    assert_matches("decoder-only taesd decode", &image, &outputs.f32("taesd.decode.image"));
+    let err = taesd.encode(&upload(gpu, &outputs.f32("taesd.encode.image"))).err().unwrap();
+    assert!(err.to_string().contains("no encoder"), "{err}");
+}
+
 #[test]
 fn samples_follow_mean_and_log_variance() {
     let gpu = gpu();

@@ -137,7 +137,7 @@ impl Engine {
             return Err(thrown);
         }
         let sd = StableDiffusion::load(&gpu, &package, WeightPrecision::AsStored).map_err(to_js)?;
-        let preview = Previewer::for_vae(&gpu, sd.vae()).await.map_err(to_js)?;
+        let preview = Previewer::for_model(&gpu, &sd).await.map_err(to_js)?;
         Ok(Engine { loaded: Rc::new(Loaded { gpu, sd: RefCell::new(sd), preview }) })
     }
 

@@ -1,5 +1,6 @@
 //! Reading a diffusers Stable Diffusion folder (`model_index.json`, `unet/`, `vae/`,
-//! `text_encoder/`, `scheduler/`, `tokenizer/`) into a `SourceModel`.
+//! `text_encoder/`, `scheduler/`, `tokenizer/`, optionally `preview_decoder/`) into a
+//! `SourceModel`.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use safetensors::tensor::Dtype;
 use super::{HostTensor, SourceComponent, SourceModel};
 use crate::error::{Error, Result};
 use crate::loader::{ModelFiles, SafetensorsFile, Weights, component_file};
+use crate::pipeline::PREVIEW_DECODER;
 
 /// The networks a Stable Diffusion pipeline runs, in the order a package stores them.
 pub const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
@@ -21,12 +23,15 @@ const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
 /// positions, stored as i64): dropped rather than widened.
 const INTEGER_BUFFERS: [&str; 2] = ["text_model.embeddings.position_ids", "embeddings.position_ids"];
 
-/// Reads every component, the scheduler config, `model_index.json` and the tokenizer.
+/// Reads every component (and the optional preview decoder), the scheduler config, `model_index.json` and the tokenizer.
 /// `name` is the provenance recorded in the package (usually the folder's name).
 pub fn read_diffusers(files: &dyn ModelFiles, name: &str) -> Result<SourceModel> {
     let mut components = BTreeMap::new();
     for component in COMPONENTS {
         components.insert(component.to_string(), read_component(files, component)?);
+    }
+    if files.exists(&component_file(PREVIEW_DECODER, "config.json")) {
+        components.insert(PREVIEW_DECODER.to_string(), read_component(files, PREVIEW_DECODER)?);
     }
     let mut tokenizer = BTreeMap::new();
     for file in TOKENIZER_FILES {

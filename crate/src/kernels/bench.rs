@@ -249,6 +249,18 @@ fn embedded_cases(gpu: &Gpu) -> Result<Vec<Case>> {
             launch: Box::new(move || conv2d(&g, &x, &w, &Conv2dOptions::new(stride, kernel / 2).with_bias(&b))),
         });
     }
+    // The preview decoder's convs (one image, f16 weights, a ReLU in the epilogue).
+    for (c_out, size) in [(16, 32), (16, 64), (3, 64)] {
+        let x = tensor(gpu, &[1, 16, size, size])?;
+        let (w, b) = (weight(gpu, &[c_out, 16, 3, 3], DType::F16)?, tensor(gpu, &[c_out])?);
+        let g = gpu.clone();
+        cases.push(Case {
+            kernel: "conv2d (f16 weights, bias, relu)",
+            shape: format!("1x16x{size}x{size} k3 s1 -> {c_out}"),
+            work: Work::Flops(2.0 * (c_out * size * size * 16 * 9) as f64),
+            launch: Box::new(move || conv2d(&g, &x, &w, &Conv2dOptions::new(1, 1).with_bias(&b).with_activation(Some(Unary::Relu)))),
+        });
+    }
     for (m, k, n) in [(512, 64, 64), (512, 64, 512), (512, 256, 64), (154, 64, 64), (128, 96, 96)] {
         let a = tensor(gpu, &[m, k])?;
         let w = weight(gpu, &[n, k], DType::Q8)?;
@@ -301,6 +313,9 @@ pub struct KernelRow {
     pub kernel: &'static str,
     pub shape: String,
     pub seconds_per_launch: f64,
+    /// Wall time of the warm-up launch, waited for: it compiles the case's pipeline unless
+    /// an earlier case did (the cost a first generation pays per pipeline).
+    pub first_launch_seconds: f64,
     /// GFLOP/s or GB/s, as `unit` says.
     pub throughput: f64,
     pub unit: &'static str,
@@ -319,8 +334,10 @@ pub async fn run(gpu: &Gpu, shapes: Shapes, filter: &str, iterations: u32) -> Re
     let on_gpu = gpu.can_profile();
     let mut rows = Vec::new();
     for case in cases.into_iter().filter(|c| c.kernel.contains(filter)) {
+        let start = Instant::now();
         drop((case.launch)()?);
         gpu.finish().await?;
+        let first_launch_seconds = start.elapsed().as_secs_f64();
         if on_gpu {
             gpu.start_profile()?;
         }
@@ -338,7 +355,14 @@ pub async fn run(gpu: &Gpu, shapes: Shapes, filter: &str, iterations: u32) -> Re
             Work::Flops(f) => (f / seconds / 1e9, "GFLOP/s"),
             Work::Bytes(b) => (b / seconds / 1e9, "GB/s"),
         };
-        rows.push(KernelRow { kernel: case.kernel, shape: case.shape, seconds_per_launch: seconds, throughput, unit });
+        rows.push(KernelRow {
+            kernel: case.kernel,
+            shape: case.shape,
+            seconds_per_launch: seconds,
+            first_launch_seconds,
+            throughput,
+            unit,
+        });
     }
     Ok((rows, on_gpu))
 }
@@ -346,9 +370,11 @@ pub async fn run(gpu: &Gpu, shapes: Shapes, filter: &str, iterations: u32) -> Re
 /// The rows as a Markdown table.
 pub fn table(rows: &[KernelRow], timed_on_gpu: bool) -> String {
     let clock = if timed_on_gpu { "GPU timestamps" } else { "wall clock" };
-    let mut out = format!("| kernel | shape | ms / launch ({clock}) | throughput |\n|---|---|---:|---:|\n");
+    let mut out =
+        format!("| kernel | shape | ms / launch ({clock}) | throughput | first launch ms (compiles) |\n|---|---|---:|---:|---:|\n");
     for r in rows {
-        out += &format!("| {} | {} | {:.3} | {:.2} {} |\n", r.kernel, r.shape, r.seconds_per_launch * 1e3, r.throughput, r.unit);
+        let (per_launch, first) = (r.seconds_per_launch * 1e3, r.first_launch_seconds * 1e3);
+        out += &format!("| {} | {} | {per_launch:.3} | {:.2} {} | {first:.0} |\n", r.kernel, r.shape, r.throughput, r.unit);
     }
     out
 }

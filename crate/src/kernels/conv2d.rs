@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
+use crate::kernels::elementwise::Unary;
 use crate::quant;
 
 const SHADER: &str = "conv2d.wgsl";
@@ -80,8 +81,12 @@ pub struct Conv2dOptions<'a> {
     /// `[N, out_channels]` f32, added to every pixel of its sample and channel after the
     /// bias (a resnet block's projected time embedding).
     pub channel_add: Option<&'a Tensor>,
-    /// f32 of the output's shape, added last (a residual connection).
+    /// f32 of the output's shape, added after the bias and channel values (a residual
+    /// connection).
     pub residual: Option<&'a Tensor>,
+    /// Applied last, after the residual (TAESD's blocks end `relu(conv(h) + x)`). Not with
+    /// a partial sum (`ConvPart::accumulate`), whose parts see no finished value.
+    pub activation: Option<Unary>,
     /// Tiles and products in f16 (sums stay f32); honoured only when the device has
     /// shader-f16, otherwise the f32 kernel runs.
     pub f16_math: bool,
@@ -90,7 +95,7 @@ pub struct Conv2dOptions<'a> {
 impl<'a> Conv2dOptions<'a> {
     /// `stride`, `padding` on every side, no bias.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride, padding: [padding; 4], bias: None, channel_add: None, residual: None, f16_math: false }
+        Self { stride, padding: [padding; 4], bias: None, channel_add: None, residual: None, activation: None, f16_math: false }
     }
 
     pub fn with_bias(self, bias: &'a Tensor) -> Self {
@@ -103,6 +108,10 @@ impl<'a> Conv2dOptions<'a> {
 
     pub fn with_residual(self, residual: Option<&'a Tensor>) -> Self {
         Self { residual, ..self }
+    }
+
+    pub fn with_activation(self, activation: Option<Unary>) -> Self {
+        Self { activation, ..self }
     }
 
     pub fn with_f16_math(self, on: bool) -> Self {
@@ -272,6 +281,12 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
 }
 
 fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: &Params, accumulate: bool, out: &Tensor) -> Result<()> {
+    if accumulate && opts.activation.is_some() {
+        return Err(Error::shape(OP, "an activation applies to a finished sum, not to one part of it"));
+    }
+    if let Some(act @ (Unary::Clamp { .. } | Unary::Affine { .. })) = opts.activation {
+        return Err(Error::shape(OP, format!("only parameter-free activations are fused, not {act:?}")));
+    }
     let mut bindings = vec![(x, Access::Read), (weight, Access::Read)];
     bindings.extend([opts.bias, opts.channel_add, opts.residual].into_iter().flatten().map(|t| (t, Access::Read)));
     bindings.push((out, Access::ReadWrite));
@@ -281,6 +296,7 @@ fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: 
         bias: opts.bias.map(Tensor::dtype),
         channel_add: opts.channel_add.is_some(),
         residual: opts.residual.is_some(),
+        activation: opts.activation.filter(|&a| a != Unary::Identity).map(Unary::name),
         f16_math: opts.f16_math && gpu.has_shader_f16(),
         accumulate,
         tiling: ConvTiling::for_output(out_channels, out_h * out_w),
@@ -303,6 +319,7 @@ struct Variant {
     bias: Option<DType>,
     channel_add: bool,
     residual: bool,
+    activation: Option<&'static str>,
     f16_math: bool,
     accumulate: bool,
     tiling: ConvTiling,
@@ -339,6 +356,9 @@ impl Variant {
         if self.accumulate {
             defines.push(flag("ACCUMULATE"));
         }
+        if let Some(act) = self.activation {
+            defines.push(("ACT", act.to_string()));
+        }
         defines.extend(self.tiling.defines());
         let mut bindings = vec![Access::Read; binding - 1];
         bindings.push(Access::ReadWrite);
@@ -353,6 +373,7 @@ pub fn variants() -> Vec<KernelKey> {
         bias: None,
         channel_add: false,
         residual: false,
+        activation: None,
         f16_math: false,
         accumulate: false,
         tiling: ConvTiling { tm: 8, tn: 8 },
@@ -370,6 +391,9 @@ pub fn variants() -> Vec<KernelKey> {
         for (channel_add, residual) in [(true, false), (false, true), (true, true)] {
             keys.push(Variant { weight, bias: Some(DType::F16), channel_add, residual, ..plain }.key());
         }
+    }
+    for activation in [Unary::Relu, Unary::Silu, Unary::GeluErf] {
+        keys.push(Variant { bias: Some(DType::F32), residual: true, activation: Some(activation.name()), ..plain }.key());
     }
     for tiling in ConvTiling::all() {
         keys.push(Variant { weight: DType::Q8, bias: Some(DType::F16), tiling, ..plain }.key());

@@ -1,6 +1,7 @@
 //! diffusers' `AutoencoderTiny` (models/autoencoders/autoencoder_tiny.py and vae.py's
 //! `EncoderTiny`/`DecoderTiny`): TAESD, a small conv-only VAE that decodes SD latents
-//! approximately at a fraction of the cost.
+//! approximately at a fraction of the cost. A decoder-only model (no `encoder.*` weights,
+//! as preview decoders ship) loads too; encoding with it is an error.
 
 use serde::Deserialize;
 
@@ -114,8 +115,10 @@ impl TinyConv {
         Ok(Self { weight, bias, stride, out_channels })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let opts = Conv2dOptions { stride: self.stride, padding: [1; 4], bias: self.bias.as_ref(), ..Default::default() };
+    /// The conv, then `residual` added and `activation` applied in its epilogue.
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, activation: Option<Unary>) -> Result<Tensor> {
+        let opts =
+            Conv2dOptions { stride: self.stride, padding: [1; 4], bias: self.bias.as_ref(), residual, activation, ..Default::default() };
         conv2d(x.gpu(), x, &self.weight, &opts)
     }
 
@@ -126,7 +129,8 @@ impl TinyConv {
 }
 
 /// diffusers' `AutoencoderTinyBlock` with equal input and output widths (the only kind
-/// the tiny VAE builds, so the skip is the identity): `relu(convs(x) + x)`.
+/// the tiny VAE builds, so the skip is the identity): `relu(convs(x) + x)`, three launches
+/// (each activation and the skip in a conv's epilogue).
 struct TinyBlock {
     convs: [TinyConv; 3],
     act: Unary,
@@ -140,11 +144,10 @@ impl TinyBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gpu = x.gpu();
         let [first, second, third] = &self.convs;
-        let h = ew::unary(gpu, &first.forward(x)?, self.act)?;
-        let h = ew::unary(gpu, &second.forward(&h)?, self.act)?;
-        ew::unary(gpu, &ew::add(gpu, &third.forward(&h)?, x)?, Unary::Relu)
+        let h = first.forward(x, None, Some(self.act))?;
+        let h = second.forward(&h, None, Some(self.act))?;
+        third.forward(&h, Some(x), Some(Unary::Relu))
     }
 }
 
@@ -187,9 +190,14 @@ impl Layers {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gpu = x.gpu();
         let mut h = x.clone();
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
             h = match layer {
-                Layer::Conv(conv) => conv.forward(&h)?,
+                // A conv and the activation after it are one launch.
+                Layer::Conv(conv) => match layers.next_if(|next| matches!(next, Layer::Activation(_))) {
+                    Some(&Layer::Activation(act)) => conv.forward(&h, None, Some(act))?,
+                    _ => conv.forward(&h, None, None)?,
+                },
                 Layer::Activation(act) => ew::unary(gpu, &h, *act)?,
                 Layer::Block(block) => block.forward(&h)?,
                 Layer::Upsample => layout::upsample_nearest_2x(gpu, &h)?,
@@ -256,7 +264,8 @@ fn load_decoder(w: &Weights, c: &AutoencoderTinyConfig, act: Unary) -> Result<La
 
 pub struct AutoencoderTiny {
     config: AutoencoderTinyConfig,
-    encoder: Layers,
+    /// `None` for a decoder-only model.
+    encoder: Option<Layers>,
     decoder: Layers,
 }
 
@@ -267,7 +276,9 @@ impl AutoencoderTiny {
         let config: AutoencoderTinyConfig = read_config(files, &config_path)?;
         let act = config.validate(&files.describe(&config_path))?;
         let weights = Weights::load(gpu, files, component, precision)?;
-        let model = Self { encoder: load_encoder(&weights, &config, act)?, decoder: load_decoder(&weights, &config, act)?, config };
+        // The encoder's first conv always has a weight: without it the file is decoder-only.
+        let encoder = weights.contains("encoder.layers.0.weight").then(|| load_encoder(&weights, &config, act)).transpose()?;
+        let model = Self { encoder, decoder: load_decoder(&weights, &config, act)?, config };
         weights.ensure_all_used()?;
         Ok(model)
     }
@@ -289,10 +300,13 @@ impl AutoencoderTiny {
     /// `image [B, in_channels, H, W]` in [-1, 1] to latents `[B, latent_channels, h, w]`
     /// (`AutoencoderTiny.encode(image).latents`).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+        let Some(encoder) = &self.encoder else {
+            return Err(Error::shape("AutoencoderTiny::encode", "this tiny autoencoder has no encoder (a decoder-only preview decoder)"));
+        };
         let shape = dims4("AutoencoderTiny::encode", "image", image, self.config.in_channels)?;
-        self.encoder.check_sizes(shape, &ActivationLimit::of(image.gpu()))?;
+        encoder.check_sizes(shape, &ActivationLimit::of(image.gpu()))?;
         // EncoderTiny works on images in [0, 1].
-        self.encoder.forward(&ew::unary(image.gpu(), image, Unary::Affine { a: 0.5, b: 0.5 })?)
+        encoder.forward(&ew::unary(image.gpu(), image, Unary::Affine { a: 0.5, b: 0.5 })?)
     }
 
     /// `latents [B, latent_channels, h, w]` to the image `[B, out_channels, H, W]` in

@@ -51,7 +51,7 @@ pub struct Policy {
 /// Weights the default rule keeps in f16 whatever their shape: the first and last
 /// layers (their errors reach the input or the output unattenuated) and the small
 /// time embedding MLP, by diffusers name.
-const KEEP_F16: [&str; 7] = [
+const KEEP_F16: [&str; 8] = [
     "unet/conv_in.*",
     "unet/conv_out.*",
     "unet/time_embedding.*",
@@ -59,6 +59,8 @@ const KEEP_F16: [&str; 7] = [
     "vae/*conv_out.*",
     "vae/quant_conv.*",
     "vae/post_quant_conv.*",
+    // A few thousand parameters that draw every preview: not worth an error.
+    "preview_decoder/*",
 ];
 
 /// Tensors the model reads as f32 (added to activations): stored f32, as the

@@ -14,8 +14,10 @@ mod step_timing;
 
 pub use denoising::Denoising;
 use inpaint::Inpainting;
-pub use preview::{LatentPreview, MIN_EXPLAINED, Previewer, fit_latent_rgb};
+pub use preview::{LatentPreview, MIN_EXPLAINED, Previewer, check_taesd_fits, fit_latent_rgb};
 pub use step_timing::{StepTimings, median_min_max};
+
+use std::rc::Rc;
 
 use serde::Deserialize;
 
@@ -25,6 +27,7 @@ use crate::image::RgbImage;
 use crate::kernels::elementwise as ew;
 use crate::loader::{ModelFiles, WeightPrecision, read_config};
 use crate::models::clip::ClipTextModel;
+use crate::models::taesd::AutoencoderTiny;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKl;
 use crate::schedulers::{self, Noise, Scheduler, SchedulerConfig};
@@ -169,6 +172,9 @@ pub struct StableDiffusion {
     text_encoder: ClipTextModel,
     unet: UNet2DConditionModel,
     vae: AutoencoderKl,
+    /// A tiny decoder trained on this VAE for step previews (`preview_decoder/`), where
+    /// the model ships one: no linear map reads some VAEs' latents.
+    preview_decoder: Option<Rc<AutoencoderTiny>>,
     scheduler_config: SchedulerConfig,
     scheduler_file: String,
     sample_size: usize,
@@ -178,6 +184,9 @@ pub struct StableDiffusion {
 }
 
 const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+/// The optional component a model's previews decode with (an `AutoencoderTiny`, often
+/// decoder-only); diffusers' pipelines do not list it and leave it alone.
+pub const PREVIEW_DECODER: &str = "preview_decoder";
 
 /// diffusers writes non-finite floats (`-Infinity`) and tracks which keys a file set;
 /// `SchedulerConfig::from_json` handles both, plain serde does not.
@@ -200,12 +209,21 @@ impl StableDiffusion {
             return Err(Error::Unsupported { file: files.describe("model_index.json"), detail: format!("pipeline {}", index.class_name) });
         }
         let unet_size: UNetSize = read_config(files, "unet/config.json")?;
+        let vae = AutoencoderKl::load(gpu, files, "vae", precision)?;
+        let preview_decoder = if files.exists(&crate::loader::component_file(PREVIEW_DECODER, "config.json")) {
+            let decoder = AutoencoderTiny::load(gpu, files, PREVIEW_DECODER, precision)?;
+            check_taesd_fits(&decoder, &vae)?;
+            Some(Rc::new(decoder))
+        } else {
+            None
+        };
         let sd = Self {
             gpu: gpu.clone(),
             tokenizer: ClipTokenizer::load(files, "tokenizer")?,
             text_encoder: ClipTextModel::load(gpu, files, "text_encoder", precision)?,
             unet: UNet2DConditionModel::load(gpu, files, "unet", precision)?,
-            vae: AutoencoderKl::load(gpu, files, "vae", precision)?,
+            vae,
+            preview_decoder,
             scheduler_config: scheduler_config(files)?,
             scheduler_file: files.describe(SCHEDULER_CONFIG),
             sample_size: unet_size.sample_size.unwrap_or(64),
@@ -247,6 +265,10 @@ impl StableDiffusion {
 
     pub fn vae(&self) -> &AutoencoderKl {
         &self.vae
+    }
+
+    pub fn preview_decoder(&self) -> Option<&Rc<AutoencoderTiny>> {
+        self.preview_decoder.as_ref()
     }
 
     pub fn generate(&self, request: &Request) -> Result<Generation> {

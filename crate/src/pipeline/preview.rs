@@ -3,7 +3,11 @@
 //! stored with the VAE (the converter fits one into every package), or one fitted to
 //! the VAE at load, so no model needs a hand-made table. Where no linear map reads a
 //! VAE's latents (our small embedded model's: a flat image of the right mean colour is
-//! closer than the best map), previews decode with the VAE itself.
+//! closer than the best map), a model ships a preview decoder (a tiny TAESD trained on
+//! its VAE, `models/train/preview_decoder.py`), and without one previews decode with the
+//! VAE itself.
+
+use std::rc::Rc;
 
 use rand_mt::Mt;
 
@@ -28,13 +32,21 @@ pub struct LatentPreview {
 pub enum Previewer {
     Linear(LatentPreview),
     Decoder,
-    Taesd(AutoencoderTiny),
+    Taesd(Rc<AutoencoderTiny>),
 }
 
 /// A map explaining less of the colour variance than this previews by decoding.
 pub const MIN_EXPLAINED: f32 = 0.5;
 
 impl Previewer {
+    /// The model's own preview decoder where it ships one, else `for_vae`.
+    pub async fn for_model(gpu: &Gpu, sd: &super::StableDiffusion) -> Result<Self> {
+        match sd.preview_decoder() {
+            Some(decoder) => Ok(Previewer::Taesd(decoder.clone())),
+            None => Self::for_vae(gpu, sd.vae()).await,
+        }
+    }
+
     /// The linear map stored with `vae` (else fitted now), or the decoder where that map
     /// says it explains too little.
     pub async fn for_vae(gpu: &Gpu, vae: &AutoencoderKl) -> Result<Self> {
@@ -51,18 +63,8 @@ impl Previewer {
     /// Previews decoded by `taesd` (full resolution, far cheaper than the VAE), which must
     /// be made for latents like `vae`'s: as many channels, the same downsampling.
     pub fn taesd(taesd: AutoencoderTiny, vae: &AutoencoderKl) -> Result<Self> {
-        let theirs = (taesd.config().latent_channels, taesd.downsampling_factor());
-        let ours = (vae.config().latent_channels, vae.downsampling_factor());
-        if theirs != ours {
-            return Err(Error::shape(
-                "TAESD previews",
-                format!(
-                    "the TAESD decodes {} latent channels at {}x, the model's VAE {} at {}x: not a TAESD for this model",
-                    theirs.0, theirs.1, ours.0, ours.1
-                ),
-            ));
-        }
-        Ok(Previewer::Taesd(taesd))
+        check_taesd_fits(&taesd, vae)?;
+        Ok(Previewer::Taesd(Rc::new(taesd)))
     }
 
     /// The preview of the sampler's `latents` as an image `[B, 3, H, W]` in about [-1, 1];
@@ -83,6 +85,22 @@ impl Previewer {
             Previewer::Taesd(_) => "TAESD",
         }
     }
+}
+
+/// Fails unless `taesd` decodes latents like `vae`'s: as many channels, the same downsampling.
+pub fn check_taesd_fits(taesd: &AutoencoderTiny, vae: &AutoencoderKl) -> Result<()> {
+    let theirs = (taesd.config().latent_channels, taesd.downsampling_factor());
+    let ours = (vae.config().latent_channels, vae.downsampling_factor());
+    if theirs != ours {
+        return Err(Error::shape(
+            "TAESD previews",
+            format!(
+                "the TAESD decodes {} latent channels at {}x, the model's VAE {} at {}x: not a TAESD for this model",
+                theirs.0, theirs.1, ours.0, ours.1
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl LatentPreview {

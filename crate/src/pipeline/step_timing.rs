@@ -20,6 +20,8 @@ pub struct StepTimings {
     pub scheduler: String,
     /// The first step: it also compiles the pipelines and fills the buffer pool.
     pub warmup_seconds: f64,
+    /// Pipelines the warm-up step compiled (a first step compiles what it uses).
+    pub warmup_pipelines: u64,
     /// Per timed step: from recording its first launch until the GPU has finished it.
     pub wall_seconds: Vec<f64>,
     /// Per timed step: the CPU recording its launches.
@@ -64,10 +66,11 @@ impl StableDiffusion {
         let request = Request { steps: steps + 2, ..request.clone() };
         let mut denoising = self.start_generation(&request)?;
         gpu.finish().await?;
-        let start = Instant::now();
+        let (start, before) = (Instant::now(), gpu.counters());
         denoising.step()?;
         gpu.finish().await?;
         let warmup_seconds = start.elapsed().as_secs_f64();
+        let warmup_pipelines = (gpu.counters() - before).pipelines;
 
         let (mut wall_seconds, mut record_seconds, mut submit_seconds) = (Vec::new(), Vec::new(), Vec::new());
         let mut counters = Counters::default();
@@ -99,6 +102,7 @@ impl StableDiffusion {
             guided: denoising.guided(),
             scheduler: denoising.scheduler_name().to_string(),
             warmup_seconds,
+            warmup_pipelines,
             wall_seconds,
             record_seconds,
             submit_seconds,
@@ -117,14 +121,15 @@ impl StepTimings {
         };
         let c = &self.counters;
         let mut out = format!(
-            "adapter: {}\n{}x{}, {}, sampler {}; {} steps timed after a warm-up step of {:.0} ms\n\n",
+            "adapter: {}\n{}x{}, {}, sampler {}; {} steps timed after a warm-up step of {:.0} ms that compiled {} pipelines\n\n",
             self.adapter,
             self.width,
             self.height,
             if self.guided { "CFG batch 2" } else { "batch 1" },
             self.scheduler,
             self.wall_seconds.len(),
-            self.warmup_seconds * 1e3
+            self.warmup_seconds * 1e3,
+            self.warmup_pipelines
         );
         out += "| per step | median ms | min | max |\n|---|---:|---:|---:|\n";
         out += &format!("| wall (record, submit, wait for the GPU) | {} |\n", ms(&self.wall_seconds));

@@ -33,8 +33,8 @@ pub async fn pipeline(
     let load = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let preview = match taesd {
-        Some(dir) => Previewer::Taesd(AutoencoderTiny::load(gpu, &DirFiles::new(dir)?, "", WeightPrecision::AsStored)?),
-        None => Previewer::for_vae(gpu, sd.vae()).await?,
+        Some(dir) => Previewer::taesd(AutoencoderTiny::load(gpu, &DirFiles::new(dir)?, "", WeightPrecision::AsStored)?, sd.vae())?,
+        None => Previewer::for_model(gpu, &sd).await?,
     };
     let fit = start.elapsed().as_secs_f64();
     let preview_kind = preview.name();

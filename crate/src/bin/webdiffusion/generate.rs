@@ -138,7 +138,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
                     let taesd = AutoencoderTiny::load(gpu, &DirFiles::new(folder)?, "", WeightPrecision::AsStored)?;
                     Previewer::taesd(taesd, sd.vae())?
                 }
-                None => Previewer::for_vae(gpu, sd.vae()).await?,
+                None => Previewer::for_model(gpu, &sd).await?,
             };
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
             Some(previewer)
