@@ -47,3 +47,18 @@ fn silu(x: f32) -> f32 {
 fn quick_gelu(x: f32) -> f32 {
     return x / (1.0 + exp(-1.702 * x));
 }
+
+// The parameter-free activations a fused epilogue applies, by the code that
+// `Unary::epilogue_code` gives (0: none). A uniform switch, so one pipeline serves them all.
+fn epilogue_activation(v: f32, code: u32) -> f32 {
+    switch code {
+        case 1u: { return silu(v); }
+        case 2u: { return gelu_erf(v); }
+        case 3u: { return gelu_tanh(v); }
+        case 4u: { return quick_gelu(v); }
+        case 5u: { return relu(v); }
+        case 6u: { return tanh_saturating(v); }
+        case 7u: { return exp(v); }
+        default: { return v; }
+    }
+}

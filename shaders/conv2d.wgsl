@@ -9,14 +9,16 @@
 // The epilogue adds, after the bias, what diffusers adds right after a conv: a value per
 // (sample, output channel) (a resnet's time embedding) and a tensor of the output's shape
 // (a residual), then an activation, so none costs a launch and a pass over memory of its own.
+// It is chosen by parameters, not defines, so that one pipeline serves every layer of a
+// tiling and weight type (SwiftShader compiles a pipeline in about a second): p.epilogue's
+// bits say which operands are there (a launch without one binds `x` in its place): the bias
+// (binding 3, f32 or packed f16), the per-channel values (binding 4, [N, channel_add_stride]
+// f32, at channel bias_offset + oc), the residual (binding 5); p.activation is common.wgsl's
+// epilogue_activation code, applied last (never with ACCUMULATE).
 // Defines: W_F16 (weight stored as packed f16), WEIGHT_QUANT (a q8 weight, dequantized
-//          while staging; + WEIGHT_Q4 for q4), BIAS (a bias binding), BIAS_F16 (it is packed f16),
-//          CHANNEL_ADD ([N, channel_add_stride] f32, at channel bias_offset + oc),
-//          RESIDUAL (f32 of the output's shape), ACT (an activation from common.wgsl, applied
-//          last; never with ACCUMULATE), F16_MATH (tiles and products in f16, sums in
+//          while staging; + WEIGHT_Q4 for q4), F16_MATH (tiles and products in f16, sums in
 //          f32; needs shader-f16), ACCUMULATE (add to the output's contents instead of
-//          overwriting them); value defines BIAS_AT, CHANNEL_ADD_AT, RESIDUAL_AT, OUT_AT (the
-//          bindings of the optional operands and the output, numbered in that order).
+//          overwriting them).
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -62,10 +64,15 @@ struct Params {
     w_stride: u32,      // weight elements per output channel (all its input channels)
     bias_offset: u32,   // bias element of output channel 0
     w_row_words: u32,   // WEIGHT_QUANT: words per weight row (quants and scales)
-    channel_add_stride: u32, // CHANNEL_ADD: values per sample
-    _pad1: u32,
-    _pad2: u32,
+    channel_add_stride: u32, // the per-channel values' values per sample
+    epilogue: u32,      // EPILOGUE_* bits
+    activation: u32,    // common.wgsl's epilogue_activation code
 }
+
+const EPILOGUE_BIAS: u32 = 1u;
+const EPILOGUE_BIAS_F16: u32 = 2u;
+const EPILOGUE_CHANNEL_ADD: u32 = 4u;
+const EPILOGUE_RESIDUAL: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -89,30 +96,24 @@ fn load_w(row: u32, col: u32) -> f32 { return w[row * p.w_stride + col]; }
 #endif
 #endif
 
-#ifdef BIAS
-#ifdef BIAS_F16
-@group(0) @binding(BIAS_AT) var<storage, read> bias: array<u32>;
-fn load_bias(i: u32) -> f32 { return f16_word(bias[i >> 1u], i); }
-#else
-@group(0) @binding(BIAS_AT) var<storage, read> bias: array<f32>;
-fn load_bias(i: u32) -> f32 { return bias[i]; }
-#endif
-#else
-fn load_bias(i: u32) -> f32 { return 0.0; }
-#endif
-#ifdef CHANNEL_ADD
-@group(0) @binding(CHANNEL_ADD_AT) var<storage, read> channel_add: array<f32>;
-fn load_channel_add(batch: u32, oc: u32) -> f32 { return channel_add[batch * p.channel_add_stride + p.bias_offset + oc]; }
-#else
-fn load_channel_add(batch: u32, oc: u32) -> f32 { return 0.0; }
-#endif
-#ifdef RESIDUAL
-@group(0) @binding(RESIDUAL_AT) var<storage, read> residual: array<f32>;
-fn load_residual(i: u32) -> f32 { return residual[i]; }
-#else
-fn load_residual(i: u32) -> f32 { return 0.0; }
-#endif
-@group(0) @binding(OUT_AT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(4) var<storage, read> channel_add: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+fn load_bias(i: u32) -> f32 {
+    if ((p.epilogue & EPILOGUE_BIAS) == 0u) { return 0.0; }
+    if ((p.epilogue & EPILOGUE_BIAS_F16) != 0u) { return f16_word(bias[i >> 1u], i); }
+    return bitcast<f32>(bias[i]);
+}
+fn load_channel_add(batch: u32, oc: u32) -> f32 {
+    if ((p.epilogue & EPILOGUE_CHANNEL_ADD) == 0u) { return 0.0; }
+    return channel_add[batch * p.channel_add_stride + p.bias_offset + oc];
+}
+fn load_residual(i: u32) -> f32 {
+    if ((p.epilogue & EPILOGUE_RESIDUAL) == 0u) { return 0.0; }
+    return residual[i];
+}
 
 var<workgroup> a_tile: array<tile_t, BK * A_STRIDE>; // weight slice, [k][oc]
 var<workgroup> b_tile: array<tile_t, BK * BN>;       // patch slice, [k][pixel]
@@ -265,10 +266,7 @@ fn store_row(batch: u32, oc: u32, n: u32, low: vec4<f32>, high: vec4<f32>) {
     for (var j = 0u; j < RN; j++) {
         let at = n + j * TN;
         if (at < pixels) {
-            var v = select(high, low, j < 4u)[j % 4u] + b + load_residual(row + at);
-#ifdef ACT
-            v = ACT(v);
-#endif
+            let v = epilogue_activation(select(high, low, j < 4u)[j % 4u] + b + load_residual(row + at), p.activation);
 #ifdef ACCUMULATE
             out[row + at] = out[row + at] + v;
 #else

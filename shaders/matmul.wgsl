@@ -1,5 +1,5 @@
-// Tiled matmul with a fused epilogue: out[b] = ACT(op(a[b]) @ op(b[b]) + bias), or with
-// ACCUMULATE out[b] = ACT(out[b] + op(a[b]) @ op(b[b]) + bias).
+// Tiled matmul with a fused epilogue: out[b] = act(op(a[b]) @ op(b[b]) + bias) + residual,
+// or with ACCUMULATE out[b] = act(out[b] + op(a[b]) @ op(b[b]) + bias) + residual.
 // A workgroup of TM x TN invocations computes a BM x BN output tile (value defines TM and
 // TN, picked by the launcher to fit the output); each invocation an 8 x 8 register block,
 // strided by TM and TN so neighbouring invocations read neighbouring words. Each step
@@ -7,13 +7,15 @@
 // The register block is written out with constant indices (see conv2d.wgsl).
 // Defines: TRANS_A (a stored [.., K, M]), TRANS_B (b stored [.., N, K]), B_F16 (b is
 //          packed f16), WEIGHT_QUANT (b is a q8 weight [N, K] with TRANS_B; + WEIGHT_Q4
-//          for q4), BIAS (+ BIAS_F16), ACT (an activation from common.wgsl, or affine),
-//          RESIDUAL (f32 of the output's shape, added after the activation: the residual
-//          connection after an attention or feed-forward output projection),
-//          F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
+//          for q4), F16_MATH (tiles and products in f16, sums in f32; needs shader-f16),
 //          ACCUMULATE (add the output's contents before the activation: a LoRA's side
-//          path adds into its layer's output); value defines BIAS_AT, RESIDUAL_AT, OUT_AT
-//          (the bindings of the optional operands and the output, numbered in that order).
+//          path adds into its layer's output).
+// The epilogue is chosen by parameters, not defines, so that one pipeline serves every
+// layer of a tiling (SwiftShader compiles a pipeline in about a second): p.epilogue's bits
+// say whether the bias (f32 or packed f16, binding 3) and the residual (f32 of the output's
+// shape, added after the activation: the skip after an attention or feed-forward output
+// projection; binding 4) are there (a launch without one binds `a` in its place), and
+// p.activation picks the activation (see activate()).
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -41,9 +43,13 @@ struct Params {
     act_a: f32,          // affine activation: act_a * v + act_b
     act_b: f32,
     b_row_words: u32,    // WEIGHT_QUANT: words per row of b (quants and scales)
-    pad1: u32,
-    pad2: u32,
+    epilogue: u32,       // EPILOGUE_* bits
+    activation: u32,     // see activate()
 }
+
+const EPILOGUE_BIAS: u32 = 1u;
+const EPILOGUE_BIAS_F16: u32 = 2u;
+const EPILOGUE_RESIDUAL: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -61,22 +67,23 @@ fn b_at(i: u32) -> f32 { return b[i]; }
 #endif
 #endif
 
-#ifdef BIAS
-#ifdef BIAS_F16
-@group(0) @binding(BIAS_AT) var<storage, read> bias: array<u32>;
-fn bias_at(i: u32) -> f32 { return f16_word(bias[i >> 1u], i); }
-#else
-@group(0) @binding(BIAS_AT) var<storage, read> bias: array<f32>;
-fn bias_at(i: u32) -> f32 { return bias[i]; }
-#endif
-#endif
-#ifdef RESIDUAL
-@group(0) @binding(RESIDUAL_AT) var<storage, read> residual: array<f32>;
-#endif
-@group(0) @binding(OUT_AT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-fn affine(v: f32) -> f32 { return p.act_a * v + p.act_b; }
-fn clamp_ab(v: f32) -> f32 { return clamp(v, p.act_a, p.act_b); }
+fn bias_at(i: u32) -> f32 {
+    if ((p.epilogue & EPILOGUE_BIAS_F16) != 0u) { return f16_word(bias[i >> 1u], i); }
+    return bitcast<f32>(bias[i]);
+}
+
+// common.wgsl's codes, and two with parameters (MATMUL_CLAMP, MATMUL_AFFINE in matmul.rs).
+fn activate(v: f32) -> f32 {
+    switch p.activation {
+        case 8u: { return clamp(v, p.act_a, p.act_b); }
+        case 9u: { return p.act_a * v + p.act_b; }
+        default: { return epilogue_activation(v, p.activation); }
+    }
+}
 
 // Tiles are k-major: entry [k * BM + i] holds row (or column) i at step k.
 var<workgroup> a_tile: array<tile_t, BK * BM>;
@@ -227,15 +234,9 @@ fn store_row(out_base: u32, row: u32, col: u32, rows: u32, cols: u32, low: vec4<
 #ifdef ACCUMULATE
             v += out[out_base + row * p.n + c];
 #endif
-#ifdef BIAS
-            v += bias_at(c);
-#endif
-#ifdef ACT
-            v = ACT(v);
-#endif
-#ifdef RESIDUAL
-            v += residual[out_base + row * p.n + c];
-#endif
+            if ((p.epilogue & EPILOGUE_BIAS) != 0u) { v += bias_at(c); }
+            v = activate(v);
+            if ((p.epilogue & EPILOGUE_RESIDUAL) != 0u) { v += residual[out_base + row * p.n + c]; }
             out[out_base + row * p.n + c] = v;
         }
     }

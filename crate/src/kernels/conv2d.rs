@@ -63,8 +63,15 @@ struct Params {
     bias_offset: u32,
     w_row_words: u32,
     channel_add_stride: u32,
-    _pad: [u32; 2],
+    epilogue: u32,
+    activation: u32,
 }
+
+/// `Params::epilogue` bits, as conv2d.wgsl's `EPILOGUE_*`.
+const EPILOGUE_BIAS: u32 = 1;
+const EPILOGUE_BIAS_F16: u32 = 2;
+const EPILOGUE_CHANNEL_ADD: u32 = 4;
+const EPILOGUE_RESIDUAL: u32 = 8;
 
 /// How to convolve: stride, zero padding, an optional bias, what the epilogue adds and
 /// the multiply precision.
@@ -275,7 +282,17 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         bias_offset: part.out_start as u32,
         w_row_words: quant::row_words(weight.dtype(), weight_channels * taps) as u32,
         channel_add_stride: weight_out as u32,
-        _pad: [0; 2],
+        epilogue: [
+            (opts.bias.is_some(), EPILOGUE_BIAS),
+            (opts.bias.is_some_and(|b| b.dtype() == DType::F16), EPILOGUE_BIAS_F16),
+            (opts.channel_add.is_some(), EPILOGUE_CHANNEL_ADD),
+            (opts.residual.is_some(), EPILOGUE_RESIDUAL),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, bit)| bits | bit),
+        // launch refuses the activations with parameters.
+        activation: opts.activation.and_then(Unary::epilogue_code).unwrap_or(0),
     };
     Ok((params, [out_h, out_w]))
 }
@@ -284,19 +301,15 @@ fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: 
     if accumulate && opts.activation.is_some() {
         return Err(Error::shape(OP, "an activation applies to a finished sum, not to one part of it"));
     }
-    if let Some(act @ (Unary::Clamp { .. } | Unary::Affine { .. })) = opts.activation {
+    if let Some(act) = opts.activation.filter(|a| a.epilogue_code().is_none()) {
         return Err(Error::shape(OP, format!("only parameter-free activations are fused, not {act:?}")));
     }
-    let mut bindings = vec![(x, Access::Read), (weight, Access::Read)];
-    bindings.extend([opts.bias, opts.channel_add, opts.residual].into_iter().flatten().map(|t| (t, Access::Read)));
-    bindings.push((out, Access::ReadWrite));
+    // An absent operand binds `x`, which the epilogue then never reads.
+    let [bias, channel_add, residual] = [opts.bias, opts.channel_add, opts.residual].map(|t| (t.unwrap_or(x), Access::Read));
+    let bindings = [(x, Access::Read), (weight, Access::Read), bias, channel_add, residual, (out, Access::ReadWrite)];
     let [batch, out_channels, out_h, out_w] = [out.shape()[0], params.out_channels as usize, params.out_h as usize, params.out_w as usize];
     let variant = Variant {
         weight: weight.dtype(),
-        bias: opts.bias.map(Tensor::dtype),
-        channel_add: opts.channel_add.is_some(),
-        residual: opts.residual.is_some(),
-        activation: opts.activation.filter(|&a| a != Unary::Identity).map(Unary::name),
         f16_math: opts.f16_math && gpu.has_shader_f16(),
         accumulate,
         tiling: ConvTiling::for_output(out_channels, out_h * out_w),
@@ -312,14 +325,11 @@ fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: 
     })
 }
 
-/// The compile-time choices of one kernel variant.
+/// The compile-time choices of one kernel variant (the epilogue is not one: its operands
+/// and activation are switched by parameters).
 #[derive(Debug, Clone, Copy)]
 struct Variant {
     weight: DType,
-    bias: Option<DType>,
-    channel_add: bool,
-    residual: bool,
-    activation: Option<&'static str>,
     f16_math: bool,
     accumulate: bool,
     tiling: ConvTiling,
@@ -335,68 +345,31 @@ impl Variant {
             DType::Q4 => defines.extend([flag("WEIGHT_QUANT"), flag("WEIGHT_Q4")]),
             DType::F32 | DType::U32 => {}
         }
-        // The optional operands take the bindings after x (1) and the weight (2), in order.
-        let mut binding = 3;
-        let mut optional = |on: bool, name: &'static str, at: &'static str| {
-            if on {
-                defines.extend([flag(name), (at, binding.to_string())]);
-                binding += 1;
-            }
-        };
-        optional(self.bias.is_some(), "BIAS", "BIAS_AT");
-        optional(self.channel_add, "CHANNEL_ADD", "CHANNEL_ADD_AT");
-        optional(self.residual, "RESIDUAL", "RESIDUAL_AT");
-        defines.push(("OUT_AT", binding.to_string()));
-        if self.bias == Some(DType::F16) {
-            defines.push(flag("BIAS_F16"));
-        }
         if self.f16_math {
             defines.push(flag("F16_MATH"));
         }
         if self.accumulate {
             defines.push(flag("ACCUMULATE"));
         }
-        if let Some(act) = self.activation {
-            defines.push(("ACT", act.to_string()));
-        }
         defines.extend(self.tiling.defines());
-        let mut bindings = vec![Access::Read; binding - 1];
-        bindings.push(Access::ReadWrite);
+        // x, the weight, the bias, the per-channel values, the residual (read), the output.
+        let bindings = vec![Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
         KernelKey { shader: SHADER, entry: "conv2d", defines, bindings }
     }
 }
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    let plain = Variant {
-        weight: DType::F32,
-        bias: None,
-        channel_add: false,
-        residual: false,
-        activation: None,
-        f16_math: false,
-        accumulate: false,
-        tiling: ConvTiling { tm: 8, tn: 8 },
-    };
+    let plain = Variant { weight: DType::F32, f16_math: false, accumulate: false, tiling: ConvTiling { tm: 8, tn: 8 } };
     let mut keys = Vec::new();
     for (f16_math, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
         for weight in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
-            for bias in [None, Some(DType::F32), Some(DType::F16)] {
-                keys.push(Variant { weight, bias, f16_math, accumulate, ..plain }.key());
-            }
+            keys.push(Variant { weight, f16_math, accumulate, ..plain }.key());
         }
     }
-    // The epilogue's additions and the other tilings change only a few lines: each once.
-    for weight in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
-        for (channel_add, residual) in [(true, false), (false, true), (true, true)] {
-            keys.push(Variant { weight, bias: Some(DType::F16), channel_add, residual, ..plain }.key());
-        }
-    }
-    for activation in [Unary::Relu, Unary::Silu, Unary::GeluErf] {
-        keys.push(Variant { bias: Some(DType::F32), residual: true, activation: Some(activation.name()), ..plain }.key());
-    }
+    // The other tilings change only constants: each once.
     for tiling in ConvTiling::all() {
-        keys.push(Variant { weight: DType::Q8, bias: Some(DType::F16), tiling, ..plain }.key());
+        keys.push(Variant { weight: DType::Q8, tiling, ..plain }.key());
     }
     keys
 }

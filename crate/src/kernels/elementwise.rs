@@ -51,6 +51,22 @@ impl Unary {
         Unary::Identity,
     ];
 
+    /// The code of common.wgsl's `epilogue_activation` for a parameter-free activation
+    /// (0 for none); `None` for the two with parameters.
+    pub fn epilogue_code(self) -> Option<u32> {
+        match self {
+            Unary::Identity => Some(0),
+            Unary::Silu => Some(1),
+            Unary::GeluErf => Some(2),
+            Unary::GeluTanh => Some(3),
+            Unary::QuickGelu => Some(4),
+            Unary::Relu => Some(5),
+            Unary::Tanh => Some(6),
+            Unary::Exp => Some(7),
+            Unary::Clamp { .. } | Unary::Affine { .. } => None,
+        }
+    }
+
     /// The WGSL function name in `common.wgsl` (used as the `OP` define).
     pub fn name(self) -> &'static str {
         match self {

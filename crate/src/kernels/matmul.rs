@@ -53,7 +53,25 @@ struct Params {
     act_a: f32,
     act_b: f32,
     b_row_words: u32,
-    pad: [u32; 2],
+    epilogue: u32,
+    activation: u32,
+}
+
+/// `Params::epilogue` bits, as matmul.wgsl's `EPILOGUE_*`.
+const EPILOGUE_BIAS: u32 = 1;
+const EPILOGUE_BIAS_F16: u32 = 2;
+const EPILOGUE_RESIDUAL: u32 = 4;
+
+/// matmul.wgsl's `activate` code for an activation: common.wgsl's, and two with parameters.
+fn activation_code(op: Option<Unary>) -> u32 {
+    const MATMUL_CLAMP: u32 = 8;
+    const MATMUL_AFFINE: u32 = 9;
+    match op {
+        None => 0,
+        Some(Unary::Clamp { .. }) => MATMUL_CLAMP,
+        Some(Unary::Affine { .. }) => MATMUL_AFFINE,
+        Some(op) => op.epilogue_code().unwrap_or(0),
+    }
 }
 
 /// What `matmul` computes besides the plain product.
@@ -74,16 +92,14 @@ pub struct MatmulOptions<'a> {
     pub f16_math: bool,
 }
 
-/// The compile-time choices of one kernel variant.
+/// The compile-time choices of one kernel variant (the epilogue is not one: its bias,
+/// activation and residual are switched by parameters).
 #[derive(Debug, Clone, Copy)]
 struct Variant {
     tiling: Tiling,
     transpose_a: bool,
     transpose_b: bool,
     b: DType,
-    bias: Option<DType>,
-    residual: bool,
-    activation: Option<&'static str>,
     f16_math: bool,
     accumulate: bool,
 }
@@ -96,35 +112,15 @@ impl Variant {
             (self.b == DType::F16, "B_F16"),
             (self.b.is_quantized(), "WEIGHT_QUANT"),
             (self.b == DType::Q4, "WEIGHT_Q4"),
-            (self.bias.is_some(), "BIAS"),
-            (self.bias == Some(DType::F16), "BIAS_F16"),
-            (self.residual, "RESIDUAL"),
             (self.f16_math, "F16_MATH"),
             (self.accumulate, "ACCUMULATE"),
         ];
         let mut defines: Vec<(&'static str, String)> = flags.iter().filter(|(on, _)| *on).map(|(_, name)| (*name, String::new())).collect();
-        if let Some(act) = self.activation {
-            defines.push(("ACT", act.to_string()));
-        }
         defines.extend([("TM", self.tiling.tm.to_string()), ("TN", self.tiling.tn.to_string())]);
-        // The optional operands take the bindings after a (1) and b (2), in order.
-        let mut binding = 3;
-        for (on, at) in [(self.bias.is_some(), "BIAS_AT"), (self.residual, "RESIDUAL_AT")] {
-            if on {
-                defines.push((at, binding.to_string()));
-                binding += 1;
-            }
-        }
-        defines.push(("OUT_AT", binding.to_string()));
-        let mut bindings = vec![Access::Read; binding - 1];
-        bindings.push(Access::ReadWrite);
+        // a, b, the bias, the residual (read), the output.
+        let bindings = vec![Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
         KernelKey { shader: SHADER, entry: ENTRY, defines, bindings }
     }
-}
-
-/// The `ACT` define for an activation; identity needs no code at all.
-fn fused_name(op: Unary) -> Option<&'static str> {
-    (op != Unary::Identity).then_some(op.name())
 }
 
 /// The product's sizes after shape checks.
@@ -259,11 +255,13 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         transpose_a: opts.transpose_a,
         transpose_b: opts.transpose_b,
         b: b.dtype(),
-        bias: opts.bias.map(Tensor::dtype),
-        residual: opts.residual.is_some(),
-        activation: opts.activation.and_then(fused_name),
         f16_math: opts.f16_math && gpu.has_shader_f16(),
         accumulate,
+    };
+    let bias_bits = match opts.bias.map(Tensor::dtype) {
+        Some(DType::F16) => EPILOGUE_BIAS | EPILOGUE_BIAS_F16,
+        Some(_) => EPILOGUE_BIAS,
+        None => 0,
     };
     let params = Params {
         m: dims.m as u32,
@@ -276,11 +274,17 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         act_a,
         act_b,
         b_row_words: quant::row_words(b.dtype(), dims.k) as u32,
-        pad: [0; 2],
+        epilogue: bias_bits | if opts.residual.is_some() { EPILOGUE_RESIDUAL } else { 0 },
+        activation: activation_code(opts.activation),
     };
-    let mut bindings = vec![(a, Access::Read), (b, Access::Read)];
-    bindings.extend([opts.bias, opts.residual].into_iter().flatten().map(|t| (t, Access::Read)));
-    bindings.push((out, Access::ReadWrite));
+    // An absent operand binds `a`, which the epilogue then never reads.
+    let bindings = [
+        (a, Access::Read),
+        (b, Access::Read),
+        (opts.bias.unwrap_or(a), Access::Read),
+        (opts.residual.unwrap_or(a), Access::Read),
+        (out, Access::ReadWrite),
+    ];
     let key = variant.key();
     gpu.launch(Launch {
         shader: key.shader,
@@ -307,16 +311,11 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
 
 /// Every variant this module can launch, for shader validation.
 pub fn variants() -> Vec<KernelKey> {
-    let fused = Unary::ALL.into_iter().filter(|&op| op != Unary::Identity);
-    let activations: Vec<Option<&'static str>> = [None].into_iter().chain(fused.map(fused_name)).collect();
     let plain = Variant {
         tiling: Tiling { tm: 8, tn: 8 },
         transpose_a: false,
         transpose_b: true,
         b: DType::F32,
-        bias: None,
-        residual: false,
-        activation: None,
         f16_math: false,
         accumulate: false,
     };
@@ -328,23 +327,13 @@ pub fn variants() -> Vec<KernelKey> {
             if b.is_quantized() && !on(1) {
                 continue;
             }
-            for bias in [None, Some(DType::F32), Some(DType::F16)] {
-                for &activation in &activations {
-                    let flags = Variant { transpose_a: on(0), transpose_b: on(1), f16_math: on(2), accumulate: on(3), ..plain };
-                    keys.push(Variant { b, bias, activation, ..flags }.key());
-                }
-            }
+            keys.push(Variant { b, transpose_a: on(0), transpose_b: on(1), f16_math: on(2), accumulate: on(3), ..plain }.key());
         }
     }
-    // The residual and the other tilings change only a few lines: each once.
-    for b in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
-        for bias in [None, Some(DType::F32)] {
-            keys.push(Variant { b, bias, residual: true, ..plain }.key());
-        }
-    }
+    // The other tilings change only constants: each once.
     for tm in [1, 2, 4, 8] {
         for tn in [1, 2, 4, 8] {
-            keys.push(Variant { tiling: Tiling { tm, tn }, b: DType::Q8, bias: Some(DType::F16), ..plain }.key());
+            keys.push(Variant { tiling: Tiling { tm, tn }, b: DType::Q8, ..plain }.key());
         }
     }
     keys
