@@ -12,26 +12,13 @@
 // this page copied in), so a baseline build is timed beside this one in the same browser.
 // Needs web/pkg (./build.sh builds it) and web/node_modules (npm ci in web/).
 
-import { spawn } from "node:child_process";
 import { copyFileSync, mkdirSync } from "node:fs";
-import { createRequire } from "node:module";
 import { resolve } from "node:path";
 
-const require = createRequire(new URL("../../web/package.json", import.meta.url));
-const { chromium } = require("playwright-core");
+import { launchChromium, serve } from "../chromium.mjs";
+import { spread } from "./spread.mjs";
 
 const HERE = new URL("../../", import.meta.url).pathname;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const FLAGS = [
-  "--headless=new",
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--use-webgpu-adapter=swiftshader",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
 const TIMEOUT_MS = 1_800_000;
 const PROMPT = "a lighthouse on a cliff at dusk";
 
@@ -69,34 +56,13 @@ function parseArgs(argv) {
   return args;
 }
 
-/** web/serve.mjs over `root` on a free port. */
-function serve(root) {
-  const child = spawn(process.execPath, [`${HERE}web/serve.mjs`, root, "--port", "0"], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.stdout.setEncoding("utf8");
-    child.stdout.once("data", (line) => {
-      const url = /serving (http:\/\/\S+)/.exec(line)?.[1];
-      if (url) resolve({ child, url });
-      else reject(new Error(`unexpected first line from serve.mjs: ${line}`));
-    });
-  });
-}
-
-/** Median, minimum and maximum of `values` (seconds) in milliseconds, as table cells. */
-function spread(values) {
-  const v = [...values].sort((a, b) => a - b);
-  const ms = (s) => (s * 1000).toFixed(1);
-  return `${ms(v[Math.floor(v.length / 2)])} | ${ms(v[0])} | ${ms(v[v.length - 1])}`;
-}
-
 const args = parseArgs(process.argv.slice(2));
 if (args.root !== HERE) {
   mkdirSync(`${args.root}tests/bench`, { recursive: true });
   copyFileSync(`${HERE}tests/bench/page.html`, `${args.root}tests/bench/page.html`);
 }
 const { child: server, url } = await serve(args.root);
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+const browser = await launchChromium();
 try {
   const page = await browser.newPage();
   page.on("console", (message) => process.stderr.write(`page: ${message.text()}\n`));
@@ -124,11 +90,11 @@ try {
     console.log(`${args.root}: ${args.model}, ${args.steps} steps, guidance ${args.guidance}, in Chromium ${browser.version()} (${result.adapter})`);
     // The first run also compiles every pipeline; the others are what a user waits for again.
     const [first, ...rest] = result.runs;
-    const steps = rest.flatMap((run) => run.previews.map((t, i) => t - (i ? run.previews[i - 1] : 0)));
+    const steps = rest.flatMap((run) => run.previews.map((t, i) => (t - (i ? run.previews[i - 1] : 0)) * 1000));
     console.log("| generation | median ms | min | max |\n|---|---:|---:|---:|");
-    console.log(`| first (compiles the pipelines) | ${spread([first.seconds])} |`);
+    console.log(`| first (compiles the pipelines) | ${spread([first.seconds * 1000])} |`);
     if (rest.length) {
-      console.log(`| later ones, whole | ${spread(rest.map((run) => run.seconds))} |`);
+      console.log(`| later ones, whole | ${spread(rest.map((run) => run.seconds * 1000))} |`);
       console.log(`| later ones, between previews (step and preview) | ${spread(steps)} |`);
     }
   }

@@ -11,27 +11,14 @@
 // count when it first loads. Needs web/node_modules (npm ci in web/) for the browser driver and
 // tests/bench/node_modules (npm ci in tests/bench/) for onnxruntime-web, which CI never installs.
 
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, symlinkSync } from "node:fs";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-const require = createRequire(new URL("../../web/package.json", import.meta.url));
-const { chromium } = require("playwright-core");
+import { launchChromium, serve } from "../chromium.mjs";
+import { spread } from "./spread.mjs";
 
 const HERE = new URL("../../", import.meta.url).pathname;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const FLAGS = [
-  "--headless=new",
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--use-webgpu-adapter=swiftshader",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
 const TIMEOUT_MS = 3_600_000;
 const PROVIDERS = {
   webgpu: { bundle: "ort.webgpu.min.mjs", ep: "webgpu" },
@@ -61,26 +48,6 @@ function parseArgs(argv) {
   return args;
 }
 
-/** web/serve.mjs over `root` on a free port. */
-function serve(root) {
-  const child = spawn(process.execPath, [`${HERE}web/serve.mjs`, root, "--port", "0"], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.stdout.setEncoding("utf8");
-    child.stdout.once("data", (line) => {
-      const url = /serving (http:\/\/\S+)/.exec(line)?.[1];
-      if (url) resolve({ child, url });
-      else reject(new Error(`unexpected first line from serve.mjs: ${line}`));
-    });
-  });
-}
-
-/** Median, minimum and maximum of `ms` as table cells. */
-function spread(ms) {
-  const v = [...ms].sort((a, b) => a - b);
-  return [v[Math.floor(v.length / 2)], v[0], v[v.length - 1]].map((x) => x.toFixed(1)).join(" | ");
-}
-
 const args = parseArgs(process.argv.slice(2));
 // The model lives outside the repository (hundreds of MB), so the server gets a folder of links:
 // the page, ORT's dist/ and the model, all same-origin.
@@ -89,7 +56,7 @@ symlinkSync(`${HERE}tests/bench/ort.html`, join(root, "ort.html"));
 symlinkSync(`${HERE}tests/bench/node_modules/onnxruntime-web/dist`, join(root, "ort"));
 symlinkSync(args.model, join(root, "model.onnx"));
 const { child: server, url } = await serve(root);
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+const browser = await launchChromium();
 try {
   const rows = [];
   const runs = args.providers.flatMap((name) => (PROVIDERS[name].ep === "wasm" ? args.threads : [1]).map((threads) => [name, threads]));

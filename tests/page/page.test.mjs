@@ -13,27 +13,14 @@
 //                               CLI (target/debug/webdiffusion, or $WEBDIFFUSION_CLI)
 
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createRequire } from "node:module";
 import { after, before, test } from "node:test";
 
-const require = createRequire(new URL("../../web/package.json", import.meta.url));
-const { chromium } = require("playwright-core");
+import { launchChromium, serve } from "../chromium.mjs";
 
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const CHROMIUM_FLAGS = [
-  "--headless=new",
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--use-webgpu-adapter=swiftshader",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
 // SwiftShader runs WebGPU on the CPU: loading compiles every kernel, and a 2-core CI
 // machine is shared.
 const LOAD_TIMEOUT_MS = 300_000;
@@ -48,25 +35,9 @@ let server;
 let baseUrl;
 let browser;
 
-/** Starts web/serve.mjs on a free port and resolves with its URL. */
-function startServer() {
-  const script = new URL("../../web/serve.mjs", import.meta.url).pathname;
-  const child = spawn(process.execPath, [script, "--port", "0"], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("exit", (code) => reject(new Error(`serve.mjs exited with ${code} before serving`)));
-    child.stdout.setEncoding("utf8");
-    child.stdout.once("data", (line) => {
-      const url = /serving (http:\/\/\S+)/.exec(line)?.[1];
-      if (url) resolve({ child, url });
-      else reject(new Error(`unexpected first line from serve.mjs: ${line}`));
-    });
-  });
-}
-
 before(async () => {
-  ({ child: server, url: baseUrl } = await startServer());
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_FLAGS, headless: true });
+  ({ child: server, url: baseUrl } = await serve());
+  browser = await launchChromium();
 });
 
 after(async () => {

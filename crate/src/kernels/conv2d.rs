@@ -247,6 +247,13 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
     if let Some(add) = opts.channel_add.filter(|a| a.dtype() != DType::F32 || a.shape() != [batch, weight_out]) {
         return Err(Error::shape(OP, format!("channel_add must be f32 [{batch}, {weight_out}], got {:?} {:?}", add.dtype(), add.shape())));
     }
+    let activation = match opts.activation {
+        Some(_) if part.accumulate => return Err(Error::shape(OP, "an activation applies to a finished sum, not to one part of it")),
+        Some(act) => {
+            act.epilogue_code().ok_or_else(|| Error::shape(OP, format!("only parameter-free activations are fused, not {act:?}")))?
+        }
+        None => 0,
+    };
     let [out_h, out_w] = output_size(height, width, [kernel_h, kernel_w], opts.stride, opts.padding)?;
     if let Some(residual) = opts.residual.filter(|r| r.dtype() != DType::F32 || r.shape() != [batch, out_channels, out_h, out_w]) {
         return Err(Error::shape(
@@ -262,6 +269,11 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         check_indexable(what, shape)?;
     }
     let taps = kernel_h * kernel_w;
+    let bias_bits = match opts.bias.map(Tensor::dtype) {
+        Some(DType::F16) => EPILOGUE_BIAS | EPILOGUE_BIAS_F16,
+        Some(_) => EPILOGUE_BIAS,
+        None => 0,
+    };
     let params = Params {
         channels: channels as u32,
         height: height as u32,
@@ -282,28 +294,15 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         bias_offset: part.out_start as u32,
         w_row_words: quant::row_words(weight.dtype(), weight_channels * taps) as u32,
         channel_add_stride: weight_out as u32,
-        epilogue: [
-            (opts.bias.is_some(), EPILOGUE_BIAS),
-            (opts.bias.is_some_and(|b| b.dtype() == DType::F16), EPILOGUE_BIAS_F16),
-            (opts.channel_add.is_some(), EPILOGUE_CHANNEL_ADD),
-            (opts.residual.is_some(), EPILOGUE_RESIDUAL),
-        ]
-        .iter()
-        .filter(|(on, _)| *on)
-        .fold(0, |bits, (_, bit)| bits | bit),
-        // launch refuses the activations with parameters.
-        activation: opts.activation.and_then(Unary::epilogue_code).unwrap_or(0),
+        epilogue: bias_bits
+            | if opts.channel_add.is_some() { EPILOGUE_CHANNEL_ADD } else { 0 }
+            | if opts.residual.is_some() { EPILOGUE_RESIDUAL } else { 0 },
+        activation,
     };
     Ok((params, [out_h, out_w]))
 }
 
 fn launch(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, params: &Params, accumulate: bool, out: &Tensor) -> Result<()> {
-    if accumulate && opts.activation.is_some() {
-        return Err(Error::shape(OP, "an activation applies to a finished sum, not to one part of it"));
-    }
-    if let Some(act) = opts.activation.filter(|a| a.epilogue_code().is_none()) {
-        return Err(Error::shape(OP, format!("only parameter-free activations are fused, not {act:?}")));
-    }
     // An absent operand binds `x`, which the epilogue then never reads.
     let [bias, channel_add, residual] = [opts.bias, opts.channel_add, opts.residual].map(|t| (t.unwrap_or(x), Access::Read));
     let bindings = [(x, Access::Read), (weight, Access::Read), bias, channel_add, residual, (out, Access::ReadWrite)];
