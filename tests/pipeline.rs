@@ -8,7 +8,7 @@ use webdiffusion::Error;
 use webdiffusion::kernels::elementwise as ew;
 use webdiffusion::loader::{DirFiles, MemoryFiles, WeightPrecision};
 use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
-use webdiffusion::pipeline::{Control, LatentPreview, Previewer, Request, StableDiffusion};
+use webdiffusion::pipeline::{Control, DeepCache, LatentPreview, Previewer, Request, StableDiffusion};
 use webdiffusion::rng::TorchGenerator;
 
 fn load(model: &str) -> StableDiffusion {
@@ -65,6 +65,10 @@ fn bad_requests_are_clear_errors() {
         (Request { scheduler: Some("warp-drive".into()), ..base.clone() }, "warp-drive"),
         (Request { latents: Some(vec![0.0; 7]), ..base.clone() }, "latents must be"),
         (Request { steps: 0, ..base.clone() }, "0 inference steps"),
+        (Request { deep_cache: Some(DeepCache { interval: 0, branch: 0 }), ..base.clone() }, "cache interval must be at least 1"),
+        (Request { deep_cache: Some(DeepCache { interval: 2, branch: 99 }), ..base.clone() }, "cache branch 99 is not below"),
+        (Request { token_merge: Some(0.5), ..base.clone() }, "at least 1, got 0.5"),
+        (Request { token_merge: Some(40.0), ..base.clone() }, "factor 40 leaves no token of the"),
     ] {
         let err = sd.generate(&request).err().expect(needle);
         assert!(err.to_string().contains(needle), "{err}");
@@ -269,6 +273,34 @@ fn text_to_image_from_a_seed_matches_diffusers_for_every_sampler() {
         checked.push(name);
     }
     assert!(checked.len() >= 17, "{checked:?}");
+}
+
+#[test]
+fn deep_cache_and_token_merging_skip_what_their_authors_code_skips() {
+    let outputs = Outputs::load("step_savings");
+    let sd = load("sd1-tiny");
+    let cases = pipeline_cases(&outputs);
+    assert_eq!(cases.len(), 7);
+    for (name, case) in cases {
+        let deep_cache = case["cache_interval"]
+            .as_u64()
+            .map(|interval| DeepCache { interval: interval as usize, branch: case["cache_branch"].as_u64().unwrap() as usize });
+        let token_merge = case["token_merge"].as_f64().map(|f| f as f32);
+        let whole = sd.generate(&request_for(&case)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let saving = Request { deep_cache, token_merge, ..request_for(&case) };
+        let saved = sd.generate(&saving).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (want_whole, _) = outputs.f32(&format!("whole.{name}.latents"));
+        let (want, _) = outputs.f32(&format!("{name}.latents"));
+        // As the whole generations (text_to_image_from_a_seed_matches_diffusers_for_every_sampler).
+        let whole_error = relative_error(&read(&whole.latents), &want_whole);
+        let error = relative_error(&read(&saved.latents), &want);
+        // Each saving moves these random-weight latents by far more than the tolerance, so
+        // skipping the wrong layers or tokens (or none) fails.
+        let moved = relative_error(&want, &want_whole);
+        eprintln!("{name}: with the saving {error:.2e}, whole {whole_error:.2e}, saving vs whole {moved:.2e}");
+        assert!(whole_error < 2e-4 && error < 2e-4, "{name}: latents differ by {error} (whole: {whole_error}) of their scale");
+        assert!(moved > 0.02, "{name}: the saving moved the latents by only {moved}");
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use webdiffusion::Error;
 use webdiffusion::gpu::Tensor;
 use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::models::embeddings::guidance_scale_embedding;
-use webdiffusion::models::unet_2d::UNet2DConditionModel;
+use webdiffusion::models::unet_2d::{FeatureReuse, PassOptions, UNet2DConditionModel};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 const TIMESTEPS: [f32; 3] = [1.0, 500.0, 999.0];
@@ -236,4 +236,40 @@ fn bad_inputs_are_shape_errors() {
     shape_error(unet.forward(&sample(&[2, 4, 8, 8]), 1.0, &context, None), "encoder_hidden_states");
     let cond = gpu().upload_f32(&[1, 32], &[0.0; 32]).unwrap();
     shape_error(unet.forward(&sample(&[1, 4, 8, 8]), 1.0, &context, Some(&cond)), "time_cond_proj_dim");
+}
+
+/// DeepCache's split: a pass reusing the feature a whole pass stored, on the same inputs,
+/// computes exactly what the whole pass did, for every branch; a feature from another
+/// timestep changes the output (so the reuse does read it), and a bad branch or batch is named.
+#[test]
+fn reusing_the_stored_deep_feature_of_the_same_inputs_is_the_whole_pass() {
+    let unet = load("sd1-tiny");
+    let reference = Reference::new("sd1-tiny");
+    let sample = reference.upload("unet.sample");
+    let context = reference.upload("unet.encoder_hidden_states");
+    let batch = sample.shape()[0];
+    let timesteps = |t: f32| gpu().upload_f32(&[batch], &vec![t; batch]).unwrap();
+    let whole = read(&unet.forward_timesteps(&sample, &timesteps(500.0), &context, None).unwrap());
+    // conv_in, two resnets and a downsampler, two resnets.
+    assert_eq!(unet.branches(), 6);
+    for branch in 0..unet.branches() {
+        let pass =
+            |t: f32, reuse| unet.forward_with(&sample, &timesteps(t), &context, None, PassOptions { reuse, token_merge: None }).unwrap();
+        let (stored_out, feature) = pass(500.0, FeatureReuse::Store { branch });
+        assert_eq!(read(&stored_out), whole, "branch {branch}: storing changed the output");
+        let feature = feature.expect("a stored feature");
+        let (reused, kept) = pass(500.0, FeatureReuse::Reuse { branch, feature: &feature });
+        assert!(kept.is_none());
+        assert_eq!(read(&reused), whole, "branch {branch}");
+        let (_, other) = pass(999.0, FeatureReuse::Store { branch });
+        let (moved, _) = pass(500.0, FeatureReuse::Reuse { branch, feature: &other.unwrap() });
+        let moved = read(&moved).iter().zip(&whole).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(moved > 1e-3, "branch {branch}: another step's feature moved the output by only {moved}");
+    }
+    let with = |reuse| unet.forward_with(&sample, &timesteps(1.0), &context, None, PassOptions { reuse, token_merge: None });
+    let err = with(FeatureReuse::Store { branch: 6 }).err().unwrap();
+    assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("cache branch 6 is not below 6")), "{err}");
+    let single = gpu().upload_f32(&[1, 4, 2, 2], &[0.0; 16]).unwrap();
+    let err = with(FeatureReuse::Reuse { branch: 0, feature: &single }).err().unwrap();
+    assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("not of this batch")), "{err}");
 }

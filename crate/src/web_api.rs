@@ -18,7 +18,7 @@ use crate::image::{RgbImage, from_decoded};
 use crate::loader::WeightPrecision;
 use crate::lora::LoraFile;
 use crate::package::{FetchSource, LoadProgress, load_package};
-use crate::pipeline::{Previewer, Request, StableDiffusion};
+use crate::pipeline::{DeepCache, Previewer, Request, StableDiffusion};
 use crate::schedulers;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -49,6 +49,14 @@ export interface GenerateOptions {
   mask?: RgbaImage;
   /** Text-encoder layers to skip from the end. 0 */
   clipSkip?: number;
+  /** DeepCache: the whole UNet runs every `cacheInterval` steps, the steps between reuse its deep
+   * features (faster, slightly different images). 1 (every step whole) */
+  cacheInterval?: number;
+  /** DeepCache's branch: 0 reuses the most (fastest); higher computes more of each step. 0 */
+  cacheBranch?: number;
+  /** Token merging as ToDo does it: self-attention at the latents' resolution takes its keys and
+   * values from a grid this many times coarser (faster attention, slightly different images). 1 */
+  tokenMerge?: number;
   /** Cancels between steps: the promise then rejects with a DOMException named "AbortError". */
   signal?: AbortSignal;
 }
@@ -90,6 +98,9 @@ const MAX_STEPS: usize = 1000;
 /// sizes a model and a GPU can take.
 const MAX_SIDE: usize = 16384;
 const MAX_CLIP_SKIP: usize = 64;
+/// A cache interval or branch, or a token merge factor, past this is surely a mistake (the
+/// pipeline checks the branches a UNet has and the tokens a factor leaves).
+const MAX_CACHE_SETTING: usize = 1000;
 const DEFAULT_GUIDANCE: f32 = 7.5;
 /// The largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -391,8 +402,24 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         strength: strength.unwrap_or(defaults.strength),
         mask,
         clip_skip: integer_field(options, "clipSkip", 0, MAX_CLIP_SKIP)?.unwrap_or(0),
+        deep_cache: deep_cache(options)?,
+        token_merge: match number_field(options, "tokenMerge")? {
+            Some(factor) if !(factor >= 1.0 && factor <= MAX_CACHE_SETTING as f64) => {
+                return Err(type_error(&format!(
+                    "generate: options.tokenMerge must be a number from 1 to {MAX_CACHE_SETTING}, got {factor}"
+                )));
+            }
+            factor => factor.map(|f| f as f32),
+        },
         ..defaults
     })
+}
+
+/// `cacheInterval` and `cacheBranch`: DeepCache when either is given.
+fn deep_cache(options: &JsValue) -> Result<Option<DeepCache>, JsValue> {
+    let interval = integer_field(options, "cacheInterval", 1, MAX_CACHE_SETTING)?;
+    let branch = integer_field(options, "cacheBranch", 0, MAX_CACHE_SETTING)?;
+    Ok((interval.is_some() || branch.is_some()).then(|| DeepCache { interval: interval.unwrap_or(1), branch: branch.unwrap_or(0) }))
 }
 
 /// The `index`th of `setLoras`' array, parsed, with its scale.

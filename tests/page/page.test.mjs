@@ -297,9 +297,10 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
   const init = nativePng();
   const mask = await maskPng(page, 64, 64, [8, 8, 32, 24]);
   const cases = [
-    ["euler, 3 steps, 96x64", { scheduler: "euler", steps: 3, width: 96, height: 64 }, {}, ["--scheduler", "euler", "--steps", "3", "--width", "96", "--height", "64"]],
-    ["image to image", { prompt: "a large green ring at the center on a white background", strength: 0.6 }, { initImage: init },
-      ["--prompt", "a large green ring at the center on a white background", "--init-image", "init.png", "--strength", "0.6"]],
+    ["euler, 3 steps, 96x64, DeepCache every 2nd step", { scheduler: "euler", steps: 3, width: 96, height: 64, cacheInterval: 2, cacheBranch: 1 }, {},
+      ["--scheduler", "euler", "--steps", "3", "--width", "96", "--height", "64", "--cache-interval", "2", "--cache-branch", "1"]],
+    ["image to image, ToDo token merging", { prompt: "a large green ring at the center on a white background", strength: 0.6, tokenMerge: 2 }, { initImage: init },
+      ["--prompt", "a large green ring at the center on a white background", "--init-image", "init.png", "--strength", "0.6", "--token-merge", "2"]],
     ["inpainting, clip skip 1", { strength: 1, clipSkip: 1 }, { initImage: init, mask },
       ["--init-image", "init.png", "--mask", "mask.png", "--strength", "1", "--clip-skip", "1"]],
   ];
@@ -357,8 +358,12 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
   assert.match(await rejected(`{ mask: { data: new Uint8Array(4), width: 1, height: 1 } }`), /^TypeError: .*options\.mask needs options\.initImage/);
   assert.match(await rejected(`{ initImage: { data: [1, 2, 3], width: 1, height: 1 } }`), /^TypeError: .*options\.initImage must be an ImageData/);
   assert.match(await rejected(`{ initImage: { data: new Uint8Array(12), width: 2, height: 2 } }`), /^TypeError: .*holds 12 bytes, not 2 x 2 RGBA pixels \(16\)/);
-  // What the pipeline refuses comes back as its message: a size the VAE cannot take.
+  assert.match(await rejected(`{ cacheInterval: 0 }`), /^TypeError: .*options\.cacheInterval must be an integer from 1/);
+  assert.match(await rejected(`{ tokenMerge: 0.5 }`), /^TypeError: .*options\.tokenMerge must be a number from 1/);
+  // What the pipeline refuses comes back as its message: a size the VAE cannot take, a
+  // cache branch the UNet does not have.
   assert.match(await rejected(`{ width: 66 }`), /^Error: .*66/);
+  assert.match(await rejected(`{ cacheBranch: 40 }`), /^Error: .*cache branch 40 is not below this UNet's 6 branches/);
   assert.deepEqual(pageErrors, []);
   await context.close();
 });

@@ -8,6 +8,7 @@ use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, join};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise as ew;
+use crate::kernels::gather::gather_rows;
 use crate::kernels::layout;
 use crate::loader::Weights;
 
@@ -32,6 +33,61 @@ pub struct Transformer2DConfig {
     pub use_linear_projection: bool,
     /// `attn1` attends to the text too instead of to the image.
     pub only_cross_attention: bool,
+}
+
+/// ToDo (Smith, Fang, Choi and Ermon, "ToDo: Token Downsampling for Efficient Generation of
+/// High-Resolution Images", 2024; the survey's token merging): self-attention at the UNet's
+/// largest resolution takes its keys and values from the tokens of a grid `factor` times
+/// coarser (nearest-exact sampling, its authors' default), so the key and value projections
+/// and the attention cost about `factor²` less. Queries, and so the output, keep every token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenDownsampling {
+    pub factor: f32,
+    /// The largest resolution's tokens, `height x width`: only layers there downsample.
+    pub height: usize,
+    pub width: usize,
+}
+
+impl TokenDownsampling {
+    /// The coarse grid's side for a side of `size` (`int(size / factor)`, as ToDo sizes it).
+    fn coarse(&self, size: usize) -> usize {
+        (size as f32 / self.factor) as usize
+    }
+
+    /// An error when `factor` is not a number of at least 1 or leaves no token.
+    pub fn check(&self) -> Result<()> {
+        if !(self.factor >= 1.0 && self.factor.is_finite()) {
+            return Err(Error::shape("token merge", format!("the factor must be a number of at least 1, got {}", self.factor)));
+        }
+        if self.coarse(self.height) == 0 || self.coarse(self.width) == 0 {
+            return Err(Error::shape(
+                "token merge",
+                format!("factor {} leaves no token of the {}x{} grid", self.factor, self.height, self.width),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For tokens `[batch, height * width, C]` at the largest resolution, the rows
+    /// (of the batch flattened) that the coarse grid keeps: PyTorch's `nearest-exact`
+    /// source index `floor((i + 0.5) * size / coarse)` on each axis. `None` elsewhere.
+    fn kept_rows(&self, batch: usize, height: usize, width: usize) -> Option<Vec<u32>> {
+        if (height, width) != (self.height, self.width) || self.factor == 1.0 {
+            return None;
+        }
+        let source =
+            |i: usize, size: usize, coarse: usize| ((i as f64 + 0.5) * size as f64 / coarse as f64).floor().min(size as f64 - 1.0) as usize;
+        let (rows, cols) = (self.coarse(height), self.coarse(width));
+        let mut kept = Vec::with_capacity(batch * rows * cols);
+        for b in 0..batch {
+            for y in 0..rows {
+                for x in 0..cols {
+                    kept.push((b * height * width + source(y, height, rows) * width + source(x, width, cols)) as u32);
+                }
+            }
+        }
+        Some(kept)
+    }
 }
 
 /// `GEGLU(dim, 4*dim)` then `Linear(4*dim, dim)`: `ff.net.0.proj` and `ff.net.2`.
@@ -93,11 +149,23 @@ impl BasicTransformerBlock {
         })
     }
 
-    /// `x [B, S, dim]` with the text `context [B, S', cross_attention_dim]`.
-    /// Each skip connection is added in the epilogue of the projection before it.
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let attn1_context = self.only_cross_attention.then_some(context);
-        let x = self.attn1.forward_adding(&self.norm1.forward(x)?, attn1_context, x)?;
+    /// `x [B, S, dim]` with the text `context [B, S', cross_attention_dim]`; self-attention
+    /// takes its keys and values from the tokens `kept_rows` (of the batch flattened) when
+    /// given. Each skip connection is added in the epilogue of the projection before it.
+    pub fn forward(&self, x: &Tensor, context: &Tensor, kept_rows: Option<&Tensor>) -> Result<Tensor> {
+        let normed = self.norm1.forward(x)?;
+        let coarse = match kept_rows {
+            Some(rows) if !self.only_cross_attention => {
+                let &[batch, tokens, dim] = normed.shape() else {
+                    return Err(Error::shape("BasicTransformerBlock", format!("expects [B, S, dim], got {:?}", normed.shape())));
+                };
+                let kept = gather_rows(x.gpu(), &normed.reshape(&[batch * tokens, dim])?, rows)?;
+                Some(kept.reshape(&[batch, rows.numel() / batch, dim])?)
+            }
+            _ => None,
+        };
+        let attn1_context = if self.only_cross_attention { Some(context) } else { coarse.as_ref() };
+        let x = self.attn1.forward_adding(&normed, attn1_context, x)?;
         let x = self.attn2.forward_adding(&self.norm2.forward(&x)?, Some(context), &x)?;
         self.ff.forward_adding(&self.norm3.forward(&x)?, &x)
     }
@@ -141,8 +209,9 @@ impl Transformer2DModel {
         })
     }
 
-    /// `x [B, C, H, W]` attending to `context [B, S, cross_attention_dim]`; the result has `x`'s shape.
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `x [B, C, H, W]` attending to `context [B, S, cross_attention_dim]`, with ToDo's
+    /// downsampled self-attention where it applies; the result has `x`'s shape.
+    pub fn forward(&self, x: &Tensor, context: &Tensor, downsampling: Option<TokenDownsampling>) -> Result<Tensor> {
         let gpu = x.gpu();
         let &[batch, _, height, width] = x.shape() else {
             return Err(Error::shape("Transformer2DModel", format!("expects [B, C, H, W], got {:?}", x.shape())));
@@ -157,8 +226,12 @@ impl Transformer2DModel {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(linear) => linear.forward(&to_tokens(&normed)?)?,
         };
+        let kept_rows = match downsampling.and_then(|d| d.kept_rows(batch, height, width)) {
+            Some(rows) => Some(gpu.upload_u32(&[rows.len()], &rows)?),
+            None => None,
+        };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, context, kept_rows.as_ref())?;
         }
         let to_image = |t: &Tensor| -> Result<Tensor> {
             let channels = t.shape()[2];

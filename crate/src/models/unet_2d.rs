@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps};
 use super::nn::{Conv2d, GroupNorm};
-use super::unet_2d_blocks::{BlockConfig, CrossAttentionConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
+use super::transformer_2d::TokenDownsampling;
+use super::unet_2d_blocks::{BlockConfig, Conditioning, CrossAttentionConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
@@ -311,6 +312,36 @@ fn unsupported(file: &str, detail: String) -> Error {
     Error::Unsupported { file: file.to_string(), detail }
 }
 
+/// DeepCache (Ma, Fang and Wang, 2023): a step either computes all of the UNet or reuses
+/// the deep features of the last one that did. A branch `b` splits the UNet at skip
+/// connection `b` (`branches`): the down layers that make skips `0..=b` and the up layers
+/// that take them are computed every step; the rest only on storing steps.
+#[derive(Clone, Copy)]
+pub enum FeatureReuse<'a> {
+    /// Compute all of it; keep nothing.
+    None,
+    /// Compute all of it and keep the input of the up layer that takes skip `branch`.
+    Store { branch: usize },
+    /// Compute the shallow layers only, starting the up path at skip `branch` from `feature`
+    /// (what a `Store` of the same branch kept).
+    Reuse { branch: usize, feature: &'a Tensor },
+}
+
+/// How one UNet pass runs: DeepCache's reuse and ToDo's token downsampling (both off by default).
+#[derive(Clone, Copy)]
+pub struct PassOptions<'a> {
+    pub reuse: FeatureReuse<'a>,
+    /// ToDo's factor (`TokenDownsampling`) for the self-attention at the sample's resolution;
+    /// `None` or 1 keeps every token.
+    pub token_merge: Option<f32>,
+}
+
+impl Default for PassOptions<'_> {
+    fn default() -> Self {
+        Self { reuse: FeatureReuse::None, token_merge: None }
+    }
+}
+
 pub struct UNet2DConditionModel {
     config: UNet2DConditionConfig,
     time_proj: Timesteps,
@@ -404,7 +435,50 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         timestep_cond: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let (prediction, _) = self.forward_with(sample, timesteps, encoder_hidden_states, timestep_cond, PassOptions::default())?;
+        Ok(prediction)
+    }
+
+    /// The skip connections the down path makes (conv_in's output, then every down layer's):
+    /// DeepCache's branches are `0..branches()`, shallowest first.
+    pub fn branches(&self) -> usize {
+        1 + self.down_blocks.iter().map(DownBlock2D::layer_count).sum::<usize>()
+    }
+
+    /// `forward_timesteps` computing all of the UNet (`FeatureReuse::None`, `Store`) or only
+    /// its shallow part (`Reuse`), with ToDo's downsampled self-attention if asked; with
+    /// `Store`, also the feature a later `Reuse` of the same branch starts from.
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        encoder_hidden_states: &Tensor,
+        timestep_cond: Option<&Tensor>,
+        options: PassOptions,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(sample, timesteps, encoder_hidden_states)?;
+        let reuse = options.reuse;
+        let token_downsampling = match options.token_merge {
+            Some(factor) => {
+                let &[_, _, height, width] = sample.shape() else { return Err(Error::shape("UNet2DConditionModel", "sample must be 4-d")) };
+                let downsampling = TokenDownsampling { factor, height, width };
+                downsampling.check()?;
+                Some(downsampling)
+            }
+            None => None,
+        };
+        let branch = match reuse {
+            FeatureReuse::None => None,
+            FeatureReuse::Store { branch } | FeatureReuse::Reuse { branch, .. } => Some(branch),
+        };
+        if let Some(branch) = branch.filter(|&b| b >= self.branches()) {
+            return Err(Error::shape("UNet2DConditionModel", format!("cache branch {branch} is not below {}", self.branches())));
+        }
+        if let FeatureReuse::Reuse { feature, .. } = reuse
+            && feature.shape().first() != sample.shape().first()
+        {
+            return Err(Error::shape("UNet2DConditionModel", format!("cached feature {:?} is not of this batch", feature.shape())));
+        }
         let gpu = sample.gpu();
         let sample =
             if self.config.center_input_sample { ew::unary(gpu, sample, Unary::Affine { a: 2.0, b: -1.0 })? } else { sample.clone() };
@@ -414,21 +488,53 @@ impl UNet2DConditionModel {
         }
         // Every resnet block takes the embedding through a SiLU: once here, not per block.
         let temb = ew::unary(gpu, &temb, Unary::Silu)?;
-        let context = encoder_hidden_states;
+        let c = Conditioning { temb: &temb, context: encoder_hidden_states, token_downsampling };
+        // Reusing branch b computes skips 0..=b only, and the up layers that take them.
+        let fresh_skips = match reuse {
+            FeatureReuse::Reuse { branch, .. } => branch + 1,
+            _ => self.branches(),
+        };
 
         let mut h = self.conv_in.forward(&sample)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, &temb, context)?;
-            h = out;
-            skips.extend(states);
+            for i in 0..block.layer_count() {
+                if skips.len() == fresh_skips {
+                    break;
+                }
+                h = block.forward_layer(i, &h, &c)?;
+                skips.push(h.clone());
+            }
         }
-        h = self.mid_block.forward(&h, &temb, context)?;
+        let mut h = match reuse {
+            FeatureReuse::Reuse { .. } => None,
+            _ => Some(self.mid_block.forward(&h, &c)?),
+        };
+        let mut stored = None;
+        // Up layers take the skips last first: the layer that takes skip b is where a
+        // reusing pass starts, from the input a storing pass saw there.
+        let mut next_skip = self.branches();
         for block in &self.up_blocks {
-            let taken = skips.split_off(skips.len().saturating_sub(block.skips_needed()));
-            h = block.forward(&h, &taken, &temb, context)?;
+            for i in 0..block.layer_count() {
+                next_skip -= 1;
+                if Some(next_skip) == branch {
+                    match reuse {
+                        FeatureReuse::Store { .. } => stored = h.clone(),
+                        FeatureReuse::Reuse { feature, .. } => h = Some(feature.clone()),
+                        FeatureReuse::None => {}
+                    }
+                }
+                if let Some(x) = &h {
+                    h = Some(block.forward_layer(i, x, &skips[next_skip], &c)?);
+                }
+            }
+            if let Some(x) = &h {
+                h = Some(block.upsample(x)?);
+            }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)
+        let h = h.ok_or_else(|| Error::shape("UNet2DConditionModel", "the up path never reached the cached feature"))?;
+        let prediction = self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)?;
+        Ok((prediction, stored))
     }
 
     /// Clear errors for inputs the kernels would reject less legibly, or that diffusers

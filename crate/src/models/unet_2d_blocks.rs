@@ -5,7 +5,7 @@
 
 use super::nn::join;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
-use super::transformer_2d::{Transformer2DConfig, Transformer2DModel};
+use super::transformer_2d::{TokenDownsampling, Transformer2DConfig, Transformer2DModel};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::layout;
@@ -81,17 +81,21 @@ fn load_attentions(w: &Weights, prefix: &str, c: &BlockConfig, count: usize) -> 
     }
 }
 
+/// What every layer of one UNet pass sees besides its input.
+#[derive(Clone, Copy)]
+pub struct Conditioning<'a> {
+    /// The time embedding after its SiLU, `[B, temb_channels]`.
+    pub temb: &'a Tensor,
+    /// The text, `[B, S, cross_attention_dim]`.
+    pub context: &'a Tensor,
+    pub token_downsampling: Option<TokenDownsampling>,
+}
+
 /// A resnet, then its transformer when the block has them.
-fn resnet_then_attention(
-    resnet: &ResnetBlock2D,
-    attention: Option<&Transformer2DModel>,
-    x: &Tensor,
-    temb: &Tensor,
-    context: &Tensor,
-) -> Result<Tensor> {
-    let h = resnet.forward(x, Some(temb))?;
+fn resnet_then_attention(resnet: &ResnetBlock2D, attention: Option<&Transformer2DModel>, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
+    let h = resnet.forward(x, Some(c.temb))?;
     match attention {
-        Some(attention) => attention.forward(&h, context),
+        Some(attention) => attention.forward(&h, c.context, c.token_downsampling),
         None => Ok(h),
     }
 }
@@ -123,19 +127,19 @@ impl DownBlock2D {
         })
     }
 
-    /// `x [B, C, H, W]` -> the output and the skip connections it adds, in order.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
-        let mut h = x.clone();
-        let mut skips = Vec::with_capacity(self.resnets.len() + 1);
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            h = resnet_then_attention(resnet, self.attentions.get(i), &h, temb, context)?;
-            skips.push(h.clone());
+    /// Its layers: the resnets (each with its transformer), then the downsampler. Each
+    /// layer's output is a skip connection.
+    pub fn layer_count(&self) -> usize {
+        self.resnets.len() + usize::from(self.downsampler.is_some())
+    }
+
+    /// Layer `i` (of `layer_count`) on `x [B, C, H, W]`.
+    pub fn forward_layer(&self, i: usize, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
+        match (self.resnets.get(i), &self.downsampler) {
+            (Some(resnet), _) => resnet_then_attention(resnet, self.attentions.get(i), x, c),
+            (None, Some(downsampler)) if i == self.resnets.len() => downsampler.forward(x),
+            _ => Err(Error::shape("DownBlock2D", format!("layer {i} of {}", self.layer_count()))),
         }
-        if let Some(downsampler) = &self.downsampler {
-            h = downsampler.forward(&h)?;
-            skips.push(h.clone());
-        }
-        Ok((h, skips))
     }
 }
 
@@ -167,10 +171,10 @@ impl UNetMidBlock2DCrossAttn {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let mut h = self.first.forward(x, Some(temb))?;
+    pub fn forward(&self, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
+        let mut h = self.first.forward(x, Some(c.temb))?;
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets) {
-            h = resnet.forward(&attention.forward(&h, context)?, Some(temb))?;
+            h = resnet.forward(&attention.forward(&h, c.context, c.token_downsampling)?, Some(c.temb))?;
         }
         Ok(h)
     }
@@ -204,25 +208,24 @@ impl UpBlock2D {
         })
     }
 
-    /// How many skip connections `forward` consumes.
-    pub fn skips_needed(&self) -> usize {
+    /// Its resnets (each with its transformer), each taking one skip connection.
+    pub fn layer_count(&self) -> usize {
         self.resnets.len()
     }
 
-    /// `skips` are this block's skip connections in the order the down path made them;
-    /// the last is used first.
-    pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        if skips.len() != self.resnets.len() {
-            return Err(Error::shape("UpBlock2D", format!("needs {} skip connections, got {}", self.resnets.len(), skips.len())));
-        }
-        let mut h = x.clone();
-        for (i, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
-            let joined = layout::concat(x.gpu(), &[&h, skip], 1)?;
-            h = resnet_then_attention(resnet, self.attentions.get(i), &joined, temb, context)?;
-        }
+    /// Layer `i`: `x` concatenated (along channels) with `skip`, through resnet `i` and its
+    /// transformer.
+    pub fn forward_layer(&self, i: usize, x: &Tensor, skip: &Tensor, c: &Conditioning) -> Result<Tensor> {
+        let resnet = self.resnets.get(i).ok_or_else(|| Error::shape("UpBlock2D", format!("layer {i} of {}", self.resnets.len())))?;
+        let joined = layout::concat(x.gpu(), &[x, skip], 1)?;
+        resnet_then_attention(resnet, self.attentions.get(i), &joined, c)
+    }
+
+    /// The block's end after its last layer: the upsampler, if it has one.
+    pub fn upsample(&self, x: &Tensor) -> Result<Tensor> {
         match &self.upsampler {
-            Some(upsampler) => upsampler.forward(&h),
-            None => Ok(h),
+            Some(upsampler) => upsampler.forward(x),
+            None => Ok(x.clone()),
         }
     }
 }

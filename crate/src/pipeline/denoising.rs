@@ -2,12 +2,15 @@
 //! (the browser page) steps it itself, so that it can wait for the GPU between steps,
 //! keep the page responsive, bound the work queued ahead, and cancel between steps.
 
+use super::deep_cache::DeepCache;
 use super::inpaint::Inpainting;
 use super::{Generation, Progress, Request, StableDiffusion};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::{elementwise as ew, layout};
 use crate::models::embeddings::guidance_scale_embedding;
+use crate::models::transformer_2d::TokenDownsampling;
+use crate::models::unet_2d::PassOptions;
 use crate::schedulers::{self, Noise, Scheduler};
 
 /// A generation under way: the prompt encoded, the latents at the current step.
@@ -29,6 +32,10 @@ pub struct Denoising<'a> {
     latents: Tensor,
     inpainting: Option<Inpainting>,
     size: (usize, usize),
+    deep_cache: DeepCache,
+    /// What the last whole UNet evaluation kept for the reusing ones after it.
+    deep_features: Option<Tensor>,
+    token_merge: Option<f32>,
 }
 
 impl StableDiffusion {
@@ -38,6 +45,12 @@ impl StableDiffusion {
         let gpu = &self.gpu;
         let (width, height) = self.size(request)?;
         super::img2img::check_request(request, width, height)?;
+        let deep_cache = request.deep_cache.unwrap_or(DeepCache { interval: 1, branch: 0 });
+        deep_cache.check(&self.unet)?;
+        if let Some(factor) = request.token_merge {
+            let vae_factor = self.vae_scale_factor();
+            TokenDownsampling { factor, height: height / vae_factor, width: width / vae_factor }.check()?;
+        }
         if self.is_inpainting_model() && request.mask.is_none() {
             return Err(Error::shape("generate", "this is an inpainting UNet: it needs an init image and a mask"));
         }
@@ -79,6 +92,9 @@ impl StableDiffusion {
             latents,
             inpainting,
             size: (width, height),
+            deep_cache,
+            deep_features: None,
+            token_merge: request.token_merge,
         })
     }
 }
@@ -115,7 +131,13 @@ impl Denoising<'_> {
             Some(inpainting) => inpainting.unet_input(&input)?,
             None => input,
         };
-        let prediction = sd.unet.forward(&input, t as f32, &self.context, self.timestep_cond.as_ref())?;
+        let batch = input.shape()[0];
+        let timesteps = gpu.upload_f32(&[batch], &vec![t as f32; batch])?;
+        let options = PassOptions { reuse: self.deep_cache.reuse(self.done, self.deep_features.as_ref()), token_merge: self.token_merge };
+        let (prediction, kept) = sd.unet.forward_with(&input, &timesteps, &self.context, self.timestep_cond.as_ref(), options)?;
+        if kept.is_some() {
+            self.deep_features = kept;
+        }
         let prediction = if self.cfg {
             let [uncond, text] = [0, 1].map(|i| layout::narrow(gpu, &prediction, 0, i, 1));
             ew::axpby(gpu, 1.0 - self.guidance_scale, &uncond?, self.guidance_scale, &text?, None)?

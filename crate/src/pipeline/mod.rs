@@ -5,6 +5,7 @@
 //! `StableDiffusionInpaintPipeline`) change only where the loop starts and, for
 //! inpainting, what each step sees or keeps: see `img2img` and `inpaint`.
 
+mod deep_cache;
 mod denoising;
 mod img2img;
 mod inpaint;
@@ -12,6 +13,7 @@ mod lora;
 mod preview;
 mod step_timing;
 
+pub use deep_cache::DeepCache;
 pub use denoising::Denoising;
 use inpaint::Inpainting;
 pub use preview::{LatentPreview, MIN_EXPLAINED, Previewer, check_taesd_fits, fit_latent_rgb};
@@ -59,6 +61,11 @@ pub struct Request {
     pub latents: Option<Vec<f32>>,
     /// Text-encoder layers to skip from the end (0: the last layer).
     pub clip_skip: usize,
+    /// Reuse the UNet's deep features between steps (`None`: every step computes all of it).
+    pub deep_cache: Option<DeepCache>,
+    /// ToDo's token downsampling factor for self-attention at the latents' resolution
+    /// (`models::transformer_2d::TokenDownsampling`); `None` or 1 keeps every token.
+    pub token_merge: Option<f32>,
 }
 
 impl Default for Request {
@@ -77,6 +84,8 @@ impl Default for Request {
             mask: None,
             latents: None,
             clip_skip: 0,
+            deep_cache: None,
+            token_merge: None,
         }
     }
 }
@@ -118,6 +127,12 @@ impl Generation {
         }
         if request.clip_skip > 0 {
             text.push_str(&format!(", Clip skip: {}", request.clip_skip + 1));
+        }
+        if let Some(cache) = request.deep_cache.filter(|c| c.interval > 1) {
+            text.push_str(&format!(", DeepCache: interval {} branch {}", cache.interval, cache.branch));
+        }
+        if let Some(factor) = request.token_merge.filter(|&f| f != 1.0) {
+            text.push_str(&format!(", ToDo factor: {factor}"));
         }
         text
     }

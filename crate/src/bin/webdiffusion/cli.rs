@@ -86,6 +86,9 @@ enum BenchTarget {
     Quality(crate::quality::QualityArgs),
     /// Package size and final-image PSNR against the f32 folder for f16, q8, q4 and mixed.
     Fidelity(crate::fidelity::FidelityArgs),
+    /// The step savings (DeepCache, ToDo) against whole steps: time per step and per image,
+    /// launches, and PSNR and SSIM of the final images against the whole ones.
+    Savings(crate::bench_savings::SavingsBenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -135,6 +138,7 @@ async fn run_on_gpu(command: Command) -> webdiffusion::Result<()> {
         }
         Command::Bench { what: BenchTarget::Quality(args) } => crate::quality::run(&gpu, args).await,
         Command::Bench { what: BenchTarget::Fidelity(args) } => crate::fidelity::run(&gpu, args).await,
+        Command::Bench { what: BenchTarget::Savings(args) } => crate::bench_savings::run(&gpu, args).await,
         Command::Convert(args) => crate::convert::run(*args),
     }
 }

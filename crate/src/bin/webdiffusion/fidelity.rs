@@ -15,6 +15,7 @@ use webdiffusion::package::{DEFAULT_SHARD_BYTES, Policy, Quantization, WriteOpti
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
+use crate::image_metrics::{psnr, squared_error};
 use crate::quality::{PromptList, SamplingArgs, generate_image, load_pipeline};
 
 #[derive(clap::Args)]
@@ -83,22 +84,6 @@ fn write_to(folder: &Path, model: &webdiffusion::convert::SourceModel, policy: P
         *component_bytes.entry(tensor.component.clone()).or_default() += tensor.length;
     }
     Ok(Written { component_bytes, folder_bytes })
-}
-
-/// Mean squared error over all channels of two images of one size, in 8-bit levels.
-fn squared_error(a: &RgbImage, b: &RgbImage) -> (f64, u8) {
-    let mut sum = 0.0;
-    let mut max = 0u8;
-    for (x, y) in a.pixels.iter().zip(&b.pixels) {
-        let d = x.abs_diff(*y);
-        sum += f64::from(d) * f64::from(d);
-        max = max.max(d);
-    }
-    (sum / a.pixels.len().max(1) as f64, max)
-}
-
-fn psnr(mse: f64) -> String {
-    if mse == 0.0 { "identical".into() } else { format!("{:.2} dB", 10.0 * (255.0f64 * 255.0 / mse).log10()) }
 }
 
 fn mib(bytes: u64) -> String {

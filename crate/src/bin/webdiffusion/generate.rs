@@ -17,6 +17,7 @@ use webdiffusion::pipeline::{Control, Previewer, Progress, Request, StableDiffus
 use webdiffusion::{Error, Result};
 
 use crate::default_model;
+use crate::step_saving_args::StepSavingArgs;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -63,6 +64,8 @@ pub struct GenerateArgs {
     /// Skip this many text-encoder layers from the end.
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
+    #[command(flatten)]
+    savings: StepSavingArgs,
     /// Store weights as f16 on the GPU (half the memory).
     #[arg(long)]
     f16_weights: bool,
@@ -170,6 +173,8 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
             strength: args.strength.unwrap_or(Request::default().strength),
             mask: mask.clone(),
             clip_skip: args.clip_skip,
+            deep_cache: args.savings.deep_cache(),
+            token_merge: args.savings.token_merge,
         };
         let name = |path: &Path| numbered(path, index, args.count);
         let mut write_preview = |progress: &Progress| -> Result<Control> {

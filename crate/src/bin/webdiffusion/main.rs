@@ -4,6 +4,8 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod bench;
 #[cfg(not(target_arch = "wasm32"))]
+mod bench_savings;
+#[cfg(not(target_arch = "wasm32"))]
 mod bench_step;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
@@ -16,9 +18,13 @@ mod fidelity;
 #[cfg(not(target_arch = "wasm32"))]
 mod generate;
 #[cfg(not(target_arch = "wasm32"))]
+mod image_metrics;
+#[cfg(not(target_arch = "wasm32"))]
 mod package_info;
 #[cfg(not(target_arch = "wasm32"))]
 mod quality;
+#[cfg(not(target_arch = "wasm32"))]
+mod step_saving_args;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {

@@ -23,6 +23,8 @@ use webdiffusion::{Error, Result};
 
 pub use prompts::PromptList;
 
+use crate::step_saving_args::StepSavingArgs;
+
 /// How the evaluation benches sample each prompt.
 #[derive(clap::Args)]
 pub struct SamplingArgs {
@@ -34,6 +36,8 @@ pub struct SamplingArgs {
     /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f32,
+    #[command(flatten)]
+    pub savings: StepSavingArgs,
 }
 
 impl SamplingArgs {
@@ -44,6 +48,8 @@ impl SamplingArgs {
             guidance_scale: self.guidance,
             scheduler: self.scheduler.clone(),
             seed,
+            deep_cache: self.savings.deep_cache(),
+            token_merge: self.savings.token_merge,
             ..Default::default()
         }
     }
