@@ -254,7 +254,7 @@ fn reusing_the_stored_deep_feature_of_the_same_inputs_is_the_whole_pass() {
     assert_eq!(unet.branches(), 6);
     for branch in 0..unet.branches() {
         let pass =
-            |t: f32, reuse| unet.forward_with(&sample, &timesteps(t), &context, None, PassOptions { reuse, token_merge: None }).unwrap();
+            |t: f32, reuse| unet.forward_with(&sample, &timesteps(t), &context, None, PassOptions { reuse, ..Default::default() }).unwrap();
         let (stored_out, feature) = pass(500.0, FeatureReuse::Store { branch });
         assert_eq!(read(&stored_out), whole, "branch {branch}: storing changed the output");
         let feature = feature.expect("a stored feature");
@@ -266,10 +266,33 @@ fn reusing_the_stored_deep_feature_of_the_same_inputs_is_the_whole_pass() {
         let moved = read(&moved).iter().zip(&whole).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(moved > 1e-3, "branch {branch}: another step's feature moved the output by only {moved}");
     }
-    let with = |reuse| unet.forward_with(&sample, &timesteps(1.0), &context, None, PassOptions { reuse, token_merge: None });
+    let with = |reuse| unet.forward_with(&sample, &timesteps(1.0), &context, None, PassOptions { reuse, ..Default::default() });
     let err = with(FeatureReuse::Store { branch: 6 }).err().unwrap();
     assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("cache branch 6 is not below 6")), "{err}");
     let single = gpu().upload_f32(&[1, 4, 2, 2], &[0.0; 16]).unwrap();
     let err = with(FeatureReuse::Reuse { branch: 0, feature: &single }).err().unwrap();
     assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("not of this batch")), "{err}");
+}
+
+/// The text's cross-attention keys and values computed once give what each pass computing
+/// them gives, on sd1-tiny and on sd2-tiny (linear projections, per-block heads); keys and
+/// values of another text are refused, not used.
+#[test]
+fn text_keys_values_computed_ahead_are_what_each_pass_computes() {
+    for model in ["sd1-tiny", "sd2-tiny"] {
+        let unet = load(model);
+        let reference = Reference::new(model);
+        let sample = reference.upload("unet.sample");
+        let context = reference.upload("unet.encoder_hidden_states");
+        let batch = sample.shape()[0];
+        let timesteps = gpu().upload_f32(&[batch], &vec![500.0; batch]).unwrap();
+        let whole = read(&unet.forward_timesteps(&sample, &timesteps, &context, None).unwrap());
+        let keys_values = unet.text_keys_values(&context).unwrap();
+        let options = PassOptions { text_keys_values: Some(&keys_values), ..Default::default() };
+        let (ahead, _) = unet.forward_with(&sample, &timesteps, &context, None, options).unwrap();
+        assert_eq!(read(&ahead), whole, "{model}");
+        let other = reference.upload("unet.encoder_hidden_states_uncond");
+        let err = unet.forward_with(&sample, &timesteps, &other, None, options).err().unwrap();
+        assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("computed for other encoder_hidden_states")), "{err}");
+    }
 }

@@ -83,6 +83,12 @@ impl Tensor {
         self.dtype
     }
 
+    /// Whether `other` is this tensor: the same storage, offset, shape and type (not merely
+    /// equal values).
+    pub fn same_tensor(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage) && self.offset == other.offset && self.shape == other.shape && self.dtype == other.dtype
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

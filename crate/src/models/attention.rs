@@ -28,7 +28,20 @@ pub struct AttentionConfig {
     pub rescale_output_factor: f32,
 }
 
+/// What an attention's keys and values come from.
+#[derive(Clone, Copy)]
+pub enum Attend<'a> {
+    /// The tokens it is given (self-attention).
+    Itself,
+    /// Other tokens, projected by its `to_k` and `to_v` on every call.
+    To(&'a Tensor),
+    /// Keys and values projected ahead (`keys_values`), for a context that many calls share.
+    KeysValues(&'a Tensor, &'a Tensor),
+}
+
 pub struct Attention {
+    /// Its weights' prefix: which attention this is (`TextKeysValues` files them under it).
+    name: String,
     group_norm: Option<GroupNorm>,
     to_q: Linear,
     to_k: Linear,
@@ -45,6 +58,7 @@ impl Attention {
         let inner = c.heads * c.head_dim;
         let context = c.cross_attention_dim.unwrap_or(c.query_dim);
         Ok(Self {
+            name: prefix.to_string(),
             group_norm: c.group_norm.map(|(groups, eps)| GroupNorm::load(w, &p("group_norm"), groups, c.query_dim, eps)).transpose()?,
             to_q: Linear::load(w, &p("to_q"), c.query_dim, inner, c.qkv_bias)?,
             to_k: Linear::load(w, &p("to_k"), context, inner, c.qkv_bias)?,
@@ -56,17 +70,26 @@ impl Attention {
         })
     }
 
-    /// `x [B, S, query_dim]` attending to `context [B, S', cross_dim]` (or to itself),
-    /// plus `residual` (of the output's shape) added in the output projection's epilogue:
-    /// a transformer block's skip around its norm and attention.
-    pub fn forward_adding(&self, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its keys and values for `context [B, S', cross_dim]`, for `Attend::KeysValues`.
+    pub fn keys_values(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.to_k.forward(context)?, self.to_v.forward(context)?))
+    }
+
+    /// `x [B, S, query_dim]` attending to what `attend` says, plus `residual` (of the
+    /// output's shape) added in the output projection's epilogue: a transformer block's
+    /// skip around its norm and attention.
+    pub fn forward_adding(&self, x: &Tensor, attend: Attend, residual: &Tensor) -> Result<Tensor> {
         if self.group_norm.is_some() || self.residual_connection || self.rescale_output_factor != 1.0 {
             return Err(Error::shape(
                 "Attention",
                 "a residual is added in the projection only without a norm, residual connection or rescale",
             ));
         }
-        let out = self.attention(x, context)?;
+        let out = self.attention(x, attend)?;
         self.to_out.forward_adding(&out, residual)
     }
 
@@ -82,7 +105,7 @@ impl Attention {
             }
             None => x.clone(),
         };
-        let out = self.attend(&normed, context)?;
+        let out = self.attend(&normed, context.map_or(Attend::Itself, Attend::To))?;
         self.finish(out, x)
     }
 
@@ -98,22 +121,24 @@ impl Attention {
             None => x.clone(),
         };
         let tokens = layout::permute(gpu, &normed.reshape(&[b, c, h * w])?, &[0, 2, 1])?;
-        let out = self.attend(&tokens, None)?;
+        let out = self.attend(&tokens, Attend::Itself)?;
         let out = layout::permute(gpu, &out, &[0, 2, 1])?.reshape(&[b, c, h, w])?;
         self.finish(out, x)
     }
 
     /// Projections, attention and the output projection on `[B, S, C]` tokens.
-    fn attend(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        self.to_out.forward(&self.attention(tokens, context)?)
+    fn attend(&self, tokens: &Tensor, attend: Attend) -> Result<Tensor> {
+        self.to_out.forward(&self.attention(tokens, attend)?)
     }
 
     /// Projections and attention on `[B, S, C]` tokens, before the output projection.
-    fn attention(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let context = context.unwrap_or(tokens);
+    fn attention(&self, tokens: &Tensor, attend: Attend) -> Result<Tensor> {
         let q = self.to_q.forward(tokens)?;
-        let k = self.to_k.forward(context)?;
-        let v = self.to_v.forward(context)?;
+        let (k, v) = match attend {
+            Attend::Itself => self.keys_values(tokens)?,
+            Attend::To(context) => self.keys_values(context)?,
+            Attend::KeysValues(k, v) => (k.clone(), v.clone()),
+        };
         attention(tokens.gpu(), &q, &k, &v, &AttentionOptions { heads: self.heads, scale: None, causal: false })
     }
 

@@ -3,7 +3,9 @@
 //! Stable Diffusion UNet's cross-attention blocks build them: layer norms, no attention
 //! biases, `activation_fn = "geglu"`.
 
-use super::attention::{Attention, AttentionConfig};
+use std::collections::HashMap;
+
+use super::attention::{Attend, Attention, AttentionConfig};
 use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, join};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -90,6 +92,48 @@ impl TokenDownsampling {
     }
 }
 
+/// Every cross-attention's keys and values for one text, computed once
+/// (`UNet2DConditionModel::text_keys_values`) and shared by all the steps of a generation: the
+/// text does not change between steps, so neither do they.
+pub struct TextKeysValues {
+    text: Tensor,
+    by_attention: HashMap<String, (Tensor, Tensor)>,
+}
+
+impl TextKeysValues {
+    pub fn new(text: &Tensor) -> Self {
+        Self { text: text.clone(), by_attention: HashMap::new() }
+    }
+
+    /// Whether these were computed for `text` (the very tensor, not equal values).
+    pub fn is_for(&self, text: &Tensor) -> bool {
+        self.text.same_tensor(text)
+    }
+
+    fn add(&mut self, attention: &Attention) -> Result<()> {
+        let keys_values = attention.keys_values(&self.text)?;
+        self.by_attention.insert(attention.name().to_string(), keys_values);
+        Ok(())
+    }
+}
+
+/// The text a transformer's cross-attentions attend to, with its keys and values if they
+/// were computed ahead.
+#[derive(Clone, Copy)]
+pub struct Text<'a> {
+    pub states: &'a Tensor,
+    pub keys_values: Option<&'a TextKeysValues>,
+}
+
+impl<'a> Text<'a> {
+    fn attend(&self, attention: &Attention) -> Attend<'a> {
+        match self.keys_values.and_then(|kv| kv.by_attention.get(attention.name())) {
+            Some((k, v)) => Attend::KeysValues(k, v),
+            None => Attend::To(self.states),
+        }
+    }
+}
+
 /// `GEGLU(dim, 4*dim)` then `Linear(4*dim, dim)`: `ff.net.0.proj` and `ff.net.2`.
 struct FeedForward {
     proj: Linear,
@@ -149,10 +193,15 @@ impl BasicTransformerBlock {
         })
     }
 
-    /// `x [B, S, dim]` with the text `context [B, S', cross_attention_dim]`; self-attention
-    /// takes its keys and values from the tokens `kept_rows` (of the batch flattened) when
-    /// given. Each skip connection is added in the epilogue of the projection before it.
-    pub fn forward(&self, x: &Tensor, context: &Tensor, kept_rows: Option<&Tensor>) -> Result<Tensor> {
+    /// The attentions that attend to the text.
+    fn text_attentions(&self) -> impl Iterator<Item = &Attention> {
+        std::iter::once(&self.attn2).chain(self.only_cross_attention.then_some(&self.attn1))
+    }
+
+    /// `x [B, S, dim]` with the text `[B, S', cross_attention_dim]`; self-attention takes its
+    /// keys and values from the tokens `kept_rows` (of the batch flattened) when given. Each
+    /// skip connection is added in the epilogue of the projection before it.
+    pub fn forward(&self, x: &Tensor, text: Text, kept_rows: Option<&Tensor>) -> Result<Tensor> {
         let normed = self.norm1.forward(x)?;
         let coarse = match kept_rows {
             Some(rows) if !self.only_cross_attention => {
@@ -164,9 +213,13 @@ impl BasicTransformerBlock {
             }
             _ => None,
         };
-        let attn1_context = if self.only_cross_attention { Some(context) } else { coarse.as_ref() };
-        let x = self.attn1.forward_adding(&normed, attn1_context, x)?;
-        let x = self.attn2.forward_adding(&self.norm2.forward(&x)?, Some(context), &x)?;
+        let attn1 = match &coarse {
+            _ if self.only_cross_attention => text.attend(&self.attn1),
+            Some(coarse) => Attend::To(coarse),
+            None => Attend::Itself,
+        };
+        let x = self.attn1.forward_adding(&normed, attn1, x)?;
+        let x = self.attn2.forward_adding(&self.norm2.forward(&x)?, text.attend(&self.attn2), &x)?;
         self.ff.forward_adding(&self.norm3.forward(&x)?, &x)
     }
 }
@@ -209,9 +262,14 @@ impl Transformer2DModel {
         })
     }
 
-    /// `x [B, C, H, W]` attending to `context [B, S, cross_attention_dim]`, with ToDo's
+    /// Adds its cross-attentions' keys and values for `keys_values`' text.
+    pub fn add_text_keys_values(&self, keys_values: &mut TextKeysValues) -> Result<()> {
+        self.blocks.iter().flat_map(BasicTransformerBlock::text_attentions).try_for_each(|attention| keys_values.add(attention))
+    }
+
+    /// `x [B, C, H, W]` attending to the text `[B, S, cross_attention_dim]`, with ToDo's
     /// downsampled self-attention where it applies; the result has `x`'s shape.
-    pub fn forward(&self, x: &Tensor, context: &Tensor, downsampling: Option<TokenDownsampling>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, text: Text, downsampling: Option<TokenDownsampling>) -> Result<Tensor> {
         let gpu = x.gpu();
         let &[batch, _, height, width] = x.shape() else {
             return Err(Error::shape("Transformer2DModel", format!("expects [B, C, H, W], got {:?}", x.shape())));
@@ -231,7 +289,7 @@ impl Transformer2DModel {
             None => None,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context, kept_rows.as_ref())?;
+            tokens = block.forward(&tokens, text, kept_rows.as_ref())?;
         }
         let to_image = |t: &Tensor| -> Result<Tensor> {
             let channels = t.shape()[2];

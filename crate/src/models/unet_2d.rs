@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps};
 use super::nn::{Conv2d, GroupNorm};
-use super::transformer_2d::TokenDownsampling;
+use super::transformer_2d::{Text, TextKeysValues, TokenDownsampling};
 use super::unet_2d_blocks::{BlockConfig, Conditioning, CrossAttentionConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -327,18 +327,21 @@ pub enum FeatureReuse<'a> {
     Reuse { branch: usize, feature: &'a Tensor },
 }
 
-/// How one UNet pass runs: DeepCache's reuse and ToDo's token downsampling (both off by default).
+/// How one UNet pass runs: DeepCache's reuse, ToDo's token downsampling, and the text's
+/// keys and values if computed ahead (all off by default).
 #[derive(Clone, Copy)]
 pub struct PassOptions<'a> {
     pub reuse: FeatureReuse<'a>,
     /// ToDo's factor (`TokenDownsampling`) for the self-attention at the sample's resolution;
     /// `None` or 1 keeps every token.
     pub token_merge: Option<f32>,
+    /// `text_keys_values` of the pass's `encoder_hidden_states`.
+    pub text_keys_values: Option<&'a TextKeysValues>,
 }
 
 impl Default for PassOptions<'_> {
     fn default() -> Self {
-        Self { reuse: FeatureReuse::None, token_merge: None }
+        Self { reuse: FeatureReuse::None, token_merge: None, text_keys_values: None }
     }
 }
 
@@ -439,6 +442,16 @@ impl UNet2DConditionModel {
         Ok(prediction)
     }
 
+    /// Every cross-attention's keys and values for `encoder_hidden_states`, for passes over
+    /// the same text (`PassOptions::text_keys_values`): computed once instead of every step.
+    pub fn text_keys_values(&self, encoder_hidden_states: &Tensor) -> Result<TextKeysValues> {
+        let mut keys_values = TextKeysValues::new(encoder_hidden_states);
+        let transformers = self.down_blocks.iter().map(DownBlock2D::transformers);
+        let transformers = transformers.chain([self.mid_block.transformers()]).chain(self.up_blocks.iter().map(UpBlock2D::transformers));
+        transformers.flatten().try_for_each(|t| t.add_text_keys_values(&mut keys_values))?;
+        Ok(keys_values)
+    }
+
     /// The skip connections the down path makes (conv_in's output, then every down layer's):
     /// DeepCache's branches are `0..branches()`, shallowest first.
     pub fn branches(&self) -> usize {
@@ -458,6 +471,9 @@ impl UNet2DConditionModel {
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(sample, timesteps, encoder_hidden_states)?;
         let reuse = options.reuse;
+        if options.text_keys_values.is_some_and(|kv| !kv.is_for(encoder_hidden_states)) {
+            return Err(Error::shape("UNet2DConditionModel", "the text's keys and values were computed for other encoder_hidden_states"));
+        }
         let token_downsampling = match options.token_merge {
             Some(factor) => {
                 let &[_, _, height, width] = sample.shape() else { return Err(Error::shape("UNet2DConditionModel", "sample must be 4-d")) };
@@ -488,7 +504,8 @@ impl UNet2DConditionModel {
         }
         // Every resnet block takes the embedding through a SiLU: once here, not per block.
         let temb = ew::unary(gpu, &temb, Unary::Silu)?;
-        let c = Conditioning { temb: &temb, context: encoder_hidden_states, token_downsampling };
+        let text = Text { states: encoder_hidden_states, keys_values: options.text_keys_values };
+        let c = Conditioning { temb: &temb, text, token_downsampling };
         // Reusing branch b computes skips 0..=b only, and the up layers that take them.
         let fresh_skips = match reuse {
             FeatureReuse::Reuse { branch, .. } => branch + 1,

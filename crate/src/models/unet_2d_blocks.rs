@@ -5,7 +5,7 @@
 
 use super::nn::join;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
-use super::transformer_2d::{TokenDownsampling, Transformer2DConfig, Transformer2DModel};
+use super::transformer_2d::{Text, TokenDownsampling, Transformer2DConfig, Transformer2DModel};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::layout;
@@ -86,8 +86,8 @@ fn load_attentions(w: &Weights, prefix: &str, c: &BlockConfig, count: usize) -> 
 pub struct Conditioning<'a> {
     /// The time embedding after its SiLU, `[B, temb_channels]`.
     pub temb: &'a Tensor,
-    /// The text, `[B, S, cross_attention_dim]`.
-    pub context: &'a Tensor,
+    /// The text, `[B, S, cross_attention_dim]`, and its keys and values if computed ahead.
+    pub text: Text<'a>,
     pub token_downsampling: Option<TokenDownsampling>,
 }
 
@@ -95,7 +95,7 @@ pub struct Conditioning<'a> {
 fn resnet_then_attention(resnet: &ResnetBlock2D, attention: Option<&Transformer2DModel>, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
     let h = resnet.forward(x, Some(c.temb))?;
     match attention {
-        Some(attention) => attention.forward(&h, c.context, c.token_downsampling),
+        Some(attention) => attention.forward(&h, c.text, c.token_downsampling),
         None => Ok(h),
     }
 }
@@ -125,6 +125,10 @@ impl DownBlock2D {
                 .map(|padding| Downsample2D::load(w, &p("downsamplers.0".into()), c.out_channels, padding))
                 .transpose()?,
         })
+    }
+
+    pub fn transformers(&self) -> &[Transformer2DModel] {
+        &self.attentions
     }
 
     /// Its layers: the resnets (each with its transformer), then the downsampler. Each
@@ -171,10 +175,14 @@ impl UNetMidBlock2DCrossAttn {
         })
     }
 
+    pub fn transformers(&self) -> &[Transformer2DModel] {
+        &self.attentions
+    }
+
     pub fn forward(&self, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
         let mut h = self.first.forward(x, Some(c.temb))?;
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets) {
-            h = resnet.forward(&attention.forward(&h, c.context, c.token_downsampling)?, Some(c.temb))?;
+            h = resnet.forward(&attention.forward(&h, c.text, c.token_downsampling)?, Some(c.temb))?;
         }
         Ok(h)
     }
@@ -206,6 +214,10 @@ impl UpBlock2D {
             attentions: load_attentions(w, prefix, c, c.layers)?,
             upsampler: add_upsample.then(|| Upsample2D::load(w, &p("upsamplers.0".into()), c.out_channels)).transpose()?,
         })
+    }
+
+    pub fn transformers(&self) -> &[Transformer2DModel] {
+        &self.attentions
     }
 
     /// Its resnets (each with its transformer), each taking one skip connection.

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::{elementwise as ew, layout};
 use crate::models::embeddings::guidance_scale_embedding;
-use crate::models::transformer_2d::TokenDownsampling;
+use crate::models::transformer_2d::{TextKeysValues, TokenDownsampling};
 use crate::models::unet_2d::PassOptions;
 use crate::schedulers::{self, Noise, Scheduler};
 
@@ -27,6 +27,8 @@ pub struct Denoising<'a> {
     /// take the guidance as an embedding).
     cfg: bool,
     context: Tensor,
+    /// The UNet's cross-attention keys and values for `context`, computed once.
+    context_keys_values: TextKeysValues,
     timestep_cond: Option<Tensor>,
     noise: Noise,
     latents: Tensor,
@@ -68,6 +70,7 @@ impl StableDiffusion {
         let guidance_embedding = self.unet.config().time_cond_proj_dim;
         let cfg = request.guidance_scale > 1.0 && guidance_embedding.is_none();
         let context = self.encode_prompts(request, cfg)?;
+        let context_keys_values = self.unet.text_keys_values(&context)?;
         let timestep_cond = match guidance_embedding {
             Some(dim) => Some(guidance_scale_embedding(gpu, &[request.guidance_scale - 1.0], dim)?),
             None => None,
@@ -87,6 +90,7 @@ impl StableDiffusion {
             guidance_scale: request.guidance_scale,
             cfg,
             context,
+            context_keys_values,
             timestep_cond,
             noise,
             latents,
@@ -133,7 +137,11 @@ impl Denoising<'_> {
         };
         let batch = input.shape()[0];
         let timesteps = gpu.upload_f32(&[batch], &vec![t as f32; batch])?;
-        let options = PassOptions { reuse: self.deep_cache.reuse(self.done, self.deep_features.as_ref()), token_merge: self.token_merge };
+        let options = PassOptions {
+            reuse: self.deep_cache.reuse(self.done, self.deep_features.as_ref()),
+            token_merge: self.token_merge,
+            text_keys_values: Some(&self.context_keys_values),
+        };
         let (prediction, kept) = sd.unet.forward_with(&input, &timesteps, &self.context, self.timestep_cond.as_ref(), options)?;
         if kept.is_some() {
             self.deep_features = kept;
