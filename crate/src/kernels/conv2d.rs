@@ -20,16 +20,14 @@ struct ConvTiling {
 }
 
 /// The register block's side in the shader (`RM`, `RN`).
-const BLOCK: usize = 8;
+const BLOCK: usize = super::REGISTER_BLOCK;
 
 impl ConvTiling {
-    /// The tiling that wastes least of its tile on an output of `channels` x `pixels`: up
-    /// to 64 x 64 (8 x 8 invocations); a layer at a 4x4 latent, or one with 8 output
-    /// channels, gets a tile of its own size instead of a mostly empty 64 x 64 one.
+    /// The tiling that wastes least of its tile on an output of `channels` x `pixels`
+    /// (`kernels::tile_threads`): 64 x 64 for SD's layers, 16 pixels wide at a 4x4 latent,
+    /// 16 channels for an 8-channel output, instead of a mostly empty 64 x 64 tile.
     fn for_output(channels: usize, pixels: usize) -> ConvTiling {
-        let padded = |side: usize, threads: usize| side.div_ceil(BLOCK * threads) * BLOCK * threads;
-        let least_padding = |side: usize| [8, 4, 2, 1].into_iter().min_by_key(|&t| padded(side, t)).unwrap_or(8);
-        ConvTiling { tm: least_padding(channels), tn: least_padding(pixels) }
+        ConvTiling { tm: super::tile_threads(channels), tn: super::tile_threads(pixels) }
     }
 
     fn defines(&self) -> [(&'static str, String); 2] {
@@ -38,7 +36,7 @@ impl ConvTiling {
 
     /// Every tiling `for_output` can pick, for shader validation.
     fn all() -> impl Iterator<Item = ConvTiling> {
-        [1, 2, 4, 8].into_iter().flat_map(|tm| [1, 2, 4, 8].into_iter().map(move |tn| ConvTiling { tm, tn }))
+        super::TILE_THREADS.into_iter().flat_map(|tm| super::TILE_THREADS.into_iter().map(move |tn| ConvTiling { tm, tn }))
     }
 }
 
@@ -381,12 +379,12 @@ mod tests {
     fn tiles_fit_small_outputs() {
         // SD-sized layers take the 64 x 64 tile; the built-in model's 4x4 latents a 16-pixel
         // one, its 96-channel layers 32-channel tiles (no padding) and its 8-channel output
-        // an 8-channel one.
+        // a 16-channel one.
         assert_eq!(ConvTiling::for_output(320, 4096), ConvTiling { tm: 8, tn: 8 });
         assert_eq!(ConvTiling::for_output(96, 16), ConvTiling { tm: 4, tn: 2 });
-        assert_eq!(ConvTiling::for_output(8, 256), ConvTiling { tm: 1, tn: 8 });
+        assert_eq!(ConvTiling::for_output(8, 256), ConvTiling { tm: 2, tn: 8 });
         assert_eq!(ConvTiling::for_output(64, 64), ConvTiling { tm: 8, tn: 8 });
-        assert_eq!(ConvTiling::for_output(3, 1), ConvTiling { tm: 1, tn: 1 });
+        assert_eq!(ConvTiling::for_output(3, 1), ConvTiling { tm: 2, tn: 2 });
     }
 
     /// The WebGPU default (and common) per-dimension workgroup limit.

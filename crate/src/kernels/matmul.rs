@@ -13,7 +13,7 @@ use crate::quant;
 const SHADER: &str = "matmul.wgsl";
 const ENTRY: &str = "matmul";
 /// The side of each invocation's register block (8 x 8 in the shader).
-const BLOCK: usize = 8;
+const BLOCK: usize = super::REGISTER_BLOCK;
 
 /// How a launch tiles the output: `tm` x `tn` invocations (`TM`, `TN` in the shader), so
 /// a tile of `8 tm` rows by `8 tn` columns.
@@ -24,11 +24,9 @@ struct Tiling {
 }
 
 impl Tiling {
-    /// Up to 64 x 64, the tile that wastes least on `rows` x `cols` (as conv2d's).
+    /// The tile that wastes least on `rows` x `cols` (`kernels::tile_threads`, as conv2d's).
     fn for_output(rows: usize, cols: usize) -> Tiling {
-        let padded = |side: usize, threads: usize| side.div_ceil(BLOCK * threads) * BLOCK * threads;
-        let least_padding = |side: usize| [8, 4, 2, 1].into_iter().min_by_key(|&t| padded(side, t)).unwrap_or(8);
-        Tiling { tm: least_padding(rows), tn: least_padding(cols) }
+        Tiling { tm: super::tile_threads(rows), tn: super::tile_threads(cols) }
     }
 
     fn rows(&self) -> usize {
@@ -331,8 +329,8 @@ pub fn variants() -> Vec<KernelKey> {
         }
     }
     // The other tilings change only constants: each once.
-    for tm in [1, 2, 4, 8] {
-        for tn in [1, 2, 4, 8] {
+    for tm in super::TILE_THREADS {
+        for tn in super::TILE_THREADS {
             keys.push(Variant { tiling: Tiling { tm, tn }, b: DType::Q8, ..plain }.key());
         }
     }

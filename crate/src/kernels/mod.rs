@@ -15,6 +15,22 @@ pub mod softmax;
 use crate::error::Result;
 use crate::gpu::{KernelKey, Tensor};
 
+/// The side of each invocation's register block in conv2d.wgsl and matmul.wgsl (8 x 8).
+const REGISTER_BLOCK: usize = 8;
+
+/// The invocations along one side of a conv2d or matmul tile (`TM`, `TN`): 8, 4 or 2 (a
+/// 64-, 32- or 16-wide tile), not 1. Each (TM, TN) pair used is a pipeline to compile (0.8 to
+/// 1.8 s each on SwiftShader, which every fresh page pays); an 8-wide tile served only a
+/// one-row product (the time embedding) or an output of 8 channels, which a 16-wide one
+/// pads for nothing that matters.
+const TILE_THREADS: [usize; 3] = [8, 4, 2];
+
+/// Of `TILE_THREADS`, the one whose tile pads `side` least (the larger when they tie).
+fn tile_threads(side: usize) -> usize {
+    let padded = |threads: usize| side.div_ceil(REGISTER_BLOCK * threads) * REGISTER_BLOCK * threads;
+    TILE_THREADS.into_iter().min_by_key(|&t| padded(t)).unwrap_or(TILE_THREADS[0])
+}
+
 /// `defines` plus `X_F16` when `x` holds packed f16: the element-wise and layout shaders
 /// read their input as either storage.
 fn with_x_dtype(op: &'static str, x: &Tensor, mut defines: Vec<(&'static str, String)>) -> Result<Vec<(&'static str, String)>> {
