@@ -68,7 +68,7 @@ impl StableDiffusion {
         let (scheduler, begin) = sampler.build(request, &scheduler_name)?;
 
         let guidance_embedding = self.unet.config().time_cond_proj_dim;
-        let cfg = request.guidance_scale > 1.0 && guidance_embedding.is_none();
+        let cfg = self.guided(request);
         let context = self.encode_prompts(request, cfg)?;
         let context_keys_values = self.unet.text_keys_values(&context)?;
         let timestep_cond = match guidance_embedding {

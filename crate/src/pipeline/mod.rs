@@ -256,6 +256,13 @@ impl StableDiffusion {
 
     /// Whether the UNet is an inpainting UNet (mask and masked image as extra input
     /// channels): it needs an init image and a mask.
+    /// Whether `request`'s steps run the UNet over a classifier-free guidance batch of 2
+    /// (not with guidance 1 or less, nor with LCM UNets, which take the guidance as an
+    /// embedding).
+    pub fn guided(&self, request: &Request) -> bool {
+        request.guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
+    }
+
     pub fn is_inpainting_model(&self) -> bool {
         self.unet.config().in_channels != self.vae.config().latent_channels
     }

@@ -64,7 +64,8 @@ pub async fn pipeline(
     println!("| load weights | {:.1} |", load * 1e3);
     println!("| set up the {preview_kind} preview (once per model) | {:.1} |", fit * 1e3);
     println!("| first step (prompt encoding, pipeline compilation) | {:.1} |", step_times[0] * 1e3);
-    println!("| denoising step (mean of the others, CFG batch 2) | {:.1} |", mean(steady) * 1e3);
+    let batch = if sd.guided(&request) { "CFG batch 2" } else { "batch 1" };
+    println!("| denoising step (mean of the others, {batch}) | {:.1} |", mean(steady) * 1e3);
     println!("| {preview_kind} preview (mean) | {:.2} |", mean(&preview_times) * 1e3);
     println!("| VAE decode | {:.1} |", decode_and_rest * 1e3);
     println!("preview / step = {:.2}%", 100.0 * mean(&preview_times) / mean(steady));
