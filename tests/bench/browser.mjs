@@ -6,6 +6,7 @@
 //   node tests/bench/browser.mjs kernels [--shapes embedded|reduced] [--only conv2d] [--iterations 3]
 //   node tests/bench/browser.mjs generate [--model models/embedded-lcm] [--steps 4] [--guidance 7.5]
 //                                         [--runs 2] [--root CHECKOUT]
+//                                         [--cache-interval N --cache-branch B] [--token-merge F]
 //
 // `generate` times what the page does (Engine.generate with a preview after every step)
 // through the public API alone; --root serves another checkout (its web/pkg and models, with
@@ -26,7 +27,7 @@ function parseArgs(argv) {
   const args = {
     bench: argv[0],
     model: undefined, steps: undefined, guidance: 7.5, size: undefined, profile: false,
-    shapes: "embedded", only: "", iterations: 3, runs: 2, root: HERE,
+    shapes: "embedded", only: "", iterations: 3, runs: 2, root: HERE, savings: {},
   };
   if (!["step", "kernels", "generate"].includes(args.bench)) throw new Error("the first argument must be step, kernels or generate");
   for (let i = 1; i < argv.length; i++) {
@@ -45,6 +46,10 @@ function parseArgs(argv) {
       case "--iterations": args.iterations = Number(value()); break;
       case "--runs": args.runs = Number(value()); break;
       case "--root": args.root = resolve(value()) + "/"; break;
+      // The step savings, as the page's options (Engine.generate) name them.
+      case "--cache-interval": args.savings.cacheInterval = Number(value()); break;
+      case "--cache-branch": args.savings.cacheBranch = Number(value()); break;
+      case "--token-merge": args.savings.tokenMerge = Number(value()); break;
       default: throw new Error(`unknown argument ${argv[i]}`);
     }
   }
@@ -66,7 +71,7 @@ const browser = await launchChromium();
 try {
   const page = await browser.newPage();
   page.on("console", (message) => process.stderr.write(`page: ${message.text()}\n`));
-  const options = { prompt: PROMPT, seed: 1, guidance: args.guidance, steps: args.steps };
+  const options = { prompt: PROMPT, seed: 1, guidance: args.guidance, steps: args.steps, ...args.savings };
   if (args.size) Object.assign(options, { width: args.size, height: args.size });
   const model = `/${args.model.replace(/^\/+|\/+$/g, "")}/`;
   const query = {
@@ -87,7 +92,8 @@ try {
     console.log(`adapter: WebGPU in Chromium ${browser.version()}`);
     process.stdout.write(result.table);
   } else {
-    console.log(`${args.root}: ${args.model}, ${args.steps} steps, guidance ${args.guidance}, in Chromium ${browser.version()} (${result.adapter})`);
+    const savings = Object.keys(args.savings).length ? `, ${JSON.stringify(args.savings)}` : "";
+    console.log(`${args.root}: ${args.model}, ${args.steps} steps, guidance ${args.guidance}${savings}, in Chromium ${browser.version()} (${result.adapter})`);
     // The first run also compiles every pipeline; the others are what a user waits for again.
     const [first, ...rest] = result.runs;
     const steps = rest.flatMap((run) => run.previews.map((t, i) => (t - (i ? run.previews[i - 1] : 0)) * 1000));
