@@ -470,31 +470,12 @@ impl UNet2DConditionModel {
         options: PassOptions,
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(sample, timesteps, encoder_hidden_states)?;
+        let token_downsampling = self.check_pass(sample, encoder_hidden_states, &options)?;
         let reuse = options.reuse;
-        if options.text_keys_values.is_some_and(|kv| !kv.is_for(encoder_hidden_states)) {
-            return Err(Error::shape("UNet2DConditionModel", "the text's keys and values were computed for other encoder_hidden_states"));
-        }
-        let token_downsampling = match options.token_merge {
-            Some(factor) => {
-                let &[_, _, height, width] = sample.shape() else { return Err(Error::shape("UNet2DConditionModel", "sample must be 4-d")) };
-                let downsampling = TokenDownsampling { factor, height, width };
-                downsampling.check()?;
-                Some(downsampling)
-            }
-            None => None,
-        };
         let branch = match reuse {
             FeatureReuse::None => None,
             FeatureReuse::Store { branch } | FeatureReuse::Reuse { branch, .. } => Some(branch),
         };
-        if let Some(branch) = branch.filter(|&b| b >= self.branches()) {
-            return Err(Error::shape("UNet2DConditionModel", format!("cache branch {branch} is not below {}", self.branches())));
-        }
-        if let FeatureReuse::Reuse { feature, .. } = reuse
-            && feature.shape().first() != sample.shape().first()
-        {
-            return Err(Error::shape("UNet2DConditionModel", format!("cached feature {:?} is not of this batch", feature.shape())));
-        }
         let gpu = sample.gpu();
         let sample =
             if self.config.center_input_sample { ew::unary(gpu, sample, Unary::Affine { a: 2.0, b: -1.0 })? } else { sample.clone() };
@@ -552,6 +533,35 @@ impl UNet2DConditionModel {
         let h = h.ok_or_else(|| Error::shape("UNet2DConditionModel", "the up path never reached the cached feature"))?;
         let prediction = self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)?;
         Ok((prediction, stored))
+    }
+
+    /// Clear errors for pass options that do not fit this UNet or these inputs; the token
+    /// downsampling the pass runs with.
+    fn check_pass(&self, sample: &Tensor, encoder_hidden_states: &Tensor, options: &PassOptions) -> Result<Option<TokenDownsampling>> {
+        const OP: &str = "UNet2DConditionModel";
+        if options.text_keys_values.is_some_and(|kv| !kv.is_for(encoder_hidden_states)) {
+            return Err(Error::shape(OP, "the text's keys and values were computed for other encoder_hidden_states"));
+        }
+        let (FeatureReuse::Store { branch } | FeatureReuse::Reuse { branch, .. }) = options.reuse else {
+            return self.token_downsampling(sample, options.token_merge);
+        };
+        if branch >= self.branches() {
+            return Err(Error::shape(OP, format!("cache branch {branch} is not below {}", self.branches())));
+        }
+        if let FeatureReuse::Reuse { feature, .. } = options.reuse
+            && feature.shape().first() != sample.shape().first()
+        {
+            return Err(Error::shape(OP, format!("cached feature {:?} is not of this batch", feature.shape())));
+        }
+        self.token_downsampling(sample, options.token_merge)
+    }
+
+    /// ToDo at `factor` for this sample's resolution, checked.
+    fn token_downsampling(&self, sample: &Tensor, factor: Option<f32>) -> Result<Option<TokenDownsampling>> {
+        let (Some(factor), &[_, _, height, width]) = (factor, sample.shape()) else { return Ok(None) };
+        let downsampling = TokenDownsampling { factor, height, width };
+        downsampling.check()?;
+        Ok(Some(downsampling))
     }
 
     /// Clear errors for inputs the kernels would reject less legibly, or that diffusers
