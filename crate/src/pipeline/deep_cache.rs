@@ -2,7 +2,7 @@
 //! 2023; the survey's §5 feature caching) as a generation option: every `interval`-th UNet
 //! evaluation computes the whole UNet and keeps its deep features, the ones between
 //! compute only the shallow layers above `branch` and reuse them. Training-free; the
-//! price is fidelity, which `webdiffusion bench cache` measures.
+//! price is fidelity, which `webdiffusion bench savings` measures.
 
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
