@@ -31,12 +31,17 @@ impl DeepCache {
         Ok(())
     }
 
-    /// What evaluation `done` (counted from the generation's first) does, given the feature
-    /// the last whole one kept.
+    /// Whether UNet evaluation `done` (counted from the generation's first) reuses deep
+    /// features rather than computing the whole UNet.
+    pub fn reuses(&self, done: usize) -> bool {
+        !done.is_multiple_of(self.interval)
+    }
+
+    /// What evaluation `done` does, given the feature the last whole one kept.
     pub fn reuse<'a>(&self, done: usize, feature: Option<&'a Tensor>) -> FeatureReuse<'a> {
         match feature {
             _ if self.interval == 1 => FeatureReuse::None,
-            Some(feature) if !done.is_multiple_of(self.interval) => FeatureReuse::Reuse { branch: self.branch, feature },
+            Some(feature) if self.reuses(done) => FeatureReuse::Reuse { branch: self.branch, feature },
             _ => FeatureReuse::Store { branch: self.branch },
         }
     }

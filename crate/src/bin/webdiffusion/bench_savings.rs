@@ -78,8 +78,9 @@ async fn generate_timed(gpu: &Gpu, sd: &StableDiffusion, request: &Request) -> R
             break;
         }
         gpu.finish().await?;
-        let reused = !done.is_multiple_of(cache.interval);
-        [&mut whole_seconds, &mut reused_seconds][usize::from(reused)].push(start.elapsed().as_secs_f64());
+        let reused = cache.reuses(done);
+        let seconds = if reused { &mut reused_seconds } else { &mut whole_seconds };
+        seconds.push(start.elapsed().as_secs_f64());
         launches[usize::from(reused)] = (gpu.counters() - before).launches;
     }
     let denoise_seconds = begin.elapsed().as_secs_f64();
