@@ -268,7 +268,7 @@ fn reusing_the_stored_deep_feature_of_the_same_inputs_is_the_whole_pass() {
     }
     let with = |reuse| unet.forward_with(&sample, &timesteps(1.0), &context, None, PassOptions { reuse, ..Default::default() });
     let err = with(FeatureReuse::Store { branch: 6 }).err().unwrap();
-    assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("cache branch 6 is not below 6")), "{err}");
+    assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("cache branch 6 is not below this UNet's 6 branches")), "{err}");
     let single = gpu().upload_f32(&[1, 4, 2, 2], &[0.0; 16]).unwrap();
     let err = with(FeatureReuse::Reuse { branch: 0, feature: &single }).err().unwrap();
     assert!(matches!(&err, Error::Shape { detail, .. } if detail.contains("not of this batch")), "{err}");

@@ -9,7 +9,7 @@ use safetensors::tensor::Dtype;
 use super::{HostTensor, SourceComponent, SourceModel};
 use crate::error::{Error, Result};
 use crate::loader::{ModelFiles, SafetensorsFile, Weights, component_file};
-use crate::pipeline::PREVIEW_DECODER;
+use crate::pipeline::{PREVIEW_DECODER, has_preview_decoder};
 
 /// The networks a Stable Diffusion pipeline runs, in the order a package stores them.
 pub const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
@@ -30,7 +30,7 @@ pub fn read_diffusers(files: &dyn ModelFiles, name: &str) -> Result<SourceModel>
     for component in COMPONENTS {
         components.insert(component.to_string(), read_component(files, component)?);
     }
-    if files.exists(&component_file(PREVIEW_DECODER, "config.json")) {
+    if has_preview_decoder(files) {
         components.insert(PREVIEW_DECODER.to_string(), read_component(files, PREVIEW_DECODER)?);
     }
     let mut tokenizer = BTreeMap::new();

@@ -65,9 +65,7 @@ struct Params {
     activation: u32,
 }
 
-/// `Params::epilogue` bits, as conv2d.wgsl's `EPILOGUE_*`.
-const EPILOGUE_BIAS: u32 = 1;
-const EPILOGUE_BIAS_F16: u32 = 2;
+/// `Params::epilogue` bits, as conv2d.wgsl's `EPILOGUE_*` (the bias's: `kernels::bias_epilogue_bits`).
 const EPILOGUE_CHANNEL_ADD: u32 = 4;
 const EPILOGUE_RESIDUAL: u32 = 8;
 
@@ -267,11 +265,7 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         check_indexable(what, shape)?;
     }
     let taps = kernel_h * kernel_w;
-    let bias_bits = match opts.bias.map(Tensor::dtype) {
-        Some(DType::F16) => EPILOGUE_BIAS | EPILOGUE_BIAS_F16,
-        Some(_) => EPILOGUE_BIAS,
-        None => 0,
-    };
+    let bias_bits = super::bias_epilogue_bits(opts.bias);
     let params = Params {
         channels: channels as u32,
         height: height as u32,

@@ -55,9 +55,7 @@ struct Params {
     activation: u32,
 }
 
-/// `Params::epilogue` bits, as matmul.wgsl's `EPILOGUE_*`.
-const EPILOGUE_BIAS: u32 = 1;
-const EPILOGUE_BIAS_F16: u32 = 2;
+/// `Params::epilogue` bits, as matmul.wgsl's `EPILOGUE_*` (the bias's: `kernels::bias_epilogue_bits`).
 const EPILOGUE_RESIDUAL: u32 = 4;
 
 /// matmul.wgsl's `activate` code for an activation: common.wgsl's, and two with parameters.
@@ -256,11 +254,7 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         f16_math: opts.f16_math && gpu.has_shader_f16(),
         accumulate,
     };
-    let bias_bits = match opts.bias.map(Tensor::dtype) {
-        Some(DType::F16) => EPILOGUE_BIAS | EPILOGUE_BIAS_F16,
-        Some(_) => EPILOGUE_BIAS,
-        None => 0,
-    };
+    let bias_bits = super::bias_epilogue_bits(opts.bias);
     let params = Params {
         m: dims.m as u32,
         n: dims.n as u32,

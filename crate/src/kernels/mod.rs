@@ -13,7 +13,7 @@ pub mod norm;
 pub mod softmax;
 
 use crate::error::Result;
-use crate::gpu::{KernelKey, Tensor};
+use crate::gpu::{DType, KernelKey, Tensor};
 
 /// The side of each invocation's register block in conv2d.wgsl and matmul.wgsl (8 x 8).
 const REGISTER_BLOCK: usize = 8;
@@ -29,6 +29,18 @@ const TILE_THREADS: [usize; 3] = [8, 4, 2];
 fn tile_threads(side: usize) -> usize {
     let padded = |threads: usize| side.div_ceil(REGISTER_BLOCK * threads) * REGISTER_BLOCK * threads;
     TILE_THREADS.into_iter().min_by_key(|&t| padded(t)).unwrap_or(TILE_THREADS[0])
+}
+
+/// conv2d.wgsl's and matmul.wgsl's epilogue bits for an optional bias, f32 or packed f16
+/// (their `EPILOGUE_BIAS` and `EPILOGUE_BIAS_F16`).
+fn bias_epilogue_bits(bias: Option<&Tensor>) -> u32 {
+    const EPILOGUE_BIAS: u32 = 1;
+    const EPILOGUE_BIAS_F16: u32 = 2;
+    match bias.map(Tensor::dtype) {
+        Some(DType::F16) => EPILOGUE_BIAS | EPILOGUE_BIAS_F16,
+        Some(_) => EPILOGUE_BIAS,
+        None => 0,
+    }
 }
 
 /// `defines` plus `X_F16` when `x` holds packed f16: the element-wise and layout shaders

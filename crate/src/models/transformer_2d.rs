@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::attention::{Attend, Attention, AttentionConfig};
 use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, join};
 use crate::error::{Error, Result};
-use crate::gpu::Tensor;
+use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise as ew;
 use crate::kernels::gather::gather_rows;
 use crate::kernels::layout;
@@ -70,13 +70,15 @@ impl TokenDownsampling {
         Ok(())
     }
 
-    /// For tokens `[batch, height * width, C]` at the largest resolution, the rows
-    /// (of the batch flattened) that the coarse grid keeps: PyTorch's `nearest-exact`
-    /// source index `floor((i + 0.5) * size / coarse)` on each axis. `None` elsewhere.
-    fn kept_rows(&self, batch: usize, height: usize, width: usize) -> Option<Vec<u32>> {
-        if (height, width) != (self.height, self.width) || self.factor == 1.0 {
-            return None;
+    /// For a pass over `batch` samples, the rows of the largest resolution's tokens
+    /// `[batch, height * width, C]` (the batch flattened) that the coarse grid keeps:
+    /// PyTorch's `nearest-exact` source index `floor((i + 0.5) * size / coarse)` on each
+    /// axis. Uploaded once for every transformer there; `None` for a factor of 1.
+    pub fn kept_rows(&self, gpu: &Gpu, batch: usize) -> Result<Option<KeptRows>> {
+        if self.factor == 1.0 {
+            return Ok(None);
         }
+        let (height, width) = (self.height, self.width);
         let source =
             |i: usize, size: usize, coarse: usize| ((i as f64 + 0.5) * size as f64 / coarse as f64).floor().min(size as f64 - 1.0) as usize;
         let (rows, cols) = (self.coarse(height), self.coarse(width));
@@ -88,7 +90,21 @@ impl TokenDownsampling {
                 }
             }
         }
-        Some(kept)
+        Ok(Some(KeptRows { height, width, rows: gpu.upload_u32(&[kept.len()], &kept)? }))
+    }
+}
+
+/// The token rows ToDo keeps in one UNet pass (`TokenDownsampling::kept_rows`).
+pub struct KeptRows {
+    height: usize,
+    width: usize,
+    rows: Tensor,
+}
+
+impl KeptRows {
+    /// The rows, for a transformer over a `height x width` grid at the largest resolution.
+    fn at(&self, height: usize, width: usize) -> Option<&Tensor> {
+        ((height, width) == (self.height, self.width)).then_some(&self.rows)
     }
 }
 
@@ -269,7 +285,7 @@ impl Transformer2DModel {
 
     /// `x [B, C, H, W]` attending to the text `[B, S, cross_attention_dim]`, with ToDo's
     /// downsampled self-attention where it applies; the result has `x`'s shape.
-    pub fn forward(&self, x: &Tensor, text: Text, downsampling: Option<TokenDownsampling>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, text: Text, kept_rows: Option<&KeptRows>) -> Result<Tensor> {
         let gpu = x.gpu();
         let &[batch, _, height, width] = x.shape() else {
             return Err(Error::shape("Transformer2DModel", format!("expects [B, C, H, W], got {:?}", x.shape())));
@@ -284,12 +300,9 @@ impl Transformer2DModel {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(linear) => linear.forward(&to_tokens(&normed)?)?,
         };
-        let kept_rows = match downsampling.and_then(|d| d.kept_rows(batch, height, width)) {
-            Some(rows) => Some(gpu.upload_u32(&[rows.len()], &rows)?),
-            None => None,
-        };
+        let kept_rows = kept_rows.and_then(|k| k.at(height, width));
         for block in &self.blocks {
-            tokens = block.forward(&tokens, text, kept_rows.as_ref())?;
+            tokens = block.forward(&tokens, text, kept_rows)?;
         }
         let to_image = |t: &Tensor| -> Result<Tensor> {
             let channels = t.shape()[2];

@@ -425,9 +425,13 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         timestep_cond: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_timesteps(sample, &Self::timesteps(sample, timestep)?, encoder_hidden_states, timestep_cond)
+    }
+
+    /// `timestep` for every sample of `sample`'s batch: `forward_timesteps`' `[B]` timesteps.
+    pub fn timesteps(sample: &Tensor, timestep: f32) -> Result<Tensor> {
         let batch = sample.shape().first().copied().unwrap_or(0);
-        let timesteps = sample.gpu().upload_f32(&[batch], &vec![timestep; batch])?;
-        self.forward_timesteps(sample, &timesteps, encoder_hidden_states, timestep_cond)
+        sample.gpu().upload_f32(&[batch], &vec![timestep; batch])
     }
 
     /// `forward` with one timestep per sample: `timesteps [B]` f32.
@@ -458,6 +462,18 @@ impl UNet2DConditionModel {
         1 + self.down_blocks.iter().map(DownBlock2D::layer_count).sum::<usize>()
     }
 
+    /// An error unless `branch` is one of `branches()`.
+    pub fn check_branch(&self, branch: usize) -> Result<()> {
+        let branches = self.branches();
+        if branch >= branches {
+            return Err(Error::shape(
+                "UNet2DConditionModel",
+                format!("cache branch {branch} is not below this UNet's {branches} branches"),
+            ));
+        }
+        Ok(())
+    }
+
     /// `forward_timesteps` computing all of the UNet (`FeatureReuse::None`, `Store`) or only
     /// its shallow part (`Reuse`), with ToDo's downsampled self-attention if asked; with
     /// `Store`, also the feature a later `Reuse` of the same branch starts from.
@@ -486,7 +502,11 @@ impl UNet2DConditionModel {
         // Every resnet block takes the embedding through a SiLU: once here, not per block.
         let temb = ew::unary(gpu, &temb, Unary::Silu)?;
         let text = Text { states: encoder_hidden_states, keys_values: options.text_keys_values };
-        let c = Conditioning { temb: &temb, text, token_downsampling };
+        let kept_rows = match token_downsampling {
+            Some(downsampling) => downsampling.kept_rows(gpu, sample.shape()[0])?,
+            None => None,
+        };
+        let c = Conditioning { temb: &temb, text, kept_rows: kept_rows.as_ref() };
         // Reusing branch b computes skips 0..=b only, and the up layers that take them.
         let fresh_skips = match reuse {
             FeatureReuse::Reuse { branch, .. } => branch + 1,
@@ -545,9 +565,7 @@ impl UNet2DConditionModel {
         let (FeatureReuse::Store { branch } | FeatureReuse::Reuse { branch, .. }) = options.reuse else {
             return self.token_downsampling(sample, options.token_merge);
         };
-        if branch >= self.branches() {
-            return Err(Error::shape(OP, format!("cache branch {branch} is not below {}", self.branches())));
-        }
+        self.check_branch(branch)?;
         if let FeatureReuse::Reuse { feature, .. } = options.reuse
             && feature.shape().first() != sample.shape().first()
         {

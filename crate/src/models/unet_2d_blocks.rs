@@ -5,7 +5,7 @@
 
 use super::nn::join;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
-use super::transformer_2d::{Text, TokenDownsampling, Transformer2DConfig, Transformer2DModel};
+use super::transformer_2d::{KeptRows, Text, Transformer2DConfig, Transformer2DModel};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::layout;
@@ -88,14 +88,15 @@ pub struct Conditioning<'a> {
     pub temb: &'a Tensor,
     /// The text, `[B, S, cross_attention_dim]`, and its keys and values if computed ahead.
     pub text: Text<'a>,
-    pub token_downsampling: Option<TokenDownsampling>,
+    /// The token rows ToDo keeps at the largest resolution, if it runs.
+    pub kept_rows: Option<&'a KeptRows>,
 }
 
 /// A resnet, then its transformer when the block has them.
 fn resnet_then_attention(resnet: &ResnetBlock2D, attention: Option<&Transformer2DModel>, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
     let h = resnet.forward(x, Some(c.temb))?;
     match attention {
-        Some(attention) => attention.forward(&h, c.text, c.token_downsampling),
+        Some(attention) => attention.forward(&h, c.text, c.kept_rows),
         None => Ok(h),
     }
 }
@@ -182,7 +183,7 @@ impl UNetMidBlock2DCrossAttn {
     pub fn forward(&self, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
         let mut h = self.first.forward(x, Some(c.temb))?;
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets) {
-            h = resnet.forward(&attention.forward(&h, c.text, c.token_downsampling)?, Some(c.temb))?;
+            h = resnet.forward(&attention.forward(&h, c.text, c.kept_rows)?, Some(c.temb))?;
         }
         Ok(h)
     }

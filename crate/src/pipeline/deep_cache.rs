@@ -19,16 +19,15 @@ pub struct DeepCache {
 }
 
 impl DeepCache {
+    /// Every step whole: what a request without `deep_cache` runs.
+    pub const OFF: DeepCache = DeepCache { interval: 1, branch: 0 };
+
     /// An error naming the option that does not fit `unet`.
     pub fn check(&self, unet: &UNet2DConditionModel) -> Result<()> {
         if self.interval == 0 {
             return Err(Error::shape("generate", "the cache interval must be at least 1 (1 computes every step whole)"));
         }
-        let branches = unet.branches();
-        if self.branch >= branches {
-            return Err(Error::shape("generate", format!("cache branch {} is not below this UNet's {branches} branches", self.branch)));
-        }
-        Ok(())
+        unet.check_branch(self.branch)
     }
 
     /// Whether UNet evaluation `done` (counted from the generation's first) reuses deep

@@ -10,7 +10,7 @@ use crate::gpu::Tensor;
 use crate::kernels::{elementwise as ew, layout};
 use crate::models::embeddings::guidance_scale_embedding;
 use crate::models::transformer_2d::{TextKeysValues, TokenDownsampling};
-use crate::models::unet_2d::PassOptions;
+use crate::models::unet_2d::{PassOptions, UNet2DConditionModel};
 use crate::schedulers::{self, Noise, Scheduler};
 
 /// A generation under way: the prompt encoded, the latents at the current step.
@@ -47,7 +47,7 @@ impl StableDiffusion {
         let gpu = &self.gpu;
         let (width, height) = self.size(request)?;
         super::img2img::check_request(request, width, height)?;
-        let deep_cache = request.deep_cache.unwrap_or(DeepCache { interval: 1, branch: 0 });
+        let deep_cache = request.deep_cache.unwrap_or(DeepCache::OFF);
         deep_cache.check(&self.unet)?;
         if let Some(factor) = request.token_merge {
             let vae_factor = self.vae_scale_factor();
@@ -135,8 +135,7 @@ impl Denoising<'_> {
             Some(inpainting) => inpainting.unet_input(&input)?,
             None => input,
         };
-        let batch = input.shape()[0];
-        let timesteps = gpu.upload_f32(&[batch], &vec![t as f32; batch])?;
+        let timesteps = UNet2DConditionModel::timesteps(&input, t as f32)?;
         let options = PassOptions {
             reuse: self.deep_cache.reuse(self.done, self.deep_features.as_ref()),
             token_merge: self.token_merge,

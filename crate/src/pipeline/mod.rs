@@ -203,6 +203,11 @@ const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
 /// decoder-only); diffusers' pipelines do not list it and leave it alone.
 pub const PREVIEW_DECODER: &str = "preview_decoder";
 
+/// Whether `files` hold a preview decoder (`PREVIEW_DECODER`).
+pub fn has_preview_decoder(files: &dyn ModelFiles) -> bool {
+    files.exists(&crate::loader::component_file(PREVIEW_DECODER, "config.json"))
+}
+
 /// diffusers writes non-finite floats (`-Infinity`) and tracks which keys a file set;
 /// `SchedulerConfig::from_json` handles both, plain serde does not.
 fn scheduler_config(files: &dyn ModelFiles) -> Result<SchedulerConfig> {
@@ -225,7 +230,7 @@ impl StableDiffusion {
         }
         let unet_size: UNetSize = read_config(files, "unet/config.json")?;
         let vae = AutoencoderKl::load(gpu, files, "vae", precision)?;
-        let preview_decoder = if files.exists(&crate::loader::component_file(PREVIEW_DECODER, "config.json")) {
+        let preview_decoder = if has_preview_decoder(files) {
             let decoder = AutoencoderTiny::load(gpu, files, PREVIEW_DECODER, precision)?;
             check_taesd_fits(&decoder, &vae)?;
             Some(Rc::new(decoder))
@@ -254,8 +259,6 @@ impl StableDiffusion {
         Ok(sd)
     }
 
-    /// Whether the UNet is an inpainting UNet (mask and masked image as extra input
-    /// channels): it needs an init image and a mask.
     /// Whether `request`'s steps run the UNet over a classifier-free guidance batch of 2
     /// (not with guidance 1 or less, nor with LCM UNets, which take the guidance as an
     /// embedding).
@@ -263,6 +266,8 @@ impl StableDiffusion {
         request.guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
     }
 
+    /// Whether the UNet is an inpainting UNet (mask and masked image as extra input
+    /// channels): it needs an init image and a mask.
     pub fn is_inpainting_model(&self) -> bool {
         self.unet.config().in_channels != self.vae.config().latent_channels
     }

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 
 use web_time::Instant;
 use webdiffusion::gpu::Gpu;
-use webdiffusion::image::{RgbImage, from_decoded};
+use webdiffusion::image::RgbImage;
 use webdiffusion::pipeline::{DeepCache, Request, StableDiffusion, median_min_max};
 use webdiffusion::{Error, Result};
 
 use crate::image_metrics::{psnr, squared_error, ssim};
-use crate::quality::{PromptList, load_pipeline};
+use crate::quality::{PromptList, first_image, load_pipeline};
 
 #[derive(clap::Args)]
 pub struct SavingsBenchArgs {
@@ -67,7 +67,7 @@ struct Timed {
 }
 
 async fn generate_timed(gpu: &Gpu, sd: &StableDiffusion, request: &Request) -> Result<Timed> {
-    let cache = request.deep_cache.unwrap_or(DeepCache { interval: 1, branch: 0 });
+    let cache = request.deep_cache.unwrap_or(DeepCache::OFF);
     let mut denoising = sd.start_generation(request)?;
     gpu.finish().await?;
     let (mut whole_seconds, mut reused_seconds, mut launches) = (Vec::new(), Vec::new(), [0; 2]);
@@ -85,7 +85,7 @@ async fn generate_timed(gpu: &Gpu, sd: &StableDiffusion, request: &Request) -> R
     }
     let denoise_seconds = begin.elapsed().as_secs_f64();
     let generation = denoising.finish()?;
-    let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?.swap_remove(0);
+    let image = first_image(&generation).await?;
     Ok(Timed { image, whole_seconds, reused_seconds, denoise_seconds, launches })
 }
 
@@ -97,11 +97,12 @@ pub async fn run(gpu: &Gpu, args: SavingsBenchArgs) -> Result<()> {
     let settings = args.settings.iter().map(|s| parse_setting(s)).collect::<Result<Vec<_>>>()?;
     let sd = load_pipeline(gpu, &args.model).await?;
     let list = PromptList::builtin()?;
-    let count = args.prompts.clamp(1, list.prompts.len());
+    let prompts = list.spread(args.prompts);
+    let count = prompts.len();
     let requests: Vec<Request> = (0..args.seeds)
-        .flat_map(|seed| (0..count).map(move |i| (seed, i)))
-        .map(|(seed, i)| Request {
-            prompt: list.prompts[i * list.prompts.len() / count].prompt.clone(),
+        .flat_map(|seed| prompts.iter().map(move |prompt| (seed, prompt)))
+        .map(|(seed, prompt)| Request {
+            prompt: prompt.prompt.clone(),
             steps: args.steps,
             guidance_scale: args.guidance,
             scheduler: args.scheduler.clone(),

@@ -100,11 +100,11 @@ async fn generate_all(sd: &StableDiffusion, requests: &[Request]) -> Result<Vec<
 
 pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
     let list = PromptList::builtin()?;
-    let count = args.prompts.clamp(1, list.prompts.len());
+    let prompts = list.spread(args.prompts);
+    let count = prompts.len();
     let mut requests = Vec::new();
     for seed in 0..args.seeds {
-        for i in 0..count {
-            let prompt = &list.prompts[i * list.prompts.len() / count];
+        for prompt in &prompts {
             requests.push(args.sampling.request(&prompt.prompt, seed));
         }
     }

@@ -18,7 +18,7 @@ use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
 use webdiffusion::loader::{DirFiles, WeightPrecision};
 use webdiffusion::package::manifest::MANIFEST;
 use webdiffusion::package::{DirSource, load_package};
-use webdiffusion::pipeline::{Request, StableDiffusion};
+use webdiffusion::pipeline::{Generation, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
 pub use prompts::PromptList;
@@ -92,7 +92,11 @@ pub async fn load_pipeline(gpu: &Gpu, path: &Path) -> Result<StableDiffusion> {
 
 /// The first image `request` makes, as 8-bit pixels.
 pub async fn generate_image(sd: &StableDiffusion, request: &Request) -> Result<RgbImage> {
-    let generation = sd.generate(request)?;
+    first_image(&sd.generate(request)?).await
+}
+
+/// A generation's first image, as 8-bit pixels.
+pub async fn first_image(generation: &Generation) -> Result<RgbImage> {
     let mut images = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
     Ok(images.swap_remove(0))
 }

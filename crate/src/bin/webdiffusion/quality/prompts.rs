@@ -48,6 +48,12 @@ pub struct EvalPrompt {
 }
 
 impl PromptList {
+    /// `count` of the prompts (at least 1, at most all), evenly spread over the list.
+    pub fn spread(&self, count: usize) -> Vec<&EvalPrompt> {
+        let count = count.clamp(1, self.prompts.len());
+        (0..count).map(|i| &self.prompts[i * self.prompts.len() / count]).collect()
+    }
+
     pub fn builtin() -> Result<Self> {
         let list: PromptList = serde_json::from_str(PROMPTS_JSON).map_err(|e| format_error(e.to_string()))?;
         // The analyser's shapes must be the data's, in its order.
