@@ -8,6 +8,11 @@ them (the encoder's samples times scaling_factor) and the VAE's decode of those 
 blended with the latents' own blurred copy, which is what a sampler's early clean estimates look like. The encoder
 of the written model is left out: previews only decode.
 
+The default decodes to half the image's resolution (two stages: three tiny blocks at the latents' 16x16, one 2x
+upsample, two convs at 32x32; the page smooths it up): the image-sized stage of TAESD's layout, 16-channel convs over
+64x64 pixels, cost three quarters of a preview on the emulated GPUs, and a previewer needs colours and layout, not
+the last pixel. `--blocks 1,1,1` is the full-resolution layout the packages shipped before.
+
     python preview_decoder.py --vae out/embedded/vae --out out/preview_decoder
     (out/embedded from: python unpack_package.py ../embedded out/embedded)
 
@@ -62,13 +67,41 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((10 * torch.log10(4 / mse)).mean())
 
 
+def score(decoder: torch.nn.Module, vae: AutoencoderKL, seed: int, shrink: int) -> dict:
+    """PSNR on 256 held-out latents, at the resolution 1/`shrink` of the image's (both sides area-averaged to it
+    where the decoder's output is larger)."""
+    latents, target, images = dataset(vae, 256, seed, HELD_OUT_INDEX, blend=False)
+    target, images = F.avg_pool2d(target, shrink), F.avg_pool2d(images, shrink)
+    with torch.no_grad():
+        preview = decoder(latents / vae.config.scaling_factor).clamp(-1, 1)
+    preview = F.avg_pool2d(preview, preview.shape[-1] // target.shape[-1])
+    flat = target.mean(dim=(2, 3), keepdim=True).expand_as(target)
+    return {
+        "resolution": f"1/{shrink}",
+        "psnr_vs_vae_decode": psnr(preview, target),
+        "psnr_vs_image": psnr(preview, images),
+        "vae_decode_psnr_vs_image": psnr(target, images),
+        "flat_mean_colour_psnr_vs_vae_decode": psnr(flat, target),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", type=Path, required=True, help="the model's diffusers AutoencoderKL folder")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where the trained decoder goes")
+    parser.add_argument(
+        "--score", type=Path,
+        help="instead of training, score this decoder folder at the resolution --blocks decodes to (to compare a "
+        "decoder with one of fewer stages on equal terms)",
+    )
     parser.add_argument("--width", type=int, default=16, help="channels of every decoder stage")
+    parser.add_argument(
+        "--blocks", default="3,0",
+        help="tiny blocks per decoder stage; a 2x upsample between stages, so fewer stages than the VAE's 3 decode "
+        "to a fraction of the image's resolution (the target is the VAE's decode area-averaged to it)",
+    )
     parser.add_argument("--images", type=int, default=4096, help="training pairs, made once (a multiple of 128)")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -76,17 +109,31 @@ def main() -> None:
     torch.manual_seed(args.seed)
     vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
     scaling = vae.config.scaling_factor
-    stages = (args.width,) * 3  # x4, as the VAE: two 2x upsamples
+    blocks = tuple(int(b) for b in args.blocks.split(","))
+    stages = (args.width,) * len(blocks)
+    vae_upsamples = len(vae.config.block_out_channels) - 1
+    if not 1 <= len(blocks) <= vae_upsamples + 1:
+        parser.error(f"--blocks names {len(blocks)} stages; the VAE upsamples {vae_upsamples} times")
+    # The preview's pixels span this many of the image's in each direction.
+    shrink = 2 ** (vae_upsamples + 1 - len(blocks))
+    if args.score:
+        decoder = AutoencoderTiny.from_pretrained(args.score).decoder.eval()
+        print(json.dumps(score(decoder, vae, args.seed, shrink), indent=2))
+        return
+    if args.out is None:
+        parser.error("--out or --score is needed")
     model = AutoencoderTiny(
-        encoder_block_out_channels=stages, decoder_block_out_channels=stages, num_encoder_blocks=(1, 1, 1),
-        num_decoder_blocks=(1, 1, 1), latent_channels=vae.config.latent_channels, scaling_factor=scaling,
+        encoder_block_out_channels=stages, decoder_block_out_channels=stages, num_encoder_blocks=(1,) * len(blocks),
+        num_decoder_blocks=blocks, latent_channels=vae.config.latent_channels, scaling_factor=scaling,
     )
     decoder = model.decoder.train()
     parameters = sum(p.numel() for p in decoder.parameters())
-    print(f"decoder: {parameters} parameters, width {args.width}, {args.steps} steps of {args.batch}", flush=True)
+    print(f"decoder: {parameters} parameters, width {args.width}, blocks {blocks}, 1/{shrink} resolution, "
+          f"{args.steps} steps of {args.batch}", flush=True)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=0.0)
     start = time.perf_counter()
     train_latents, train_target, _ = dataset(vae, args.images, args.seed, 0, blend=True)
+    train_target = F.avg_pool2d(train_target, shrink)
     print(f"{len(train_latents)} training pairs in {time.perf_counter() - start:.0f} s", flush=True)
     order = torch.Generator().manual_seed(args.seed)
     for step in range(args.steps):
@@ -105,17 +152,7 @@ def main() -> None:
             print(f"step {step}: loss {loss.item():.4f}, lr {lr:.2e}, {time.perf_counter() - start:.0f} s", flush=True)
 
     decoder.eval()
-    latents, target, images = dataset(vae, 256, args.seed, HELD_OUT_INDEX, blend=False)
-    with torch.no_grad():
-        preview = decoder(latents / scaling).clamp(-1, 1)
-    flat = target.mean(dim=(2, 3), keepdim=True).expand_as(target)
-    scores = {
-        "parameters": parameters,
-        "psnr_vs_vae_decode": psnr(preview, target),
-        "psnr_vs_image": psnr(preview, images),
-        "vae_decode_psnr_vs_image": psnr(target, images),
-        "flat_mean_colour_psnr_vs_vae_decode": psnr(flat, target),
-    }
+    scores = {"parameters": parameters, **score(decoder, vae, args.seed, shrink)}
     print(json.dumps(scores, indent=2))
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests/fixtures"))
 from generate_embedded import non_finite_floats, read_package  # noqa: E402
 
 # component -> its weights file in a diffusers folder, as the device run's files come back
-WEIGHT_FILES = dict(package.WEIGHTS.values())
+# The preview decoder is not a training stage's output, so package.WEIGHTS does not name it.
+WEIGHT_FILES = dict(package.WEIGHTS.values()) | {"preview_decoder": "diffusion_pytorch_model.safetensors"}
 CONFIG_FILES = {"scheduler": "scheduler_config.json"}
 
 

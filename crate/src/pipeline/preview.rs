@@ -28,7 +28,7 @@ pub struct LatentPreview {
 
 /// How step previews are drawn: the fitted linear map (nearly free, latent resolution),
 /// the model's own VAE decoder (full resolution; for VAEs no linear map reads), or TAESD
-/// (a tiny decoder, full resolution, still far cheaper than a step).
+/// (a tiny decoder, at the image's resolution or a fraction of it, far cheaper than a step).
 pub enum Previewer {
     Linear(LatentPreview),
     Decoder,
@@ -60,8 +60,8 @@ impl Previewer {
         Ok(Previewer::Linear(LatentPreview::new(gpu, &map)?))
     }
 
-    /// Previews decoded by `taesd` (full resolution, far cheaper than the VAE), which must
-    /// be made for latents like `vae`'s: as many channels, the same downsampling.
+    /// Previews decoded by `taesd` (far cheaper than the VAE), which must be made for
+    /// latents like `vae`'s (`check_taesd_fits`).
     pub fn taesd(taesd: AutoencoderTiny, vae: &AutoencoderKl) -> Result<Self> {
         check_taesd_fits(&taesd, vae)?;
         Ok(Previewer::Taesd(Rc::new(taesd)))
@@ -87,11 +87,13 @@ impl Previewer {
     }
 }
 
-/// Fails unless `taesd` decodes latents like `vae`'s: as many channels, the same downsampling.
+/// Fails unless `taesd` decodes latents like `vae`'s: as many channels, upsampled by the
+/// VAE's factor or by a divisor of it (a preview decoder may stop at a fraction of the
+/// image's resolution, as the linear map stops at the latents': the page scales it up).
 pub fn check_taesd_fits(taesd: &AutoencoderTiny, vae: &AutoencoderKl) -> Result<()> {
     let theirs = (taesd.config().latent_channels, taesd.downsampling_factor());
     let ours = (vae.config().latent_channels, vae.downsampling_factor());
-    if theirs != ours {
+    if theirs.0 != ours.0 || !ours.1.is_multiple_of(theirs.1) {
         return Err(Error::shape(
             "TAESD previews",
             format!(

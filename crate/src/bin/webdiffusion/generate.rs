@@ -76,7 +76,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     preview_dir: Option<PathBuf>,
     /// Draw those previews with this TAESD (a diffusers AutoencoderTiny folder, such as
-    /// madebyollin/taesd for SD 1.x and 2.x): full resolution instead of the latents'.
+    /// madebyollin/taesd for SD 1.x and 2.x) instead of the model's own preview decoder or
+    /// its latent-to-RGB map.
     #[arg(long, requires = "preview_dir")]
     preview_taesd: Option<PathBuf>,
     /// A LoRA (kohya-ss or diffusers/PEFT safetensors) at a scale (1 when omitted);
