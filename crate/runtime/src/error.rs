@@ -1,5 +1,5 @@
-//! One error type for the whole library: every failure a user can cause or meet
-//! (bad input, GPU limits, a lost device) is a value, never a panic.
+//! One error type for the runtime and the library, which re-exports it: every failure a
+//! user can cause or meet (bad input, GPU limits, a lost device) is a value, never a panic.
 
 use std::fmt;
 
