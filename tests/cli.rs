@@ -317,7 +317,7 @@ fn generate_without_a_model_uses_the_built_in_package() {
     let prompt = "a large blue star at the center on a yellow background";
     let status = webdiffusion().args(["generate", "--prompt", prompt, "--seed", "5", "--out"]).arg(&built_in).status().unwrap();
     assert!(status.success());
-    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/embedded-lcm");
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/embedded-lcm");
     let status = webdiffusion()
         .args(["generate", "--prompt", prompt, "--seed", "5", "--steps", "4", "--model"])
         .arg(&folder)
@@ -340,7 +340,7 @@ fn generate_without_a_model_uses_the_built_in_package() {
 
 #[test]
 fn bench_quality_scores_a_sheet_without_a_model() {
-    let ground_truth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/eval/ground_truth.png");
+    let ground_truth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/eval/ground_truth.png");
     let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).arg(&ground_truth).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -358,7 +358,7 @@ fn bench_quality_scores_a_sheet_without_a_model() {
 
 #[test]
 fn info_describes_a_package_and_its_previews() {
-    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/embedded-lcm");
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/embedded-lcm");
     let output = webdiffusion().args(["info", "--model"]).arg(&package).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -18,7 +18,7 @@ use webdiffusion::reference::norm::layer_norm;
 use webdiffusion::tokenizer::ClipTokenizer;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn model_dir(model: &str) -> DirFiles {

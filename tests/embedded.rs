@@ -14,7 +14,7 @@ use webdiffusion::package::{DirSource, load_package};
 use webdiffusion::pipeline::{LatentPreview, MIN_EXPLAINED, Previewer, Request, StableDiffusion, fit_latent_rgb};
 
 fn load(package: &str) -> StableDiffusion {
-    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(package);
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(package);
     let package = pollster::block_on(load_package(gpu(), &DirSource::new(folder).unwrap(), &mut |_| {})).unwrap();
     StableDiffusion::load(gpu(), &package, WeightPrecision::AsStored).unwrap()
 }

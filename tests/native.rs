@@ -1,7 +1,8 @@
 //! Every native test in one binary: linking the GPU stack (wgpu, naga, tokenizers)
 //! once instead of once per file keeps CI's disk and link time small. Each file is a
 //! module named after its subject (`cargo test --test native matmul::`); the GPU
-//! device in `common` is shared by all of them.
+//! device in `common` is shared by all of them. The CLI package (crate/cli) hosts it, so
+//! that `cli` can run the package's own `webdiffusion` binary.
 
 mod common;
 

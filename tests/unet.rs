@@ -14,7 +14,7 @@ use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::models::embeddings::guidance_scale_embedding;
 use webdiffusion::models::unet_2d::{FeatureReuse, PassOptions, UNet2DConditionModel};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 const TIMESTEPS: [f32; 3] = [1.0, 500.0, 999.0];
 /// All math is f32 (f16 weights are widened exactly, as the reference widened them), so
 /// only summation order and the GPU's exp/sin/cos differ from torch: a few 1e-6 relative

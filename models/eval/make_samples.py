@@ -4,7 +4,7 @@ Row 1: models/embedded, 20 steps (its DPM-Solver++ sampler), guidance 7.5; row 2
 4 steps, guidance 6. Seed 0 for every image, nothing picked by hand. Each 64x64 image is enlarged 4x
 (nearest) into models/eval/samples.png.
 
-Run after `cargo build --release -p webdiffusion`: python models/eval/make_samples.py
+Run after `cargo build --release -p webdiffusion-cli`: python models/eval/make_samples.py
 """
 
 import argparse

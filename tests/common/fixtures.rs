@@ -7,7 +7,7 @@ use safetensors::tensor::Dtype;
 
 /// `tests/fixtures/<relative>`.
 pub fn path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(relative)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(relative)
 }
 
 /// The reference outputs of one fixture model (`outputs/<model>.safetensors`).

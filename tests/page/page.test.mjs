@@ -86,7 +86,7 @@ async function generateOnce(page) {
  *  `args`, base64. `files` (name to base64 PNG) are written beside it first, for
  *  arguments that name them. */
 function nativePng(args = [], files = {}) {
-  assert.ok(existsSync(CLI), `${CLI} is missing: build the native CLI (cargo build -p webdiffusion) or set WEBDIFFUSION_CLI`);
+  assert.ok(existsSync(CLI), `${CLI} is missing: build the native CLI (cargo build -p webdiffusion-cli) or set WEBDIFFUSION_CLI`);
   const folder = mkdtempSync(join(tmpdir(), "webdiffusion-page-"));
   try {
     for (const [name, base64] of Object.entries(files)) writeFileSync(join(folder, name), Buffer.from(base64, "base64"));

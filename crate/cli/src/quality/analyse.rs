@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn reads_the_generators_images_right() {
         let list = PromptList::builtin().unwrap();
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/eval/ground_truth.png");
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/eval/ground_truth.png");
         let outcomes = sheet_outcomes(&list, &decode_png(&std::fs::read(file).unwrap()).unwrap(), file).unwrap();
         assert_eq!(outcomes.len(), 128, "every prompt twice");
         let (mut colour, mut shape, mut cell, mut size) = (0, 0, 0, 0);

@@ -12,7 +12,7 @@ pub const STEPS: usize = 4;
 
 macro_rules! package_file {
     ($path:literal) => {
-        ($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/embedded-lcm/", $path)) as &'static [u8])
+        ($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/embedded-lcm/", $path)) as &'static [u8])
     };
 }
 

@@ -7,7 +7,7 @@ use webdiffusion::{Error, Result};
 
 use super::shape::Shape;
 
-const PROMPTS_JSON: &str = include_str!("../../../../../models/eval/prompts.json");
+const PROMPTS_JSON: &str = include_str!("../../../../models/eval/prompts.json");
 const PROMPTS_FILE: &str = "models/eval/prompts.json";
 
 #[derive(Deserialize)]
