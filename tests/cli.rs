@@ -8,8 +8,8 @@ use std::process::Command;
 use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu};
 use safetensors::tensor::{Dtype, TensorView};
-use webdiffusion::loader::{DirFiles, WeightPrecision};
-use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
+use webdiffusion::loader::{DirFiles, LatentRgb, WeightPrecision};
+use webdiffusion::models::vae::AutoencoderKl;
 use webdiffusion::pipeline::fit_latent_rgb;
 
 fn webdiffusion() -> Command {

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 
 use common::fixtures::Outputs;
 use common::{gpu, read};
-use webdiffusion::loader::WeightPrecision;
-use webdiffusion::models::vae::LatentRgb;
+use webdiffusion::loader::{LatentRgb, WeightPrecision};
 use webdiffusion::package::{DirSource, load_package};
 use webdiffusion::pipeline::{LatentPreview, MIN_EXPLAINED, Previewer, Request, StableDiffusion, fit_latent_rgb};
 

@@ -6,7 +6,8 @@ use common::{gpu, read};
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::Error;
 use webdiffusion::gpu::DType;
-use webdiffusion::loader::{WeightPrecision, Weights};
+use webdiffusion::loader::WeightPrecision;
+use webdiffusion::models::weights::Weights;
 
 /// A safetensors file holding `tensors` (name, dtype, shape, little-endian bytes).
 fn file(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {

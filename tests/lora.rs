@@ -10,14 +10,15 @@ use common::{gpu, random, read};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::Error;
-use webdiffusion::convert::SourceModel;
 use webdiffusion::convert::diffusers::read_diffusers;
+use webdiffusion::convert::{SourceModel, merge_lora};
 use webdiffusion::gpu::{DType, Tensor};
-use webdiffusion::loader::{DirFiles, MemoryFiles, ModelFiles, UploadedWeights, WeightPrecision, Weights};
-use webdiffusion::lora::{LoraFile, LoraModule, LoraSpec, LoraTargets, ModuleName, attach, merge};
+use webdiffusion::loader::{DirFiles, MemoryFiles, ModelFiles, UploadedWeights, WeightPrecision};
+use webdiffusion::lora::{LoraFile, LoraModule, LoraSpec, LoraTargets, ModuleName, attach};
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::nn::{Conv2d, Linear};
 use webdiffusion::models::unet_2d::UNet2DConditionModel;
+use webdiffusion::models::weights::Weights;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::quant;
 use webdiffusion::reference::conv2d::conv2d as cpu_conv2d;
@@ -271,8 +272,8 @@ fn safetensors_bytes(model: &SourceModel, component: &str) -> Vec<u8> {
 #[test]
 fn merged_loras_match_diffusers_fuse_lora() {
     let mut model = read_diffusers(&model_dir(), "sd1-tiny").unwrap();
-    merge(&mut model, &lora("kohya"), 0.7).unwrap();
-    merge(&mut model, &lora("peft"), -0.4).unwrap();
+    merge_lora(&mut model, &lora("kohya"), 0.7).unwrap();
+    merge_lora(&mut model, &lora("peft"), -0.4).unwrap();
     let mut files = MemoryFiles::new("merged");
     for (component, weights) in [("text_encoder", "model.safetensors"), ("unet", "diffusion_pytorch_model.safetensors")] {
         files.insert(format!("{component}/config.json"), serde_json::to_vec(&model.components[component].config).unwrap());
@@ -318,7 +319,7 @@ fn modules_that_match_no_layer_are_named() {
     };
     let mut model = read_diffusers(&model_dir(), "sd1-tiny").unwrap();
     let before = model.clone();
-    assert_eq!(merge(&mut model, &stray, 1.0), Err(want.clone()));
+    assert_eq!(merge_lora(&mut model, &stray, 1.0), Err(want.clone()));
     assert!(model == before, "a failed merge changes nothing");
 
     let (reference, networks, peft) = (Reference::load(), Networks::load(&model_dir()), lora("peft"));
@@ -372,7 +373,7 @@ fn a_lora_that_does_not_fit_its_layer_is_refused() {
     .unwrap();
     let want = "misfit.safetensors is not valid: lora_unet_conv_in: down [2, 5, 3, 3] and up [32, 2, 1, 1] do not fit unet layer conv_in (Conv2d 4 -> 32, 3x3)";
     let mut model = read_diffusers(&model_dir(), "sd1-tiny").unwrap();
-    assert_eq!(merge(&mut model, &misfit, 1.0).unwrap_err().to_string(), want);
+    assert_eq!(merge_lora(&mut model, &misfit, 1.0).unwrap_err().to_string(), want);
     let networks = Networks::load(&model_dir());
     assert_eq!(networks.attach(&[(&misfit, 1.0)]).unwrap_err().to_string(), want);
 }

@@ -14,6 +14,7 @@ mod conv2d;
 mod elementwise;
 mod embedded;
 mod large_tensors;
+mod layers;
 mod layout;
 mod loader;
 mod lora;

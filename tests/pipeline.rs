@@ -6,8 +6,8 @@ use common::fixtures::{Outputs, path};
 use common::{assert_close, gpu, read};
 use webdiffusion::Error;
 use webdiffusion::kernels::elementwise as ew;
-use webdiffusion::loader::{DirFiles, MemoryFiles, WeightPrecision};
-use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
+use webdiffusion::loader::{DirFiles, LatentRgb, MemoryFiles, WeightPrecision};
+use webdiffusion::models::vae::AutoencoderKl;
 use webdiffusion::pipeline::{Control, DeepCache, LatentPreview, Previewer, Request, StableDiffusion};
 use webdiffusion::rng::TorchGenerator;
 

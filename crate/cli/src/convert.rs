@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use webdiffusion::convert::checkpoint::{CheckpointOptions, read_checkpoint};
 use webdiffusion::convert::diffusers::{COMPONENTS, read_diffusers};
-use webdiffusion::convert::{ComponentOnGpu, SourceModel};
+use webdiffusion::convert::{ComponentOnGpu, SourceModel, merge_lora};
 use webdiffusion::gpu::Gpu;
-use webdiffusion::loader::{DirFiles, OpenFile, SafetensorsFile, WeightPrecision, file_hash, model_hash};
-use webdiffusion::lora::{LoraFile, LoraSpec, merge};
-use webdiffusion::models::vae::{AutoencoderKl, LatentRgb};
+use webdiffusion::loader::{DirFiles, LatentRgb, OpenFile, SafetensorsFile, WeightPrecision, file_hash, model_hash};
+use webdiffusion::lora::{LoraFile, LoraSpec};
+use webdiffusion::models::vae::AutoencoderKl;
 use webdiffusion::package::{DEFAULT_SHARD_BYTES, PackageSize, Policy, Quantization, WriteOptions, package_size, write_package};
 use webdiffusion::pipeline::fit_latent_rgb;
 use webdiffusion::schedulers::Prediction;
@@ -133,7 +133,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     let mut source = format!("{} ({kind})", model.name);
     for spec in &args.loras {
         let bytes = std::fs::read(&spec.path).map_err(|e| io_error(&spec.path, e))?;
-        merge(&mut model, &LoraFile::parse(&bytes, &spec.path.display().to_string())?, spec.scale)?;
+        merge_lora(&mut model, &LoraFile::parse(&bytes, &spec.path.display().to_string())?, spec.scale)?;
         source.push_str(&format!(" + LoRA {}:{}", folder_name(&spec.path), spec.scale));
     }
     if args.plan {

@@ -8,7 +8,7 @@ use safetensors::tensor::Dtype;
 
 use super::{HostTensor, SourceComponent, SourceModel};
 use crate::error::{Error, Result};
-use crate::loader::{ModelFiles, SafetensorsFile, Weights, component_file};
+use crate::loader::{ModelFiles, SafetensorsFile, component_file, weights_file};
 use crate::pipeline::{PREVIEW_DECODER, has_preview_decoder};
 
 /// The networks a Stable Diffusion pipeline runs, in the order a package stores them.
@@ -54,7 +54,7 @@ pub fn read_diffusers(files: &dyn ModelFiles, name: &str) -> Result<SourceModel>
 /// One component folder: its `config.json` and its weights (left in their file).
 pub fn read_component(files: &dyn ModelFiles, component: &str) -> Result<SourceComponent> {
     let config = read_json(files, &component_file(component, "config.json"))?;
-    let path = Weights::file_of(files, component)?;
+    let path = weights_file(files, component)?;
     let tensors = read_safetensors(&SafetensorsFile::open(files.open(&path)?, files.describe(&path))?)?;
     Ok(SourceComponent { config, tensors })
 }

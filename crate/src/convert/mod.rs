@@ -6,9 +6,11 @@
 pub mod checkpoint;
 pub mod diffusers;
 mod host_tensor;
+mod lora_merge;
 mod on_gpu;
 
 pub use host_tensor::HostTensor;
+pub use lora_merge::merge_lora;
 pub use on_gpu::ComponentOnGpu;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::weights::UploadedWeights;
+use super::weight_files::UploadedWeights;
 use crate::error::Result;
 
 /// One file's bytes, read a range at a time: a weights file is read tensor by tensor,

@@ -2,14 +2,16 @@
 //! network in the browser), its JSON configs and its safetensors weights.
 
 mod files;
+mod latent_rgb;
 mod safetensors;
-mod weights;
+mod weight_files;
 
 pub use files::{ByteRanges, MemoryFiles, ModelFiles};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::{DirFiles, OpenFile};
+pub use latent_rgb::{DEFAULT_LATENT_CHANNELS, LATENT_RGB_FILE, LatentRgb};
 pub use safetensors::{SafetensorsFile, widen};
-pub use weights::{UploadedWeights, WeightPrecision, Weights};
+pub use weight_files::{UploadedWeights, WeightPrecision, weights_file};
 
 use serde::de::DeserializeOwned;
 
@@ -24,7 +26,7 @@ pub fn component_file(component: &str, name: &str) -> String {
 /// The short model hash AUTOMATIC1111 shows ("Model hash"): the first 10 hex digits
 /// of the SHA-256 of the UNet's weights file, which is what makes a checkpoint itself.
 pub fn model_hash(files: &dyn ModelFiles) -> Result<String> {
-    file_hash(files.open(&Weights::file_of(files, "unet")?)?.as_ref())
+    file_hash(files.open(&weights_file(files, "unet")?)?.as_ref())
 }
 
 /// AUTOMATIC1111's short hash of a whole file (of a single-file checkpoint, it is the

@@ -76,7 +76,7 @@ impl fmt::Display for LayerShape {
 }
 
 /// The adaptable layers of one network, by name.
-pub(super) struct ModuleIndex {
+pub(crate) struct ModuleIndex {
     component: String,
     /// Canonical name -> (the model's name, shape).
     layers: BTreeMap<String, (String, LayerShape)>,
@@ -86,7 +86,7 @@ pub(super) struct ModuleIndex {
 }
 
 impl ModuleIndex {
-    pub(super) fn new(component: &str, layers: impl IntoIterator<Item = (String, LayerShape)>) -> Self {
+    pub(crate) fn new(component: &str, layers: impl IntoIterator<Item = (String, LayerShape)>) -> Self {
         let mut index = Self { component: component.to_string(), layers: BTreeMap::new(), underscored: HashMap::new() };
         for (name, shape) in layers {
             let canonical = index.canonical(&name).to_string();
@@ -127,7 +127,7 @@ impl ModuleIndex {
 }
 
 /// One module of a LoRA file and the layer it adapts.
-pub(super) struct Match<'a> {
+pub(crate) struct Match<'a> {
     /// The position of the layer's network in the list given to `match_modules`.
     pub network: usize,
     /// The layer's name in the model.
@@ -140,7 +140,7 @@ pub(super) struct Match<'a> {
 /// in the network the file names, or the first that has such a layer where the file
 /// names none. Fails on a module whose matrices do not fit its layer, and lists by name
 /// the modules that match no layer.
-pub(super) fn match_modules<'a>(lora: &'a LoraFile, networks: &[(&str, &ModuleIndex)]) -> Result<Vec<Match<'a>>> {
+pub(crate) fn match_modules<'a>(lora: &'a LoraFile, networks: &[(&str, &ModuleIndex)]) -> Result<Vec<Match<'a>>> {
     let mut matches = Vec::new();
     let mut unmatched = Vec::new();
     for module in lora.modules() {

@@ -1,14 +1,14 @@
 //! LoRA adapters: low-rank updates `W + s * up @ down` of a network's Linear and Conv2d
 //! weights, read from kohya-ss and diffusers/PEFT files (`file`), and either run as a
 //! side path next to the unchanged layers, several at once and switchable without
-//! reloading the model (`side_path`), or merged into the weights at conversion (`merge`).
+//! reloading the model (`side_path`), or merged into the weights at conversion
+//! (`convert::merge_lora`).
 //! Both find their layers by module name (`matching`), so a key that fits no layer is
 //! an error naming it in either case.
 
 mod file;
 mod keys;
 mod matching;
-mod merge;
 mod side_path;
 
 use std::path::PathBuf;
@@ -17,7 +17,8 @@ use std::str::FromStr;
 pub use file::{LoraFile, LoraMatrix, LoraModule};
 pub use keys::ModuleName;
 pub use matching::LayerShape;
-pub use merge::merge;
+// For the converter, which merges LoRAs into the weights it writes.
+pub(crate) use matching::{ModuleIndex, match_modules};
 pub use side_path::{LoraTargets, SidePath, SidePathSlot, attach};
 
 /// A LoRA named on a command line: `FILE` or `FILE:SCALE` (scale 1 when omitted).

@@ -9,7 +9,7 @@ use crate::gpu::Tensor;
 use crate::kernels::attention::{AttentionOptions, attention};
 use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
-use crate::loader::Weights;
+use crate::models::weights::Weights;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionConfig {

@@ -11,8 +11,9 @@ use crate::kernels::attention::{AttentionOptions, MAX_HEAD_DIM, attention};
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::gather::gather_rows_chunked;
 use crate::kernels::layout;
-use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+use crate::loader::{ModelFiles, WeightPrecision, read_config};
 use crate::lora::LoraTargets;
+use crate::models::weights::Weights;
 
 const OP: &str = "ClipTextModel";
 /// The weight names' prefix in hub checkpoints (transformers 4 saves it).

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::embedding::timestep_embedding;
-use crate::loader::Weights;
+use crate::models::weights::Weights;
 
 /// `get_timestep_embedding`'s default period, which neither the UNet nor LCM changes.
 const MAX_PERIOD: f32 = 10000.0;

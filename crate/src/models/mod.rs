@@ -11,3 +11,4 @@ pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod vae;
+pub mod weights;

@@ -9,8 +9,8 @@ use crate::kernels::conv2d::{Conv2dOptions, conv2d};
 use crate::kernels::elementwise::Unary;
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
-use crate::loader::Weights;
 use crate::lora::{LayerShape, SidePathSlot};
+use crate::models::weights::Weights;
 
 /// `prefix.name`, or `name` when the prefix is empty.
 pub fn join(prefix: &str, name: &str) -> String {

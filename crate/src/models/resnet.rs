@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
-use crate::loader::Weights;
+use crate::models::weights::Weights;
 
 /// What a `ResnetBlock2D` is built with (the arguments diffusers passes).
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,8 @@ use crate::gpu::{Gpu, Tensor};
 use crate::kernels::conv2d::{Conv2dOptions, conv2d, output_size};
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::layout;
-use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+use crate::loader::{ModelFiles, WeightPrecision, read_config};
+use crate::models::weights::Weights;
 
 /// The tiny VAE's `config.json`; absent fields take diffusers' defaults.
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise as ew;
 use crate::kernels::gather::gather_rows;
 use crate::kernels::layout;
-use crate::loader::Weights;
+use crate::models::weights::Weights;
 
 /// The group norm before `proj_in` (fixed in diffusers, not from the config).
 const GROUP_NORM_EPS: f32 = 1e-6;

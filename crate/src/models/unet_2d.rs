@@ -11,8 +11,9 @@ use super::unet_2d_blocks::{BlockConfig, Conditioning, CrossAttentionConfig, Dow
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
-use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+use crate::loader::{ModelFiles, WeightPrecision, read_config};
 use crate::lora::LoraTargets;
+use crate::models::weights::Weights;
 
 /// A config value given once for every block or as a list with one per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

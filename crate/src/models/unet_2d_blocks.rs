@@ -9,7 +9,7 @@ use super::transformer_2d::{KeptRows, Text, Transformer2DConfig, Transformer2DMo
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::layout;
-use crate::loader::Weights;
+use crate::models::weights::Weights;
 
 /// The cross-attention part of a `CrossAttn*` block.
 #[derive(Debug, Clone, Copy)]

@@ -11,8 +11,7 @@ use super::source::{BoxFuture, ChunkSink, PackageSource};
 use super::writer::{hex, sha256_hex};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, StreamedTensor, Tensor};
-use crate::loader::{ModelFiles, UploadedWeights, component_file};
-use crate::models::vae::LATENT_RGB_FILE;
+use crate::loader::{LATENT_RGB_FILE, ModelFiles, UploadedWeights, component_file};
 
 /// How far loading has come: bytes of shards read, overall and per component (a
 /// component's bytes are its tensors').

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::DType;
-use crate::models::vae::{AutoencoderKlConfig, LatentRgb};
+use crate::loader::{DEFAULT_LATENT_CHANNELS, LatentRgb};
 use crate::quant;
 
 /// The `format` field of every package manifest.
@@ -217,7 +217,7 @@ impl Manifest {
         let vae = self.components.get("vae").and_then(|c| c.config.as_ref());
         let vae = vae.ok_or_else(|| invalid("`latent_rgb` is given but there is no `vae` component with a config".into()))?;
         let channels = match vae.get("latent_channels") {
-            None => AutoencoderKlConfig::default().latent_channels,
+            None => DEFAULT_LATENT_CHANNELS,
             Some(value) => value.as_u64().ok_or_else(|| invalid(format!("components.vae.config.latent_channels is {value}")))? as usize,
         };
         map.validate(channels, MANIFEST)

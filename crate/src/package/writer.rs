@@ -12,7 +12,7 @@ use crate::convert::diffusers::COMPONENTS;
 use crate::convert::{SourceComponent, SourceModel};
 use crate::error::{Error, Result};
 use crate::gpu::DType;
-use crate::models::vae::LatentRgb;
+use crate::loader::LatentRgb;
 use crate::quant;
 
 /// The default shard size: small enough for a browser to cache and retry each one.

@@ -16,8 +16,9 @@ use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise as ew;
 use crate::kernels::layout;
 use crate::kernels::matmul::{MatmulOptions, matmul};
+use crate::loader::LatentRgb;
 use crate::models::taesd::AutoencoderTiny;
-use crate::models::vae::{AutoencoderKl, LatentRgb};
+use crate::models::vae::AutoencoderKl;
 
 /// `rgb = weight @ latent + bias` per latent pixel, RGB in [-1, 1] like a VAE's output.
 pub struct LatentPreview {

@@ -7,8 +7,8 @@ use super::layers::{ChunkPlan, Conv, Resnet, Upsample, group_norm};
 use super::mid_block::{EPS, MidBlock};
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::loader::Weights;
 use crate::models::nn::{GroupNorm, join};
+use crate::models::weights::Weights;
 
 /// Resnets at one resolution, then (except in the last block) nearest 2x upsampling and a conv.
 struct UpDecoderBlock2D {

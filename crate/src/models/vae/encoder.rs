@@ -7,8 +7,8 @@ use super::layers::{ChunkPlan, Conv, Resnet, group_norm};
 use super::mid_block::{EPS, MidBlock};
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::loader::Weights;
 use crate::models::nn::{GroupNorm, join};
+use crate::models::weights::Weights;
 
 /// The encoder's downsamplers pad only bottom and right, then convolve with stride 2.
 const DOWNSAMPLE_PADDING: [usize; 4] = [0, 1, 0, 1];

@@ -8,8 +8,8 @@ use super::channel_chunks::ChannelChunks;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::conv2d::{Conv2dOptions, output_size};
-use crate::loader::Weights;
 use crate::models::nn::{GroupNorm, join};
+use crate::models::weights::Weights;
 
 /// How the VAE holds activations: any over `limit` in chunks of whole groups of
 /// `groups` (every norm in the VAE has `norm_num_groups`), so each chunk can be normed.

@@ -5,9 +5,9 @@
 use super::channel_chunks::ChannelChunks;
 use super::layers::{ChunkPlan, Resnet};
 use crate::error::{Error, Result};
-use crate::loader::Weights;
 use crate::models::attention::{Attention, AttentionConfig};
 use crate::models::nn::join;
+use crate::models::weights::Weights;
 
 /// The VAE's resnets and norms all use this epsilon.
 pub(super) const EPS: f32 = 1e-6;

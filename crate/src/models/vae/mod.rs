@@ -9,14 +9,12 @@ mod channel_chunks;
 mod decoder;
 mod distribution;
 mod encoder;
-mod latent_rgb;
 mod layers;
 mod mid_block;
 
 pub(crate) use activation_limit::ActivationLimit;
 pub use channel_chunks::ChannelChunks;
 pub use distribution::sample_latents;
-pub use latent_rgb::{LATENT_RGB_FILE, LatentRgb};
 
 use serde::Deserialize;
 
@@ -25,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::attention::MAX_HEAD_DIM;
 use crate::kernels::layout;
-use crate::loader::{ModelFiles, WeightPrecision, Weights, read_config};
+use crate::loader::{LATENT_RGB_FILE, LatentRgb, ModelFiles, WeightPrecision, read_config};
+use crate::models::weights::Weights;
 use decoder::Decoder;
 use encoder::Encoder;
 use layers::ChunkPlan;
@@ -75,7 +74,7 @@ impl Default for AutoencoderKlConfig {
             block_out_channels: vec![64],
             layers_per_block: 1,
             act_fn: "silu".into(),
-            latent_channels: 4,
+            latent_channels: crate::loader::DEFAULT_LATENT_CHANNELS,
             norm_num_groups: 32,
             sample_size: SampleSize::Square(32),
             scaling_factor: 0.18215,

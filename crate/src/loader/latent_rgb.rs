@@ -1,7 +1,9 @@
 //! The VAE's latent-to-RGB map for cheap previews, as data: `rgb = weight @ latent +
 //! bias` per latent pixel, on latents as the sampler holds them (scaled) and RGB in
 //! [-1, 1] like the decoder's output. A package stores it (fitted by the converter);
-//! a model folder may carry it as `vae/latent_rgb.json`.
+//! a model folder may carry it as `vae/latent_rgb.json`. It lives with the model's files
+//! rather than with the VAE because the package's manifest reads and checks it too, and
+//! the package layer sits below the models.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +11,9 @@ use crate::error::{Error, Result};
 
 /// The file name beside the VAE's `config.json`.
 pub const LATENT_RGB_FILE: &str = "latent_rgb.json";
+
+/// diffusers' `AutoencoderKL` default `latent_channels`, for a VAE config that leaves it out.
+pub const DEFAULT_LATENT_CHANNELS: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

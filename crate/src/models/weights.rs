@@ -1,29 +1,19 @@
 //! One component's weights, served by name as a model asks for them, with every name
 //! and shape checked against what the config implies: a safetensors file uploaded
 //! tensor by tensor, or a package's tensors already on the GPU in their storage type.
+//! The builder also keeps the registry of the layers LoRAs can adapt, which is why it
+//! lives with the models, above `loader` (the files) and `lora`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use safetensors::tensor::Dtype;
 
-use super::component_file;
-use super::files::{ByteRanges, ModelFiles};
-use super::safetensors::{SafetensorsFile, widen};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
+use crate::loader::{ByteRanges, ModelFiles, SafetensorsFile, UploadedWeights, WeightPrecision, weights_file, widen};
 use crate::lora::LoraTargets;
-
-/// How weights are stored on the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightPrecision {
-    /// As the file has them: f16 stays packed f16, f32 stays f32 (bf16 becomes f32).
-    #[default]
-    AsStored,
-    /// Everything the kernels can read as f16 is stored packed f16: half the memory.
-    F16,
-}
 
 pub struct Weights {
     gpu: Gpu,
@@ -42,17 +32,6 @@ enum Store {
     Uploaded(HashMap<String, Tensor>),
 }
 
-/// A component's tensors already on the GPU; `file` names their origin in errors.
-#[derive(Clone)]
-pub struct UploadedWeights {
-    pub file: String,
-    pub tensors: HashMap<String, Tensor>,
-}
-
-/// The weight file names diffusers writes, preferred first.
-const FILE_NAMES: [&str; 4] =
-    ["diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"];
-
 impl Weights {
     /// The weights of one component folder (`unet`, `vae`, `text_encoder`), or the
     /// component's tensors where `files` has them on the GPU already (a package, whose
@@ -61,16 +40,8 @@ impl Weights {
         if let Some(uploaded) = files.uploaded(component) {
             return Ok(Self::from_uploaded(gpu, uploaded));
         }
-        let path = Self::file_of(files, component)?;
+        let path = weights_file(files, component)?;
         Self::from_file(gpu, files.describe(&path), files.open(&path)?, precision)
-    }
-
-    /// The path of a component's weights file (the first of diffusers' names present).
-    pub fn file_of(files: &dyn ModelFiles, component: &str) -> Result<String> {
-        FILE_NAMES.iter().map(|name| component_file(component, name)).find(|path| files.exists(path)).ok_or_else(|| Error::Io {
-            path: files.describe(component),
-            detail: format!("no weights file (looked for {})", FILE_NAMES.join(", ")),
-        })
     }
 
     /// A safetensors file in memory; `file` names it in errors.

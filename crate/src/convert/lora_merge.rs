@@ -2,17 +2,16 @@
 //! adapted Linear, and for every adapted conv with `down` a kernel and `up` a 1x1 conv
 //! (the product is then a kernel of the conv's size).
 
-use super::file::{LoraFile, LoraModule};
-use super::matching::{LayerShape, ModuleIndex, match_modules};
-use crate::convert::{HostTensor, SourceModel};
+use super::{HostTensor, SourceModel};
 use crate::error::{Error, Result};
+use crate::lora::{LayerShape, LoraFile, LoraModule, ModuleIndex, match_modules};
 
 /// The networks LoRAs adapt (Stable Diffusion LoRAs never touch the VAE).
 const NETWORKS: [&str; 3] = ["unet", "text_encoder", "text_encoder_2"];
 
 /// Adds `lora` at user scale `scale` into the weights of `model`. Fails, changing nothing,
 /// when a module matches no layer (all such are named) or does not fit its layer.
-pub fn merge(model: &mut SourceModel, lora: &LoraFile, scale: f32) -> Result<()> {
+pub fn merge_lora(model: &mut SourceModel, lora: &LoraFile, scale: f32) -> Result<()> {
     let present: Vec<&str> = NETWORKS.into_iter().filter(|name| model.components.contains_key(*name)).collect();
     let indices: Vec<ModuleIndex> =
         present.iter().map(|name| ModuleIndex::new(name, adaptable_layers(&model.components[*name].tensors))).collect();
