@@ -90,7 +90,10 @@ fn previews_decode_with_the_shipped_decoder_as_no_linear_map_reads_the_latents()
     assert!(matches!(pollster::block_on(Previewer::for_vae(gpu(), sd.vae())).unwrap(), Previewer::Decoder));
     let previewer = pollster::block_on(Previewer::for_model(gpu(), &sd)).unwrap();
     assert!(matches!(previewer, Previewer::Taesd(_)), "previews use {}", previewer.name());
-    assert!(load("embedded").preview_decoder().is_some(), "the 20-step package ships the same decoder");
+    let full_model = load("embedded");
+    assert!(full_model.preview_decoder().is_some(), "the 20-step package ships the same decoder");
+    // Steps when none are asked for, as diffusers' two pipelines default.
+    assert_eq!((sd.default_steps(), full_model.default_steps()), (4, 50));
 
     let linear = LatentPreview::new(gpu(), &stored).unwrap();
     let prompts = [

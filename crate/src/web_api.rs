@@ -18,7 +18,7 @@ use crate::image::{RgbImage, from_decoded};
 use crate::loader::WeightPrecision;
 use crate::lora::LoraFile;
 use crate::package::{FetchSource, LoadProgress, load_package};
-use crate::pipeline::{DeepCache, Previewer, Request, StableDiffusion};
+use crate::pipeline::{DEFAULT_GUIDANCE, DeepCache, Previewer, Request, StableDiffusion};
 use crate::schedulers;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -30,7 +30,7 @@ export interface GenerateOptions {
   negativePrompt?: string;
   /** A random one; the result reports it. Integers up to 2^53 - 1. */
   seed?: number;
-  /** 4 (the embedded LCM model's step count). */
+  /** The model's own: 4 for an LCM such as the embedded model, else 50 (diffusers' defaults). */
   steps?: number;
   /** 7.5 (1 or less: no guidance). */
   guidance?: number;
@@ -92,7 +92,6 @@ export type LoadProgressCallback = (done: number, total: number) => void;
 export type StepCallback = (step: number, total: number, rgba: Uint8ClampedArray<ArrayBuffer>, width: number, height: number) => void;
 "#;
 
-const DEFAULT_STEPS: usize = 4;
 const MAX_STEPS: usize = 1000;
 /// Image sides (and `clipSkip`) past these are surely mistakes; the pipeline checks the
 /// sizes a model and a GPU can take.
@@ -101,7 +100,6 @@ const MAX_CLIP_SKIP: usize = 64;
 /// A cache interval or branch, or a token merge factor, past this is surely a mistake (the
 /// pipeline checks the branches a UNet has and the tokens a factor leaves).
 const MAX_CACHE_SETTING: usize = 1000;
-const DEFAULT_GUIDANCE: f32 = 7.5;
 /// The largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
@@ -202,8 +200,8 @@ impl Engine {
     ) -> js_sys::Promise {
         let loaded = self.loaded.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let request = request_from(&options)?;
             let sd = loaded.sd.try_borrow().map_err(|_| js_sys::Error::new("benchSteps: setLoras is running"))?;
+            let request = request_from(&options, sd.default_steps())?;
             let timings = sd.time_steps(&request, steps, profile).await.map_err(to_js)?;
             let mut json = serde_json::to_value(&timings).map_err(|e| js_sys::Error::new(&e.to_string()))?;
             json["table"] = timings.table().into();
@@ -236,9 +234,9 @@ impl Loaded {
     // it mutably but `setLoras`, with `try_borrow_mut`, so this cannot panic.
     #[allow(clippy::await_holding_refcell_ref)]
     async fn generate(&self, options: &JsValue, on_step: Option<&Function>) -> Result<JsValue, JsValue> {
-        let request = request_from(options)?;
-        let signal = abort_signal(options)?;
         let sd = self.sd.borrow();
+        let request = request_from(options, sd.default_steps())?;
+        let signal = abort_signal(options)?;
         let mut run = sd.start_generation(&request).map_err(to_js)?;
         // One step at a time, at most one queued behind the one the GPU works on: after
         // recording step k the page waits for step k-1 (its preview, read right behind it),
@@ -345,7 +343,7 @@ fn rgba(values: &[f32], shape: &[usize]) -> Result<(JsValue, usize, usize)> {
 }
 
 /// The request `options` (a `GenerateOptions`) describes, with the defaults above.
-fn request_from(options: &JsValue) -> Result<Request, JsValue> {
+fn request_from(options: &JsValue, default_steps: usize) -> Result<Request, JsValue> {
     if !options.is_object() {
         return Err(type_error("generate: options must be an object such as { prompt: \"a red circle\" }"));
     }
@@ -358,7 +356,7 @@ fn request_from(options: &JsValue) -> Result<Request, JsValue> {
         Some(seed) => seed as u64,
         None => (js_sys::Math::random() * 4_294_967_296.0) as u64,
     };
-    let steps = integer_field(options, "steps", 1, MAX_STEPS)?.unwrap_or(DEFAULT_STEPS);
+    let steps = integer_field(options, "steps", 1, MAX_STEPS)?.unwrap_or(default_steps);
     let guidance_scale = match number_field(options, "guidance")? {
         Some(guidance) if !guidance.is_finite() => {
             return Err(type_error(&format!("generate: options.guidance must be finite, got {guidance}")));

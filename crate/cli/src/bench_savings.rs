@@ -24,7 +24,7 @@ pub struct SavingsBenchArgs {
     /// Scheduler (sampler), as `generate --scheduler`; the model's own when omitted.
     #[arg(long)]
     scheduler: Option<String>,
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_GUIDANCE)]
     guidance: f32,
     /// Image side in pixels (the checkpoint's own size when omitted).
     #[arg(long)]

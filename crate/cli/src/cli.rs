@@ -75,7 +75,7 @@ enum BenchTarget {
         #[arg(long)]
         size: Option<usize>,
         /// Guidance scale; above 1 runs classifier-free guidance (a batch of 2).
-        #[arg(long, default_value_t = 7.5)]
+        #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_GUIDANCE)]
         guidance: f32,
         /// Time one more step kernel by kernel.
         #[arg(long)]

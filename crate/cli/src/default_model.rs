@@ -7,9 +7,6 @@ use webdiffusion::package::MemorySource;
 /// The name images record as their model.
 pub const NAME: &str = "embedded-lcm";
 
-/// The steps the model was distilled for.
-pub const STEPS: usize = 4;
-
 macro_rules! package_file {
     ($path:literal) => {
         ($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/embedded-lcm/", $path)) as &'static [u8])

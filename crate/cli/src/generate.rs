@@ -29,11 +29,12 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Denoising steps: 4 with the built-in model, else 50 (diffusers' default).
+    /// Denoising steps: the model's own when omitted (diffusers' defaults: 4 for an LCM such
+    /// as the built-in model, else 50).
     #[arg(long)]
     steps: Option<usize>,
     /// Classifier-free guidance scale (1 or less: no guidance).
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_GUIDANCE)]
     guidance: f32,
     /// Sampler; the checkpoint's own when omitted.
     #[arg(long)]
@@ -154,7 +155,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         Some(path) => path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
         None => default_model::NAME.to_string(),
     };
-    let steps = args.steps.unwrap_or(if args.model.is_none() { default_model::STEPS } else { 50 });
+    let steps = args.steps.unwrap_or(sd.default_steps());
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
     let init_image = args.init_image.as_deref().map(read_png).transpose()?;
     let mask = args.mask.as_deref().map(read_png).transpose()?;

@@ -3,6 +3,7 @@
 //! the library (`webdiffusion`) builds Stable Diffusion from these pieces, and this crate
 //! cannot reach back into it.
 
+pub mod dtype;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

@@ -16,8 +16,8 @@
 
 use half::f16;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::DType;
 
 /// Elements that share one scale.
 pub const BLOCK: usize = 32;

@@ -68,13 +68,21 @@ pub struct Request {
     pub token_merge: Option<f32>,
 }
 
+/// Denoising steps when none are asked for: diffusers' `StableDiffusionPipeline` default
+/// (`StableDiffusion::default_steps` gives a model's own: 4 for an LCM).
+pub const DEFAULT_STEPS: usize = 50;
+/// Diffusers' guidance scale default, which every front end offers.
+pub const DEFAULT_GUIDANCE: f32 = 7.5;
+/// Diffusers' `LatentConsistencyModelPipeline` default steps.
+const CONSISTENCY_MODEL_STEPS: usize = 4;
+
 impl Default for Request {
     fn default() -> Self {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
-            steps: 50,
-            guidance_scale: 7.5,
+            steps: DEFAULT_STEPS,
+            guidance_scale: DEFAULT_GUIDANCE,
             scheduler: None,
             seed: 0,
             width: None,
@@ -257,6 +265,12 @@ impl StableDiffusion {
             return Err(Error::Unsupported { file: files.describe("unet/config.json"), detail });
         }
         Ok(sd)
+    }
+
+    /// The steps diffusers' pipeline for this model draws with when none are asked for:
+    /// 4 for a latent consistency model, else 50.
+    pub fn default_steps(&self) -> usize {
+        if self.consistency_model { CONSISTENCY_MODEL_STEPS } else { DEFAULT_STEPS }
     }
 
     /// Whether `request`'s steps run the UNet over a classifier-free guidance batch of 2

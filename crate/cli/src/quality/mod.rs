@@ -34,7 +34,7 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_GUIDANCE)]
     pub guidance: f32,
     #[command(flatten)]
     pub savings: StepSavingArgs,

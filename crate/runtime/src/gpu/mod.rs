@@ -20,5 +20,7 @@ pub use context::{Gpu, GpuInfo};
 pub use kernel::KernelKey;
 pub use preprocess::preprocess;
 pub use stats::{Counters, KernelTime};
-pub use tensor::{DType, Tensor};
+// Tensors are typed by it; `gpu::DType` is the path users write.
+pub use crate::dtype::DType;
+pub use tensor::Tensor;
 pub use upload::StreamedTensor;

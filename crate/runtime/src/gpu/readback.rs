@@ -2,7 +2,8 @@
 //! device is polled to completion, in the browser the event loop resolves the map.
 
 use super::context::Gpu;
-use super::tensor::{DType, Tensor};
+use super::tensor::Tensor;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant;
 
