@@ -389,17 +389,19 @@ fn bad_image_requests_are_clear_errors() {
     let sd = load("sd1-tiny");
     let (init, mask) = (fixture_png("img2img_init.png"), fixture_png("inpaint_mask.png"));
     let base = Request { prompt: "a cat".into(), steps: 4, init_image: Some(init.clone()), ..Default::default() };
-    for (request, needle) in [
-        (Request { width: Some(32), ..base.clone() }, "the init image is 16x16, the generation 32x16"),
-        (Request { init_image: None, mask: Some(mask.clone()), ..base.clone() }, "a mask needs an init image"),
-        (Request { strength: 0.0, ..base.clone() }, "strength must be in (0, 1]"),
-        (Request { strength: 1.5, ..base.clone() }, "strength must be in (0, 1]"),
-        (Request { strength: 0.2, ..base.clone() }, "runs no step"),
-        (Request { latents: Some(vec![0.0; 256]), ..base.clone() }, "given latents and an init image"),
-        (Request { mask: Some(corner(&mask, 8)), ..base.clone() }, "the mask is 8x8"),
+    // Request errors, apart from what the engine finds wrong, naming the option at fault.
+    for (request, option, needle) in [
+        (Request { width: Some(32), ..base.clone() }, "init_image", "the init image is 16x16, the generation 32x16"),
+        (Request { init_image: None, mask: Some(mask.clone()), ..base.clone() }, "mask", "a mask needs an init image"),
+        (Request { strength: 0.0, ..base.clone() }, "strength", "strength must be in (0, 1]"),
+        (Request { strength: 1.5, ..base.clone() }, "strength", "strength must be in (0, 1]"),
+        (Request { strength: 0.2, ..base.clone() }, "strength", "runs no step"),
+        (Request { latents: Some(vec![0.0; 256]), ..base.clone() }, "latents", "given latents and an init image"),
+        (Request { mask: Some(corner(&mask, 8)), ..base.clone() }, "mask", "the mask is 8x8"),
+        (Request { width: Some(17), init_image: None, ..base.clone() }, "width", "positive multiples of"),
     ] {
         let err = sd.generate(&request).err().expect(needle);
-        assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains(needle), "{err}");
+        assert!(matches!(&err, Error::Request { option: named, .. } if *named == option) && err.to_string().contains(needle), "{err}");
     }
     let inpainting = load("sd1-inpaint-tiny");
     assert!(inpainting.is_inpainting_model() && !sd.is_inpainting_model());

@@ -498,9 +498,14 @@ fn type_error(message: &str) -> JsValue {
     js_sys::TypeError::new(message).into()
 }
 
-/// The library's error as a JavaScript `Error` with its message.
+/// The library's error as a JavaScript error with its message: a `TypeError` for a request
+/// the model cannot take (a bad argument, as the option checks above report theirs), an
+/// `Error` for what the engine meets.
 fn to_js(error: Error) -> JsValue {
-    js_sys::Error::new(&error.to_string()).into()
+    match error {
+        Error::Request { .. } => type_error(&error.to_string()),
+        _ => js_sys::Error::new(&error.to_string()).into(),
+    }
 }
 
 /// The library reports recoverable trouble (an unavailable cache, a resumed download)

@@ -360,10 +360,10 @@ test("the engine's options give the CLI's images: sampler, size, image to image,
   assert.match(await rejected(`{ initImage: { data: new Uint8Array(12), width: 2, height: 2 } }`), /^TypeError: .*holds 12 bytes, not 2 x 2 RGBA pixels \(16\)/);
   assert.match(await rejected(`{ cacheInterval: 0 }`), /^TypeError: .*options\.cacheInterval must be an integer from 1/);
   assert.match(await rejected(`{ tokenMerge: 0.5 }`), /^TypeError: .*options\.tokenMerge must be a number from 1/);
-  // What the pipeline refuses comes back as its message: a size the VAE cannot take, a
-  // cache branch the UNet does not have.
-  assert.match(await rejected(`{ width: 66 }`), /^Error: .*66/);
-  assert.match(await rejected(`{ cacheBranch: 40 }`), /^Error: .*cache branch 40 is not below this UNet's 6 branches/);
+  // What the pipeline refuses for this model is a TypeError too, with its message: a size
+  // the VAE cannot take, a cache branch the UNet does not have.
+  assert.match(await rejected(`{ width: 66 }`), /^TypeError: .*66/);
+  assert.match(await rejected(`{ cacheBranch: 40 }`), /^TypeError: .*cache branch 40 is not below this UNet's 6 branches/);
   assert.deepEqual(pageErrors, []);
   await context.close();
 });

@@ -15,8 +15,14 @@ pub enum Error {
     OutOfMemory(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// The engine found a tensor of the wrong shape or type: a bug in a caller or a model
+    /// file that does not fit its config, not something the user asked for.
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
+    /// What the user asked a generation for does not fit the model or does not make sense;
+    /// `option` names it as the request does (`strength`, `init_image`, ...).
+    #[error("generate: {detail}")]
+    Request { option: &'static str, detail: String },
     #[error("{what} needs {needed} bytes but this adapter allows at most {limit}")]
     TooLarge { what: String, needed: u64, limit: u64 },
     #[error("reading a result back from the GPU failed: {0}")]
@@ -45,5 +51,10 @@ impl Error {
     /// A shape error with a formatted message.
     pub fn shape(op: &'static str, detail: impl fmt::Display) -> Self {
         Error::Shape { op, detail: detail.to_string() }
+    }
+
+    /// A request error naming the request's `option`.
+    pub fn request(option: &'static str, detail: impl fmt::Display) -> Self {
+        Error::Request { option, detail: detail.to_string() }
     }
 }

@@ -25,9 +25,13 @@ impl DeepCache {
     /// An error naming the option that does not fit `unet`.
     pub fn check(&self, unet: &UNet2DConditionModel) -> Result<()> {
         if self.interval == 0 {
-            return Err(Error::shape("generate", "the cache interval must be at least 1 (1 computes every step whole)"));
+            return Err(Error::request("deep_cache", "the cache interval must be at least 1 (1 computes every step whole)"));
         }
-        unet.check_branch(self.branch)
+        // The UNet's own check, reported as the request's (it is the user's option).
+        unet.check_branch(self.branch).map_err(|error| match error {
+            Error::Shape { detail, .. } => Error::request("deep_cache", detail),
+            other => other,
+        })
     }
 
     /// Whether UNet evaluation `done` (counted from the generation's first) reuses deep

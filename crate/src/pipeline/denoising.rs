@@ -54,7 +54,7 @@ impl StableDiffusion {
             TokenDownsampling { factor, height: height / vae_factor, width: width / vae_factor }.check()?;
         }
         if self.is_inpainting_model() && request.mask.is_none() {
-            return Err(Error::shape("generate", "this is an inpainting UNet: it needs an init image and a mask"));
+            return Err(Error::request("init_image", "this is an inpainting UNet: it needs an init image and a mask"));
         }
         let scheduler_name = match &request.scheduler {
             Some(name) => name.clone(),

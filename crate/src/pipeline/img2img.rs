@@ -18,23 +18,23 @@ use crate::schedulers::{self, Noise, Scheduler, SchedulerConfig};
 /// generation: strength in (0, 1], the init image (and the mask) of that size, a mask only
 /// with an init image, no given latents with one.
 pub(super) fn check_request(request: &Request, width: usize, height: usize) -> Result<()> {
-    let bad = |detail: String| Err(Error::shape("generate", detail));
+    let bad = |option: &'static str, detail: String| Err(Error::request(option, detail));
     let Some(init) = &request.init_image else {
         return match request.mask {
-            Some(_) => bad("a mask needs an init image to inpaint".into()),
+            Some(_) => bad("mask", "a mask needs an init image to inpaint".into()),
             None => Ok(()),
         };
     };
     // NaN fails this too.
     if !(request.strength > 0.0 && request.strength <= 1.0) {
-        return bad(format!("strength must be in (0, 1], got {}", request.strength));
+        return bad("strength", format!("strength must be in (0, 1], got {}", request.strength));
     }
     if request.latents.is_some() {
-        return bad("given latents and an init image do not go together (the image gives the start)".into());
+        return bad("latents", "given latents and an init image do not go together (the image gives the start)".into());
     }
-    for (what, image) in [("the init image", Some(init)), ("the mask", request.mask.as_ref())] {
+    for (option, what, image) in [("init_image", "the init image", Some(init)), ("mask", "the mask", request.mask.as_ref())] {
         if let Some(image) = image.filter(|image| (image.width, image.height) != (width, height)) {
-            return bad(format!("{what} is {}x{}, the generation {width}x{height}", image.width, image.height));
+            return bad(option, format!("{what} is {}x{}, the generation {width}x{height}", image.width, image.height));
         }
     }
     Ok(())
@@ -78,8 +78,8 @@ pub(super) fn begin_index(steps: usize, strength: f32, order: usize) -> Result<u
     let strength = python_float(strength);
     let run = ((steps as f64 * strength) as usize).min(steps);
     if run == 0 {
-        return Err(Error::shape(
-            "generate",
+        return Err(Error::request(
+            "strength",
             format!("strength {strength} of {steps} steps runs no step (int({steps} * {strength}) is 0)"),
         ));
     }

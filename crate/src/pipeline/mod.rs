@@ -346,7 +346,7 @@ impl StableDiffusion {
             let start = match &request.latents {
                 Some(values) if values.len() != latent_shape.iter().product::<usize>() => {
                     let detail = format!("the given latents must be {latent_shape:?} for a {width}x{height} image");
-                    return Err(Error::shape("generate", detail));
+                    return Err(Error::request("latents", detail));
                 }
                 Some(values) => gpu.upload_f32(&latent_shape, values)?,
                 None => noise.randn(&latent_shape)?,
@@ -389,8 +389,8 @@ impl StableDiffusion {
         // The UNet halves the latent grid once per down block after the first.
         let multiple = self.vae_scale_factor() * (1 << (self.unet.config().block_out_channels.len() - 1));
         if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {
-            return Err(Error::shape(
-                "generate",
+            return Err(Error::request(
+                "width",
                 format!("width and height must be positive multiples of {multiple}, got {width}x{height}"),
             ));
         }
