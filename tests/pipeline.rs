@@ -72,6 +72,10 @@ fn bad_requests_are_clear_errors() {
     ] {
         let err = sd.generate(&request).err().expect(needle);
         assert!(err.to_string().contains(needle), "{err}");
+        // The cache and token-merge settings are the user's options: request errors.
+        if request.deep_cache.is_some() || request.token_merge.is_some() {
+            assert!(matches!(err, Error::Request { .. }), "{err:?}");
+        }
     }
 }
 

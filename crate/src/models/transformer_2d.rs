@@ -56,14 +56,15 @@ impl TokenDownsampling {
         (size as f32 / self.factor) as usize
     }
 
-    /// An error when `factor` is not a number of at least 1 or leaves no token.
+    /// A request error (the factor is the user's `token_merge`) when `factor` is not a
+    /// number of at least 1 or leaves no token.
     pub fn check(&self) -> Result<()> {
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
-            return Err(Error::shape("token merge", format!("the factor must be a number of at least 1, got {}", self.factor)));
+            return Err(Error::request("token_merge", format!("the factor must be a number of at least 1, got {}", self.factor)));
         }
         if self.coarse(self.height) == 0 || self.coarse(self.width) == 0 {
-            return Err(Error::shape(
-                "token merge",
+            return Err(Error::request(
+                "token_merge",
                 format!("factor {} leaves no token of the {}x{} grid", self.factor, self.height, self.width),
             ));
         }
