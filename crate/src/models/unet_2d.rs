@@ -463,16 +463,11 @@ impl UNet2DConditionModel {
         1 + self.down_blocks.iter().map(DownBlock2D::layer_count).sum::<usize>()
     }
 
-    /// An error unless `branch` is one of `branches()`.
-    pub fn check_branch(&self, branch: usize) -> Result<()> {
+    /// What is wrong with `branch` when it is not one of `branches()`: a pass reports it
+    /// as a shape error, a request (`DeepCache::check`) as the user's option.
+    pub fn unknown_branch(&self, branch: usize) -> Option<String> {
         let branches = self.branches();
-        if branch >= branches {
-            return Err(Error::shape(
-                "UNet2DConditionModel",
-                format!("cache branch {branch} is not below this UNet's {branches} branches"),
-            ));
-        }
-        Ok(())
+        (branch >= branches).then(|| format!("cache branch {branch} is not below this UNet's {branches} branches"))
     }
 
     /// `forward_timesteps` computing all of the UNet (`FeatureReuse::None`, `Store`) or only
@@ -566,7 +561,9 @@ impl UNet2DConditionModel {
         let (FeatureReuse::Store { branch } | FeatureReuse::Reuse { branch, .. }) = options.reuse else {
             return self.token_downsampling(sample, options.token_merge);
         };
-        self.check_branch(branch)?;
+        if let Some(detail) = self.unknown_branch(branch) {
+            return Err(Error::shape(OP, detail));
+        }
         if let FeatureReuse::Reuse { feature, .. } = options.reuse
             && feature.shape().first() != sample.shape().first()
         {

@@ -27,11 +27,10 @@ impl DeepCache {
         if self.interval == 0 {
             return Err(Error::request("deep_cache", "the cache interval must be at least 1 (1 computes every step whole)"));
         }
-        // The UNet's own check, reported as the request's (it is the user's option).
-        unet.check_branch(self.branch).map_err(|error| match error {
-            Error::Shape { detail, .. } => Error::request("deep_cache", detail),
-            other => other,
-        })
+        match unet.unknown_branch(self.branch) {
+            Some(detail) => Err(Error::request("deep_cache", detail)),
+            None => Ok(()),
+        }
     }
 
     /// Whether UNet evaluation `done` (counted from the generation's first) reuses deep
