@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-WASM_BINDGEN_VERSION=0.2.130   # must equal the wasm-bindgen pinned in crate/Cargo.toml
+WASM_BINDGEN_VERSION=0.2.130   # must equal the wasm-bindgen pinned in crate/web/Cargo.toml
 CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS=60                # per fuzz target
 APT_PACKAGES=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver)
@@ -41,9 +41,10 @@ setup() {
 # The page in web/dist: the library as WebAssembly with its bindings (web/pkg, the npm package), the
 # TypeScript compiled, and the embedded model copied beside them.
 build_page() {
-    local wasm="${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/webdiffusion.wasm"
-    cargo build --release --target wasm32-unknown-unknown -p webdiffusion --lib
-    wasm-bindgen --target web --out-dir web/pkg "$wasm"
+    local wasm="${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/webdiffusion_web.wasm"
+    cargo build --release --target wasm32-unknown-unknown -p webdiffusion-web --lib
+    # Named after the npm package, not the crate: web/pkg/webdiffusion.js and webdiffusion_bg.wasm.
+    wasm-bindgen --target web --out-dir web/pkg --out-name webdiffusion "$wasm"
     # web/pkg is also the npm package: its manifest and README beside the bindings.
     cp web/npm/package.json web/npm/README.md web/pkg/
     (cd web && npx tsc -p .)
@@ -78,10 +79,10 @@ run_fuzz() {
 run_tests() {
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p webdiffusion --target wasm32-unknown-unknown --lib --test web --test web_package -- -D warnings
+    cargo clippy -p webdiffusion -p webdiffusion-web --target wasm32-unknown-unknown --lib --test web --test web_package -- -D warnings
     cargo test --workspace
     (
-        cd crate
+        cd crate/web
         CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
             cargo test --target wasm32-unknown-unknown --test web --test web_package
     )

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["convert"],
     &["package"],
-    &["web_api"],
+    &["open"],
 ];
 
 /// The runtime's modules, which the library re-exports and every layer may use.

@@ -16,8 +16,10 @@ use webdiffusion::convert::{HostTensor, SourceModel};
 use webdiffusion::gpu::{DType, Tensor};
 use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
 use webdiffusion::models::unet_2d::UNet2DConditionModel;
+use webdiffusion::open::ModelSource;
 use webdiffusion::package::{
-    DirSource, LoadProgress, Package, Policy, Quantization, WriteOptions, load_package, package_size, parse_manifest, write_package,
+    DirSource, LoadProgress, MemorySource, Package, Policy, Quantization, WriteOptions, load_package, package_size, parse_manifest,
+    write_package,
 };
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::quant;
@@ -452,4 +454,44 @@ fn full_size_package_sizes() {
         }
     }
     eprintln!("{table}");
+}
+
+/// `StableDiffusion::open`, the front ends' one way in: a package folder, the same package
+/// from memory (the browser's route, through a `PackageSource`) and a folder that is
+/// neither package nor diffusers model. The two routes give the same model (same image)
+/// and the manifest's model hash; a diffusers folder's hash is asserted against coreutils
+/// by tests/cli.rs.
+#[test]
+fn open_takes_a_package_folder_or_any_package_source() {
+    let mut options = options(Quantization::F16);
+    options.model_hash = Some("0123456789".into());
+    let files = package_bytes(&source("sd1-tiny"), &options);
+    let dir = write_folder("open", &files);
+    let mut reports: Vec<LoadProgress> = Vec::new();
+    let from_folder = pollster::block_on(StableDiffusion::open(gpu(), ModelSource::Folder(&dir), WeightPrecision::AsStored, &mut |p| {
+        reports.push(p.clone())
+    }))
+    .unwrap();
+    let last = reports.last().expect("no progress reported");
+    assert!(last.total > 0 && last.done == last.total, "{last:?}");
+
+    let leaked: Vec<(&'static str, &'static [u8])> =
+        files.into_iter().map(|(path, bytes)| (&*Box::leak(path.into_boxed_str()), &*Box::leak(bytes.into_boxed_slice()))).collect();
+    let memory = MemorySource::new("in memory", leaked);
+    let from_memory =
+        pollster::block_on(StableDiffusion::open(gpu(), ModelSource::Package(&memory), WeightPrecision::AsStored, &mut |_| {})).unwrap();
+    for sd in [&from_folder, &from_memory] {
+        assert_eq!(sd.model_hash(), Some("0123456789"));
+    }
+    let image = |sd: &StableDiffusion| read(&sd.generate(&request()).unwrap().image);
+    assert_eq!(image(&from_folder), image(&from_memory));
+
+    let neither = write_folder("open-neither", &BTreeMap::from([("notes.txt".to_string(), b"no model here".to_vec())]));
+    let error = pollster::block_on(StableDiffusion::open(gpu(), ModelSource::Folder(&neither), WeightPrecision::AsStored, &mut |_| {}))
+        .err()
+        .expect("a folder without a model opened");
+    assert!(error.to_string().contains(neither.to_str().unwrap()), "{error}");
+    for folder in [dir, neither] {
+        std::fs::remove_dir_all(folder).unwrap();
+    }
 }

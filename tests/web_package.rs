@@ -23,8 +23,9 @@ use webdiffusion::convert::{HostTensor, SourceComponent, SourceModel};
 use webdiffusion::gpu::{DType, Gpu};
 use webdiffusion::loader::ModelFiles;
 use webdiffusion::package::manifest::{Component, Manifest, ShardEntry, TensorEntry};
-use webdiffusion::package::{FetchSource, LoadProgress, Package, Policy, Quantization, WriteOptions, load_package, write_package};
+use webdiffusion::package::{LoadProgress, Package, Policy, Quantization, WriteOptions, load_package, write_package};
 use webdiffusion::quant;
+use webdiffusion_web::FetchSource;
 
 wasm_bindgen_test_configure!(run_in_browser);
 

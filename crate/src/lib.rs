@@ -6,14 +6,13 @@ pub mod image;
 pub mod loader;
 pub mod lora;
 pub mod models;
+pub mod open;
 pub mod package;
 pub mod pipeline;
 pub mod reference;
 pub mod rng;
 pub mod schedulers;
 pub mod tokenizer;
-#[cfg(target_arch = "wasm32")]
-pub mod web_api;
 
 // The GPU runtime, re-exported under the paths the library and its users have always used.
 pub use webdiffusion_runtime::{Error, Result};

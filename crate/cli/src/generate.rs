@@ -8,11 +8,11 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
-use webdiffusion::loader::{DirFiles, ModelFiles, WeightPrecision};
+use webdiffusion::loader::{DirFiles, WeightPrecision};
 use webdiffusion::lora::{LoraFile, LoraSpec};
 use webdiffusion::models::taesd::AutoencoderTiny;
-use webdiffusion::package::manifest::MANIFEST;
-use webdiffusion::package::{DirSource, LoadProgress, load_package};
+use webdiffusion::open::ModelSource;
+use webdiffusion::package::LoadProgress;
 use webdiffusion::pipeline::{Control, Previewer, Progress, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
@@ -129,12 +129,16 @@ fn write_latents(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
 
 pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     let loras = read_loras(&args.loras)?;
-    let (files, model_hash) = match &args.model {
-        Some(path) => open_model(gpu, path).await?,
-        None => open_built_in(gpu).await?,
-    };
     let precision = if args.f16_weights { WeightPrecision::F16 } else { WeightPrecision::AsStored };
-    let mut sd = StableDiffusion::load(gpu, files.as_ref(), precision)?;
+    let mut sd = match &args.model {
+        Some(path) => {
+            StableDiffusion::open(gpu, ModelSource::Folder(path), precision, &mut load_report(&path.display().to_string())).await?
+        }
+        None => {
+            let built_in = default_model::source();
+            StableDiffusion::open(gpu, ModelSource::Package(&built_in), precision, &mut load_report(default_model::NAME)).await?
+        }
+    };
     sd.set_loras(&loras.iter().map(|(lora, scale)| (lora, *scale)).collect::<Vec<_>>())?;
     let preview = match (&args.preview_dir, &args.preview_taesd) {
         (Some(dir), taesd) => {
@@ -193,7 +197,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
             write_latents(&name(path), generation.latents.shape(), &generation.latents.to_vec().await?)?;
         }
         let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
-        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model, model_hash.as_deref())))?;
+        let png = encode_png(&image[0], Some(&generation.parameters(&request, &model, sd.model_hash())))?;
         let out = name(&args.out);
         std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
         let mut start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
@@ -212,27 +216,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// A package (a folder with `manifest.json`, streamed onto the GPU with progress on
-/// stderr) or a diffusers folder, and the model's AUTOMATIC1111 hash where known.
-async fn open_model(gpu: &Gpu, path: &Path) -> Result<(Box<dyn ModelFiles>, Option<String>)> {
-    if !path.join(MANIFEST).is_file() {
-        let files = DirFiles::new(path)?;
-        let hash = webdiffusion::loader::model_hash(&files)?;
-        return Ok((Box::new(files), Some(hash)));
-    }
-    let package = load_package(gpu, &DirSource::new(path)?, &mut load_report(&path.display().to_string())).await?;
-    let hash = package.model_hash().map(str::to_string);
-    Ok((Box::new(package), hash))
-}
-
-/// The model compiled into this binary.
-async fn open_built_in(gpu: &Gpu) -> Result<(Box<dyn ModelFiles>, Option<String>)> {
-    let package = load_package(gpu, &default_model::source(), &mut load_report(default_model::NAME)).await?;
-    let hash = package.model_hash().map(str::to_string);
-    Ok((Box::new(package), hash))
-}
-
-/// Progress on stderr every 10%.
+/// A package's loading progress on stderr every 10%.
 fn load_report(name: &str) -> impl FnMut(&LoadProgress) {
     let name = name.to_string();
     let mut shown = 0;

@@ -204,6 +204,8 @@ pub struct StableDiffusion {
     /// A `LatentConsistencyModelPipeline` folder: its image to image is
     /// `LatentConsistencyModelImg2ImgPipeline`'s, which applies the strength in the sampler.
     consistency_model: bool,
+    /// AUTOMATIC1111's short hash of the checkpoint, where the way in knew it (`open`).
+    model_hash: Option<String>,
 }
 
 const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
@@ -256,6 +258,7 @@ impl StableDiffusion {
             scheduler_file: files.describe(SCHEDULER_CONFIG),
             sample_size: unet_size.sample_size.unwrap_or(64),
             consistency_model: index.class_name == "LatentConsistencyModelPipeline",
+            model_hash: None,
         };
         // The latents alone, or (inpainting UNets) with the mask and the masked image's latents.
         let (unet_in, latent) = (sd.unet.config().in_channels, sd.vae.config().latent_channels);
@@ -265,6 +268,17 @@ impl StableDiffusion {
             return Err(Error::Unsupported { file: files.describe("unet/config.json"), detail });
         }
         Ok(sd)
+    }
+
+    /// AUTOMATIC1111's short model hash (`loader::model_hash`), which images record, when
+    /// the model was opened with `StableDiffusion::open`.
+    pub fn model_hash(&self) -> Option<&str> {
+        self.model_hash.as_deref()
+    }
+
+    pub(crate) fn with_model_hash(mut self, hash: Option<String>) -> Self {
+        self.model_hash = hash;
+        self
     }
 
     /// The steps diffusers' pipeline for this model draws with when none are asked for:

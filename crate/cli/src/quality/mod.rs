@@ -15,9 +15,8 @@ use std::time::Instant;
 
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
-use webdiffusion::loader::{DirFiles, WeightPrecision};
-use webdiffusion::package::manifest::MANIFEST;
-use webdiffusion::package::{DirSource, load_package};
+use webdiffusion::loader::WeightPrecision;
+use webdiffusion::open::ModelSource;
 use webdiffusion::pipeline::{Generation, Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
@@ -82,12 +81,7 @@ pub struct QualityArgs {
 
 /// A package folder (with `manifest.json`) or a diffusers folder, loaded as stored.
 pub async fn load_pipeline(gpu: &Gpu, path: &Path) -> Result<StableDiffusion> {
-    if path.join(MANIFEST).is_file() {
-        let package = load_package(gpu, &DirSource::new(path)?, &mut |_| {}).await?;
-        StableDiffusion::load(gpu, &package, WeightPrecision::AsStored)
-    } else {
-        StableDiffusion::load(gpu, &DirFiles::new(path)?, WeightPrecision::AsStored)
-    }
+    StableDiffusion::open(gpu, ModelSource::Folder(path), WeightPrecision::AsStored, &mut |_| {}).await
 }
 
 /// The first image `request` makes, as 8-bit pixels.

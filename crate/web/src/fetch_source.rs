@@ -12,9 +12,9 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, Cache, CacheStorage, Headers, ReadableStreamDefaultReader, Request, RequestInit, Response};
 
-use super::manifest::ShardEntry;
-use super::source::{BoxFuture, ChunkSink, PackageSource};
-use crate::error::{Error, Result};
+use webdiffusion::error::{Error, Result};
+use webdiffusion::package::manifest::ShardEntry;
+use webdiffusion::package::{BoxFuture, ChunkSink, PackageSource};
 
 /// The Cache Storage cache that keeps downloaded shards unless told otherwise.
 pub const DEFAULT_CACHE: &str = "webdiffusion-packages";
