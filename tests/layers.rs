@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["convert"],
     &["package"],
-    &["open"],
+    &["open", "packaging"],
 ];
 
 /// The runtime's modules, which the library re-exports and every layer may use.

@@ -8,6 +8,8 @@ pub mod lora;
 pub mod models;
 pub mod open;
 pub mod package;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod packaging;
 pub mod pipeline;
 pub mod reference;
 pub mod rng;

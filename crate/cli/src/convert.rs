@@ -1,21 +1,20 @@
 //! `webdiffusion convert`: a diffusers folder or a single-file checkpoint (original
 //! LDM / AUTOMATIC1111 layout), optionally with LoRAs merged in, into a webdiffusion
 //! package (manifest, shards, tokenizer) with the storage types the policy and the
-//! user's overrides give; `--plan` prints the sizes at every type without writing.
+//! user's overrides give; `--plan` prints the sizes at every type without writing. The
+//! steps are the library's (`packaging`); this reads the arguments and reports.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use webdiffusion::convert::checkpoint::{CheckpointOptions, read_checkpoint};
-use webdiffusion::convert::diffusers::{COMPONENTS, read_diffusers};
-use webdiffusion::convert::{ComponentOnGpu, SourceModel, merge_lora};
+use webdiffusion::convert::SourceModel;
+use webdiffusion::convert::checkpoint::CheckpointOptions;
+use webdiffusion::convert::diffusers::COMPONENTS;
 use webdiffusion::gpu::Gpu;
-use webdiffusion::loader::{DirFiles, LatentRgb, OpenFile, SafetensorsFile, WeightPrecision, file_hash, model_hash};
-use webdiffusion::lora::{LoraFile, LoraSpec};
-use webdiffusion::models::vae::AutoencoderKl;
-use webdiffusion::package::{DEFAULT_SHARD_BYTES, PackageSize, Policy, Quantization, WriteOptions, package_size, write_package};
-use webdiffusion::pipeline::fit_latent_rgb;
+use webdiffusion::loader::LatentRgb;
+use webdiffusion::lora::LoraSpec;
+use webdiffusion::package::{DEFAULT_SHARD_BYTES, PackageSize, Policy, Quantization, WriteOptions, package_size};
+use webdiffusion::packaging::{PackagingSource, complete_tokenizer, fit_preview_map, read_source, source_hash, write_package_folder};
 use webdiffusion::schedulers::Prediction;
 use webdiffusion::{Error, Result};
 
@@ -97,14 +96,6 @@ impl CheckpointArgs {
     }
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.display().to_string(), detail: e.to_string() }
-}
-
-fn folder_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
-}
-
 fn policy(args: &ConvertArgs, quantization: Quantization) -> Result<Policy> {
     let mut policy = Policy::new(quantization);
     for pattern in &args.keep_f16 {
@@ -123,19 +114,7 @@ fn quantization(args: &ConvertArgs) -> Result<Quantization> {
 /// Reads the source's headers and configs only: each tensor is read from its file when
 /// written (or merged with a LoRA), so a conversion holds about one tensor in memory.
 pub fn run(args: ConvertArgs) -> Result<()> {
-    let is_folder = args.from.is_dir();
-    let (mut model, kind) = if is_folder {
-        (read_diffusers(&DirFiles::new(&args.from)?, &folder_name(&args.from))?, "diffusers folder")
-    } else {
-        let file = SafetensorsFile::open(Arc::new(OpenFile::open(args.from.clone())?), args.from.display().to_string())?;
-        (read_checkpoint(&file, &args.checkpoint.options())?, "checkpoint")
-    };
-    let mut source = format!("{} ({kind})", model.name);
-    for spec in &args.loras {
-        let bytes = std::fs::read(&spec.path).map_err(|e| io_error(&spec.path, e))?;
-        merge_lora(&mut model, &LoraFile::parse(&bytes, &spec.path.display().to_string())?, spec.scale)?;
-        source.push_str(&format!(" + LoRA {}:{}", folder_name(&spec.path), spec.scale));
-    }
+    let PackagingSource { mut model, description } = read_source(&args.from, &args.checkpoint.options(), &args.loras)?;
     if args.plan {
         let shapes = model
             .components
@@ -144,71 +123,19 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         println!("{}", plan_table(&shapes.collect::<Vec<_>>(), |q| policy(&args, q), args.shard_mib << 20)?);
         return Ok(());
     }
-    add_tokenizer(&mut model, args.tokenizer.as_deref())?;
+    let fallback = default_model::CLIP_VOCABULARY.map(|(file, bytes)| (file.trim_start_matches("tokenizer/"), bytes));
+    complete_tokenizer(&mut model, args.tokenizer.as_deref(), &fallback)?;
     let to = args.to.as_deref().ok_or_else(|| Error::Format { file: "--to".into(), detail: "missing".into() })?;
     let quantization = quantization(&args)?;
     let options = WriteOptions {
         policy: policy(&args, quantization)?,
         shard_bytes: args.shard_mib << 20,
-        source: format!("{source}, webdiffusion {} convert --quant {}", env!("CARGO_PKG_VERSION"), quantization.name()),
+        source: format!("{description}, webdiffusion {} convert --quant {}", env!("CARGO_PKG_VERSION"), quantization.name()),
         // A merged LoRA makes another model than the one the hash names.
-        model_hash: if args.loras.is_empty() { Some(source_hash(&args.from, is_folder)?) } else { None },
+        model_hash: if args.loras.is_empty() { Some(source_hash(&args.from)?) } else { None },
         latent_rgb: preview_map(&model)?,
     };
-    write(&model, &options, to)
-}
-
-/// AUTOMATIC1111's model hash: of a folder's UNet weights file, or of a whole checkpoint.
-fn source_hash(from: &Path, is_folder: bool) -> Result<String> {
-    if is_folder { model_hash(&DirFiles::new(from)?) } else { file_hash(&OpenFile::open(from.to_path_buf())?) }
-}
-
-/// The VAE's preview map, fitted on the first GPU adapter (lavapipe will do). Without
-/// any adapter the package goes without one, and loaders fit it at load instead.
-fn preview_map(model: &SourceModel) -> Result<Option<LatentRgb>> {
-    let gpu = match pollster::block_on(Gpu::new()) {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            eprintln!("warning: no GPU to fit the preview map on ({e}); the package goes without one");
-            return Ok(None);
-        }
-    };
-    let vae = AutoencoderKl::load(&gpu, &ComponentOnGpu::upload(&gpu, model, "vae")?, "vae", WeightPrecision::AsStored)?;
-    Ok(Some(pollster::block_on(fit_latent_rgb(&gpu, &vae))?))
-}
-
-/// CLIP's BPE vocabulary from `--tokenizer`, else the source's, else (a checkpoint has
-/// none) the built-in copy; the settings files (padding token, length) stay the
-/// source's, since they differ by family.
-fn add_tokenizer(model: &mut SourceModel, folder: Option<&Path>) -> Result<()> {
-    if let Some(folder) = folder {
-        for file in ["vocab.json", "merges.txt"] {
-            let path = folder.join(file);
-            model.tokenizer.insert(file.to_string(), std::fs::read(&path).map_err(|e| io_error(&path, e))?);
-        }
-    }
-    for (file, bytes) in default_model::CLIP_VOCABULARY {
-        let file = file.trim_start_matches("tokenizer/");
-        model.tokenizer.entry(file.to_string()).or_insert_with(|| bytes.to_vec());
-    }
-    Ok(())
-}
-
-/// Writes the package into `to`, which must be new or empty: stale shards of another
-/// package would otherwise sit beside the new manifest.
-fn write(model: &SourceModel, options: &WriteOptions, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(|e| io_error(to, e))?;
-    if std::fs::read_dir(to).map_err(|e| io_error(to, e))?.next().is_some() {
-        return Err(io_error(to, "the folder is not empty"));
-    }
-    let mut write_file = |path: &str, bytes: &[u8]| -> Result<()> {
-        let file = to.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-        }
-        std::fs::write(&file, bytes).map_err(|e| io_error(&file, e))
-    };
-    let manifest = write_package(model, options, &mut write_file)?;
+    let manifest = write_package_folder(&model, &options, to)?;
     let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
     for tensor in &manifest.tensors {
         *by_type.entry(tensor.dtype.as_str()).or_default() += tensor.length;
@@ -223,6 +150,18 @@ fn write(model: &SourceModel, options: &WriteOptions, to: &Path) -> Result<()> {
         manifest.shards.len()
     );
     Ok(())
+}
+
+/// The VAE's preview map, fitted on the first GPU adapter (lavapipe will do). Without
+/// any adapter the package goes without one, and loaders fit it at load instead.
+fn preview_map(model: &SourceModel) -> Result<Option<LatentRgb>> {
+    match pollster::block_on(Gpu::new()) {
+        Ok(gpu) => Ok(Some(pollster::block_on(fit_preview_map(&gpu, model))?)),
+        Err(e) => {
+            eprintln!("warning: no GPU to fit the preview map on ({e}); the package goes without one");
+            Ok(None)
+        }
+    }
 }
 
 fn mib(bytes: u64) -> String {

@@ -11,7 +11,8 @@ use webdiffusion::convert::diffusers::{COMPONENTS, read_diffusers};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::RgbImage;
 use webdiffusion::loader::{DirFiles, WeightPrecision};
-use webdiffusion::package::{DEFAULT_SHARD_BYTES, Policy, Quantization, WriteOptions, write_package};
+use webdiffusion::package::{DEFAULT_SHARD_BYTES, Policy, Quantization, WriteOptions};
+use webdiffusion::packaging::write_package_folder;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
@@ -69,21 +70,22 @@ fn write_to(folder: &Path, model: &webdiffusion::convert::SourceModel, policy: P
         model_hash: None,
         latent_rgb: None,
     };
-    let mut folder_bytes = 0;
-    let mut write = |path: &str, bytes: &[u8]| -> Result<()> {
-        let file = folder.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-        }
-        folder_bytes += bytes.len() as u64;
-        std::fs::write(&file, bytes).map_err(|e| io_error(&file, e))
-    };
-    let manifest = write_package(model, &options, &mut write)?;
+    let manifest = write_package_folder(model, &options, folder)?;
     let mut component_bytes = BTreeMap::new();
     for tensor in &manifest.tensors {
         *component_bytes.entry(tensor.component.clone()).or_default() += tensor.length;
     }
-    Ok(Written { component_bytes, folder_bytes })
+    Ok(Written { component_bytes, folder_bytes: bytes_under(folder)? })
+}
+
+/// The bytes of every file under `folder`.
+fn bytes_under(folder: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(folder).map_err(|e| io_error(folder, e))? {
+        let path = entry.map_err(|e| io_error(folder, e))?.path();
+        total += if path.is_dir() { bytes_under(&path)? } else { path.metadata().map_err(|e| io_error(&path, e))?.len() };
+    }
+    Ok(total)
 }
 
 fn mib(bytes: u64) -> String {
