@@ -14,9 +14,9 @@ struct Params {
     table_rows: u32,  // rows bound: at least 1
     row_start: u32,   // ROW_RANGE: the id of the first row bound
     row_words: u32,   // WEIGHT_QUANT: words per table row (quants and scales)
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -13,6 +13,7 @@ mod clip;
 mod conv2d;
 mod elementwise;
 mod embedded;
+mod kernel_params;
 mod large_tensors;
 mod layers;
 mod layout;

@@ -22,7 +22,9 @@ struct Params {
     table_rows: u32,
     row_start: u32,
     row_words: u32,
-    pad: [u32; 3],
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 fn key(table: DType, row_range: bool) -> KernelKey {
@@ -150,7 +152,9 @@ fn launch(gpu: &Gpu, table: &Tensor, row_start: usize, ids: &Tensor, out: &Tenso
         table_rows: table.shape()[0] as u32,
         row_start: row_start as u32,
         row_words: quant::row_words(table.dtype(), dim) as u32,
-        pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
+        _pad2: 0,
     };
     let KernelKey { shader, entry, defines, .. } = key(table.dtype(), row_range);
     gpu.launch(Launch {
