@@ -60,22 +60,25 @@ fn sd2_v_prediction_ddim_with_guidance_matches_diffusers() {
 fn bad_requests_are_clear_errors() {
     let sd = load("sd2-tiny");
     let base = Request { prompt: "a cat".into(), steps: 2, ..Default::default() };
-    for (request, needle) in [
-        (Request { width: Some(30), ..base.clone() }, "multiples of"),
-        (Request { scheduler: Some("warp-drive".into()), ..base.clone() }, "warp-drive"),
-        (Request { latents: Some(vec![0.0; 7]), ..base.clone() }, "latents must be"),
-        (Request { steps: 0, ..base.clone() }, "0 inference steps"),
-        (Request { deep_cache: Some(DeepCache { interval: 0, branch: 0 }), ..base.clone() }, "cache interval must be at least 1"),
-        (Request { deep_cache: Some(DeepCache { interval: 2, branch: 99 }), ..base.clone() }, "cache branch 99 is not below"),
-        (Request { token_merge: Some(0.5), ..base.clone() }, "at least 1, got 0.5"),
-        (Request { token_merge: Some(40.0), ..base.clone() }, "factor 40 leaves no token of the"),
+    // Each is the user's option, named as the request names it: a request error.
+    for (request, option, needle) in [
+        (Request { width: Some(30), ..base.clone() }, "width", "multiples of"),
+        (Request { scheduler: Some("warp-drive".into()), ..base.clone() }, "scheduler", "warp-drive"),
+        (Request { latents: Some(vec![0.0; 7]), ..base.clone() }, "latents", "latents must be"),
+        (Request { steps: 0, ..base.clone() }, "steps", "0 inference steps"),
+        (Request { steps: 1001, ..base.clone() }, "steps", "1 to the 1000 training timesteps"),
+        (
+            Request { deep_cache: Some(DeepCache { interval: 0, branch: 0 }), ..base.clone() },
+            "deep_cache",
+            "cache interval must be at least 1",
+        ),
+        (Request { deep_cache: Some(DeepCache { interval: 2, branch: 99 }), ..base.clone() }, "deep_cache", "cache branch 99 is not below"),
+        (Request { token_merge: Some(0.5), ..base.clone() }, "token_merge", "at least 1, got 0.5"),
+        (Request { token_merge: Some(40.0), ..base.clone() }, "token_merge", "factor 40 leaves no token of the"),
     ] {
         let err = sd.generate(&request).err().expect(needle);
         assert!(err.to_string().contains(needle), "{err}");
-        // The cache and token-merge settings are the user's options: request errors.
-        if request.deep_cache.is_some() || request.token_merge.is_some() {
-            assert!(matches!(err, Error::Request { .. }), "{err:?}");
-        }
+        assert!(matches!(&err, Error::Request { option: named, .. } if *named == option), "{option}: {err:?}");
     }
 }
 

@@ -397,13 +397,14 @@ fn bad_configs_are_unsupported() {
         assert!(matches!(err, Error::Unsupported { .. }) && err.to_string().contains(needle), "{name}: {err}");
     }
     for name in ["pndm", "euler", "euler-a", "heun", "lms"] {
-        assert!(matches!(schedulers::by_name(name, &base, "c", 0), Err(Error::Unsupported { .. })), "{name}: 0 steps");
-        assert!(matches!(schedulers::by_name(name, &base, "c", 1001), Err(Error::Unsupported { .. })), "{name}: 1001 steps");
+        // Step counts are the request's, not the config's, to get wrong.
+        assert!(matches!(schedulers::by_name(name, &base, "c", 0), Err(Error::Request { option: "steps", .. })), "{name}: 0 steps");
+        assert!(matches!(schedulers::by_name(name, &base, "c", 1001), Err(Error::Request { option: "steps", .. })), "{name}: 1001 steps");
     }
     // The Runge-Kutta warm-up takes the last four timesteps, so fewer steps are refused
     // (diffusers fails on them), as PLMS is not.
     let err = schedulers::by_name("pndm", &base, "c", 3).err().unwrap();
-    assert!(matches!(&err, Error::Unsupported { detail, .. } if detail.contains("skip_prk_steps false")), "{err}");
+    assert!(matches!(&err, Error::Request { option: "steps", detail } if detail.contains("skip_prk_steps false")), "{err}");
     let plms = SchedulerConfig { skip_prk_steps: true, ..base.clone() };
     assert_eq!(schedulers::by_name("pndm", &plms, "c", 3).unwrap().timesteps().len(), 4);
     // Heun alone has diffusers' "exp" beta schedule.

@@ -227,6 +227,14 @@ fn assert_unsupported<T>(what: &str, result: webdiffusion::Result<T>, mentions: 
     }
 }
 
+fn assert_request<T>(what: &str, result: webdiffusion::Result<T>, option: &str, mentions: &str) {
+    match result {
+        Err(Error::Request { option: named, detail }) => assert!(named == option && detail.contains(mentions), "{what}: {named}: {detail}"),
+        Err(other) => panic!("{what}: expected a request error, got {other}"),
+        Ok(_) => panic!("{what}: accepted"),
+    }
+}
+
 /// sd15 with every field counting as set, so that the fields a test changes are read.
 fn sd15_as_given() -> SchedulerConfig {
     SchedulerConfig { given: None, ..sd15() }
@@ -243,7 +251,7 @@ fn unsupported_configs_are_refused() {
     assert_unsupported("exponential", dpm(SchedulerConfig { use_exponential_sigmas: true, ..sd15_as_given() }), "use_exponential_sigmas");
     assert_unsupported("flow", dpm(SchedulerConfig { prediction_type: "flow_prediction".into(), ..sd15_as_given() }), "flow_prediction");
     assert_unsupported("spacing", dpm(SchedulerConfig { timestep_spacing: "sideways".into(), ..sd15_as_given() }), "sideways");
-    assert_unsupported("no steps", DpmSolver::new(&sd15(), "c", 0, DpmVariant::TWO_M), "0 inference steps");
+    assert_request("no steps", DpmSolver::new(&sd15(), "c", 0, DpmVariant::TWO_M), "steps", "0 inference steps");
 
     let unipc = |config: SchedulerConfig| UniPc::new(&config, "c", 4);
     assert_unsupported("order 3", unipc(SchedulerConfig { solver_order: 3, ..sd15_as_given() }), "solver_order 3");
@@ -253,11 +261,11 @@ fn unsupported_configs_are_refused() {
     assert_unsupported("bh1 to zero", unipc(SchedulerConfig { solver_type: "bh1".into(), ..sd15_as_given() }), "NaN");
     assert_unsupported("noise prediction to zero", unipc(SchedulerConfig { predict_x0: false, ..sd15_as_given() }), "NaN");
 
-    assert_unsupported("LCM steps", Lcm::new(&sd15(), "c", 51), "51 LCM steps");
+    assert_request("LCM steps", Lcm::new(&sd15(), "c", 51), "steps", "51 LCM steps");
     assert_unsupported("LCM thresholding", Lcm::new(&SchedulerConfig { thresholding: true, ..sd15_as_given() }, "c", 4), "thresholding");
     let no_origin = SchedulerConfig { original_inference_steps: 0, ..sd15_as_given() };
     assert_unsupported("LCM origin", Lcm::new(&no_origin, "c", 4), "original_inference_steps 0");
-    assert_unsupported("unknown name", schedulers::by_name("dpm++3m", &sd15(), "c", 4), "dpm++3m");
+    assert_request("unknown name", schedulers::by_name("dpm++3m", &sd15(), "c", 4), "scheduler", "dpm++3m");
 }
 
 #[test]
@@ -280,5 +288,5 @@ fn lcm_strength_picks_from_the_start_of_the_distillation_schedule() {
     assert_eq!(Lcm::with_strength(&sd15(), "c", 4, 0.5).unwrap().timesteps(), [499.0, 379.0, 259.0, 139.0]);
     assert_eq!(Lcm::with_strength(&sd15(), "c", 3, 0.7).unwrap().timesteps(), [699.0, 479.0, 239.0]);
     assert_eq!(Lcm::with_strength(&sd15(), "c", 4, 1.0).unwrap().timesteps(), Lcm::new(&sd15(), "c", 4).unwrap().timesteps());
-    assert_unsupported("too few kept", Lcm::with_strength(&sd15(), "c", 4, 0.06), "at most int(50 * 0.06) = 3");
+    assert_request("too few kept", Lcm::with_strength(&sd15(), "c", 4, 0.06), "steps", "at most int(50 * 0.06) = 3");
 }

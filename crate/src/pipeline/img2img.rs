@@ -57,7 +57,7 @@ impl Sampler<'_> {
         if self.consistency_model && request.init_image.is_some() && request.mask.is_none() {
             if name != "lcm" {
                 let detail = format!("image to image with the {name} sampler (a latent consistency model's runs lcm)");
-                return Err(Error::Unsupported { file: self.file.to_string(), detail });
+                return Err(Error::request("scheduler", detail));
             }
             let strength = python_float(request.strength);
             return Ok((Box::new(Lcm::with_strength(self.config, self.file, request.steps, strength)?), 0));

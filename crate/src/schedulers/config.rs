@@ -234,6 +234,19 @@ pub(super) fn unsupported(file: &str, detail: String) -> Error {
     Error::Unsupported { file: file.to_string(), detail }
 }
 
+/// Refuses a request for no steps or for more than the model's training timesteps: the
+/// request's `steps` option, not the config, is what does not fit.
+pub(super) fn check_steps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<()> {
+    let n = config.num_train_timesteps;
+    if steps == 0 || steps > n {
+        return Err(Error::request(
+            "steps",
+            format!("{steps} inference steps: the sampler takes 1 to the {n} training timesteps of {file}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `torch.linspace(start, end, n, dtype=float32)`: computed from both ends so the
 /// last value is exactly `end`, as torch does; its CPU kernel is compiled with fused
 /// multiply-adds, which change about one value in seven by an ulp.

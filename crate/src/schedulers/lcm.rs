@@ -6,7 +6,7 @@
 
 use super::config::{Prediction, SchedulerConfig, unsupported};
 use super::{Noise, Scheduler, add_noise_at_alpha, timestep_at};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise::{self as ew, Unary};
 
@@ -76,11 +76,12 @@ fn lcm_timesteps(config: &SchedulerConfig, file: &str, steps: usize, strength: f
         return Err(unsupported(file, format!("original_inference_steps {original} with {n} training timesteps")));
     }
     if steps == 0 || steps > original {
-        return Err(unsupported(file, format!("{steps} LCM steps (1 to original_inference_steps = {original})")));
+        return Err(Error::request("steps", format!("{steps} LCM steps (1 to original_inference_steps = {original} in {file})")));
     }
     let kept = (original as f64 * strength) as usize;
     if kept < steps {
-        return Err(unsupported(file, format!("{steps} LCM steps at strength {strength} (at most int({original} * {strength}) = {kept})")));
+        let detail = format!("{steps} LCM steps at strength {strength} (at most int({original} * {strength}) = {kept})");
+        return Err(Error::request("steps", detail));
     }
     let k = n / original;
     let origin: Vec<usize> = (1..=kept).rev().map(|i| i * k - 1).collect();

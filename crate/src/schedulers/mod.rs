@@ -18,7 +18,7 @@ pub mod unipc;
 pub use config::{Prediction, SchedulerConfig};
 pub use ddim::Ddim;
 
-use config::unsupported;
+use config::{check_steps, unsupported};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -202,17 +202,15 @@ pub fn by_name(name: &str, config: &SchedulerConfig, file: &str, steps: usize) -
         "dpm++2m-sde-karras" => Ok(Box::new(dpm_solver::DpmSolver::new(config, file, steps, dpm_solver::DpmVariant::TWO_M_SDE_KARRAS)?)),
         "unipc" => Ok(Box::new(unipc::UniPc::new(config, file, steps)?)),
         "lcm" => Ok(Box::new(lcm::Lcm::new(config, file, steps)?)),
-        other => Err(Error::Unsupported { file: "--scheduler".into(), detail: format!("sampler {other:?} (known: {})", NAMES.join(", ")) }),
+        other => Err(Error::request("scheduler", format!("unknown sampler {other:?} (known: {})", NAMES.join(", ")))),
     }
 }
 
 /// diffusers' `timestep_spacing` ("leading", "trailing", "linspace"; Table 2 of
 /// Lin et al. 2023) for `steps` of the `num_train_timesteps` training steps.
 pub fn spaced_timesteps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Vec<f64>> {
+    check_steps(config, file, steps)?;
     let n = config.num_train_timesteps;
-    if steps == 0 || steps > n {
-        return Err(unsupported(file, format!("{steps} inference steps with {n} training timesteps")));
-    }
     let timesteps: Vec<f64> = match config.timestep_spacing.as_str() {
         "leading" => {
             let ratio = n / steps;

@@ -3,7 +3,7 @@
 //! final sigma, and the `(alpha_t, sigma_t, lambda_t)` of a sigma, all computed in the float
 //! types diffusers uses (numpy f64 for the spacing, torch f32 for everything it keeps).
 
-use super::config::{Prediction, SchedulerConfig, unsupported};
+use super::config::{Prediction, SchedulerConfig, check_steps, unsupported};
 use super::sigmas::{Reschedule, TrainSigmas, euler_alphas_cumprod, linear_combination, numpy_arange_down, numpy_linspace};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -40,10 +40,8 @@ impl Schedule {
                 return Err(unsupported(file, format!("{option} with the {solver:?} solver")));
             }
         }
+        check_steps(config, file, steps)?;
         let n = config.num_train_timesteps;
-        if steps == 0 || steps > n {
-            return Err(unsupported(file, format!("{steps} inference steps with {n} training timesteps")));
-        }
         // Zero terminal SNR sets the last alphas_cumprod to 2^-24, as the Euler family does.
         let alphas_cumprod = euler_alphas_cumprod(config, file)?;
         let train = TrainSigmas::new(&alphas_cumprod);

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use super::config::{Prediction, SchedulerConfig, unsupported};
+use super::config::{Prediction, SchedulerConfig, check_steps, unsupported};
 use super::sigmas::{numpy_arange_down, numpy_linspace};
 use super::{Noise, Scheduler, add_noise_at_alpha, timestep_at};
 use crate::error::{Error, Result};
@@ -58,7 +58,10 @@ impl Pndm {
             plms_timesteps(&ascending)
         } else {
             prk_timesteps(&ascending, half_step).ok_or_else(|| {
-                unsupported(file, format!("PNDM's Runge-Kutta warm-up (skip_prk_steps false) in {steps} steps (4 at least)"))
+                Error::request(
+                    "steps",
+                    format!("{steps} steps: PNDM's Runge-Kutta warm-up (skip_prk_steps false in {file}) needs 4 at least"),
+                )
             })?
         };
         Ok(Self {
@@ -155,10 +158,8 @@ fn prk_timesteps(ascending: &[i64], half_step: i64) -> Option<Vec<i64>> {
 
 /// `PNDMScheduler.set_timesteps`' `_timesteps`, ascending.
 fn ascending_timesteps(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Vec<i64>> {
+    check_steps(config, file, steps)?;
     let n = config.num_train_timesteps;
-    if steps == 0 || steps > n {
-        return Err(unsupported(file, format!("{steps} inference steps with {n} training timesteps")));
-    }
     Ok(match config.timestep_spacing.as_str() {
         "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps).into_iter().map(|t| t.round_ties_even() as i64).collect(),
         "leading" => (0..steps).map(|i| (i * (n / steps) + config.steps_offset) as i64).collect(),

@@ -4,7 +4,7 @@
 //! Karras / exponential / beta reschedules, the input scaling, and the latent update as a
 //! linear combination of tensors, each coefficient folded into one f32.
 
-use super::config::{Prediction, SchedulerConfig, linspace_f32, unsupported};
+use super::config::{Prediction, SchedulerConfig, check_steps, linspace_f32, unsupported};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise as ew;
@@ -85,10 +85,8 @@ pub(super) fn numpy_arange_down(start: f64, step: f64) -> Vec<f64> {
 /// The inference timesteps of the Euler family's `set_timesteps`, first to last, in f32:
 /// "linspace" (fractional), "leading" (+ `steps_offset`) or "trailing".
 pub(super) fn spaced_timesteps_f32(config: &SchedulerConfig, file: &str, steps: usize) -> Result<Vec<f32>> {
+    check_steps(config, file, steps)?;
     let n = config.num_train_timesteps;
-    if steps == 0 || steps > n {
-        return Err(unsupported(file, format!("{steps} inference steps with {n} training timesteps")));
-    }
     Ok(match config.timestep_spacing.as_str() {
         "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps).into_iter().rev().map(|t| t as f32).collect(),
         "leading" => {
