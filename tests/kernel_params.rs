@@ -13,6 +13,7 @@ const PARAMS: &[(&str, &str, &str)] = &[
     ("attention.wgsl", "attention.rs", "Params"),
     ("attention_rows.wgsl", "attention.rs", "Params"),
     ("concat.wgsl", "layout.rs", "CopyParams"),
+    ("concat_pair.wgsl", "layout.rs", "PairParams"),
     ("conv2d.wgsl", "conv2d.rs", "Params"),
     ("elementwise.wgsl", "elementwise.rs", "Params"),
     ("gather.wgsl", "gather.rs", "Params"),

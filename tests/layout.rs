@@ -49,7 +49,8 @@ fn concat_along_every_axis() {
 fn concat_skip_connection_cfg_batch_and_other_ranks() {
     let gpu = gpu();
     // The UNet's skip connection: NCHW along channels, batch 2, odd sizes; big
-    // enough (~53k elements) for hundreds of workgroups. One input is packed f16.
+    // enough (~53k elements) for hundreds of workgroups. One input packed f16 (a copy per
+    // input), then both f32 (one launch).
     let (a, ta) = upload(&[2, 45, 17, 19], 1);
     let b = random(2 * 37 * 17 * 19, 2, 5.0);
     let b16: Vec<f32> = b.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
@@ -58,6 +59,12 @@ fn concat_skip_connection_cfg_batch_and_other_ranks() {
     let (want, shape) = cpu::concat(&[(&a, &[2, 45, 17, 19]), (&b16, &[2, 37, 17, 19])], 1);
     assert_eq!(got.shape(), shape.as_slice());
     assert_eq!(read(&got), want, "skip connection");
+    // Both f32, as the UNet's are: the one-launch pair kernel (concat_pair.wgsl).
+    let (c, tc) = upload(&[2, 37, 17, 19], 8);
+    let got = concat(gpu, &[&ta, &tc], 1).unwrap();
+    let (want, shape) = cpu::concat(&[(&a, &[2, 45, 17, 19]), (&c, &[2, 37, 17, 19])], 1);
+    assert_eq!(got.shape(), shape.as_slice());
+    assert_eq!(read(&got), want, "f32 skip connection");
 
     // Classifier-free guidance doubles the batch; a single input is a plain copy.
     let (latent, t) = upload(&[1, 4, 9, 9], 3);

@@ -13,6 +13,7 @@ const FILES: &[(&str, &str)] = &[
     ("attention.wgsl", include_str!("../../../shaders/attention.wgsl")),
     ("attention_rows.wgsl", include_str!("../../../shaders/attention_rows.wgsl")),
     ("concat.wgsl", include_str!("../../../shaders/concat.wgsl")),
+    ("concat_pair.wgsl", include_str!("../../../shaders/concat_pair.wgsl")),
     ("upsample.wgsl", include_str!("../../../shaders/upsample.wgsl")),
     ("timestep_embedding.wgsl", include_str!("../../../shaders/timestep_embedding.wgsl")),
     ("gather.wgsl", include_str!("../../../shaders/gather.wgsl")),

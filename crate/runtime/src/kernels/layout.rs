@@ -1,5 +1,6 @@
 //! Launchers for the layout kernels. `concat.wgsl` holds one strided copy that
-//! serves concat, narrow/chunk and permute; `upsample.wgsl` the nearest 2x upsample.
+//! serves concat, narrow/chunk and permute; `concat_pair.wgsl` joins two f32 tensors in
+//! one launch; `upsample.wgsl` the nearest 2x upsample.
 //! Inputs may be f32 or packed f16; outputs are f32.
 
 use bytemuck::{Pod, Zeroable};
@@ -8,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Gpu, KernelKey, Launch, Tensor};
 
 const COPY_SHADER: &str = "concat.wgsl";
+const PAIR_SHADER: &str = "concat_pair.wgsl";
 const UPSAMPLE_SHADER: &str = "upsample.wgsl";
 const WG: usize = 256;
 /// The strided copy and `permute` work on at most this many dimensions.
@@ -23,6 +25,15 @@ struct CopyParams {
     shape: [u32; 4],
     src_strides: [u32; 4],
     dst_strides: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct PairParams {
+    n: u32,
+    a_row: u32,
+    b_row: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -111,7 +122,8 @@ fn check_axis(op: &'static str, x: &Tensor, axis: usize) -> Result<()> {
     Ok(())
 }
 
-/// `torch.cat(inputs, dim=axis)`: shapes must agree outside `axis`. One dispatch per input.
+/// `torch.cat(inputs, dim=axis)`: shapes must agree outside `axis`. One dispatch for two
+/// f32 inputs (the UNet's skip connections), else one per input.
 pub fn concat(gpu: &Gpu, inputs: &[&Tensor], axis: usize) -> Result<Tensor> {
     let first = inputs.first().ok_or_else(|| Error::shape("concat", "needs at least one input"))?;
     check_axis("concat", first, axis)?;
@@ -126,6 +138,23 @@ pub fn concat(gpu: &Gpu, inputs: &[&Tensor], axis: usize) -> Result<Tensor> {
     out_shape[axis] = total;
     let out = gpu.empty(&out_shape, DType::F32)?;
     let (outer, _, inner) = around_axis(&out_shape, axis);
+    if let [a, b] = inputs
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+    {
+        u32_index("concat_pair", &out, out.numel())?;
+        let params =
+            PairParams { n: out.numel() as u32, a_row: (a.shape()[axis] * inner) as u32, b_row: (b.shape()[axis] * inner) as u32, _pad: 0 };
+        gpu.launch(Launch {
+            shader: PAIR_SHADER,
+            entry: "concat_pair",
+            defines: Vec::new(),
+            params: bytemuck::bytes_of(&params),
+            bindings: &[(a, Access::Read), (b, Access::Read), (&out, Access::ReadWrite)],
+            workgroups: gpu.grid(out.numel().div_ceil(WG) as u32),
+        })?;
+        return Ok(out);
+    }
     let mut offset = 0;
     for t in inputs {
         let len = t.shape()[axis];
@@ -231,5 +260,11 @@ pub fn variants() -> Vec<KernelKey> {
             keys.push(KernelKey { shader, entry, defines, bindings: vec![Access::Read, Access::ReadWrite] });
         }
     }
+    keys.push(KernelKey {
+        shader: PAIR_SHADER,
+        entry: "concat_pair",
+        defines: Vec::new(),
+        bindings: vec![Access::Read, Access::Read, Access::ReadWrite],
+    });
     keys
 }
