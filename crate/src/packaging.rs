@@ -10,7 +10,7 @@ use crate::convert::checkpoint::{CheckpointOptions, read_checkpoint};
 use crate::convert::diffusers::read_diffusers;
 use crate::convert::{ComponentOnGpu, SourceModel, merge_lora};
 use crate::gpu::Gpu;
-use crate::loader::{DirFiles, LatentRgb, OpenFile, SafetensorsFile, WeightPrecision, file_hash, model_hash};
+use crate::loader::{DirFiles, LatentRgb, OpenFile, SafetensorsFile, WeightPrecision, file_hash, model_hash, model_name};
 use crate::lora::{LoraFile, LoraSpec};
 use crate::models::vae::AutoencoderKl;
 use crate::package::manifest::Manifest;
@@ -30,16 +30,16 @@ pub struct PackagingSource {
 pub fn read_source(from: &Path, checkpoint: &CheckpointOptions, loras: &[LoraSpec]) -> Result<PackagingSource> {
     let is_folder = from.is_dir();
     let (mut model, kind) = if is_folder {
-        (read_diffusers(&DirFiles::new(from)?, &file_name(from))?, "diffusers folder")
+        (read_diffusers(&DirFiles::new(from)?, &model_name(from))?, "diffusers folder")
     } else {
         let file = SafetensorsFile::open(Arc::new(OpenFile::open(from.to_path_buf())?), from.display().to_string())?;
         (read_checkpoint(&file, checkpoint)?, "checkpoint")
     };
     let mut description = format!("{} ({kind})", model.name);
     for spec in loras {
-        let bytes = std::fs::read(&spec.path).map_err(|e| io_error(&spec.path, e))?;
+        let bytes = std::fs::read(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
         merge_lora(&mut model, &LoraFile::parse(&bytes, &spec.path.display().to_string())?, spec.scale)?;
-        description.push_str(&format!(" + LoRA {}:{}", file_name(&spec.path), spec.scale));
+        description.push_str(&format!(" + LoRA {}:{}", model_name(&spec.path), spec.scale));
     }
     Ok(PackagingSource { model, description })
 }
@@ -59,7 +59,7 @@ pub fn complete_tokenizer(model: &mut SourceModel, tokenizer: Option<&Path>, fal
     if let Some(folder) = tokenizer {
         for file in ["vocab.json", "merges.txt"] {
             let path = folder.join(file);
-            model.tokenizer.insert(file.to_string(), std::fs::read(&path).map_err(|e| io_error(&path, e))?);
+            model.tokenizer.insert(file.to_string(), std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
         }
     }
     for (file, bytes) in fallback {
@@ -77,24 +77,16 @@ pub async fn fit_preview_map(gpu: &Gpu, model: &SourceModel) -> Result<LatentRgb
 /// Writes the package into `to`, which must be new or empty: stale shards of another
 /// package would otherwise sit beside the new manifest.
 pub fn write_package_folder(model: &SourceModel, options: &WriteOptions, to: &Path) -> Result<Manifest> {
-    std::fs::create_dir_all(to).map_err(|e| io_error(to, e))?;
-    if std::fs::read_dir(to).map_err(|e| io_error(to, e))?.next().is_some() {
-        return Err(io_error(to, "the folder is not empty"));
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    if std::fs::read_dir(to).map_err(|e| Error::io(to, e))?.next().is_some() {
+        return Err(Error::io(to, "the folder is not empty"));
     }
     let mut write_file = |path: &str, bytes: &[u8]| -> Result<()> {
         let file = to.join(path);
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        std::fs::write(&file, bytes).map_err(|e| io_error(&file, e))
+        std::fs::write(&file, bytes).map_err(|e| Error::io(&file, e))
     };
     write_package(model, options, &mut write_file)
-}
-
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.display().to_string(), detail: e.to_string() }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }

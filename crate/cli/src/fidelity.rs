@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use webdiffusion::convert::diffusers::{COMPONENTS, read_diffusers};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::RgbImage;
-use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::loader::{DirFiles, WeightPrecision, model_name};
 use webdiffusion::package::{DEFAULT_SHARD_BYTES, Policy, Quantization, WriteOptions};
 use webdiffusion::packaging::write_package_folder;
 use webdiffusion::pipeline::{Request, StableDiffusion};
@@ -39,10 +39,6 @@ pub struct FidelityArgs {
     /// `convert --quant-override` takes it. Repeatable.
     #[arg(long)]
     quant_override: Vec<String>,
-}
-
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.display().to_string(), detail: e.to_string() }
 }
 
 /// A folder removed with everything in it when dropped.
@@ -81,9 +77,9 @@ fn write_to(folder: &Path, model: &webdiffusion::convert::SourceModel, policy: P
 /// The bytes of every file under `folder`.
 fn bytes_under(folder: &Path) -> Result<u64> {
     let mut total = 0;
-    for entry in std::fs::read_dir(folder).map_err(|e| io_error(folder, e))? {
-        let path = entry.map_err(|e| io_error(folder, e))?.path();
-        total += if path.is_dir() { bytes_under(&path)? } else { path.metadata().map_err(|e| io_error(&path, e))?.len() };
+    for entry in std::fs::read_dir(folder).map_err(|e| Error::io(folder, e))? {
+        let path = entry.map_err(|e| Error::io(folder, e))?.path();
+        total += if path.is_dir() { bytes_under(&path)? } else { path.metadata().map_err(|e| Error::io(&path, e))?.len() };
     }
     Ok(total)
 }
@@ -111,7 +107,7 @@ pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
         }
     }
     let files = DirFiles::new(&args.model)?;
-    let name = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name = model_name(&args.model);
     let model = read_diffusers(&files, &name)?;
     let reference = generate_all(&StableDiffusion::load(gpu, &files, WeightPrecision::AsStored)?, &requests).await?;
 
@@ -144,7 +140,7 @@ pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
         let folder = temp.0.join(quantization.name());
         let written = write_to(&folder, &model, policy)?;
         let images = generate_all(&load_pipeline(gpu, &folder).await?, &requests).await?;
-        std::fs::remove_dir_all(&folder).map_err(|e| io_error(&folder, e))?;
+        std::fs::remove_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
         let errors: Vec<(f64, u8)> = images.iter().zip(&reference).map(|(a, b)| squared_error(a, b)).collect();
         let pooled = errors.iter().map(|e| e.0).sum::<f64>() / errors.len() as f64;
         let worst = errors.iter().map(|e| e.0).fold(0.0, f64::max);

@@ -8,7 +8,7 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
-use webdiffusion::loader::{DirFiles, WeightPrecision};
+use webdiffusion::loader::{DirFiles, WeightPrecision, model_name};
 use webdiffusion::lora::{LoraFile, LoraSpec};
 use webdiffusion::models::taesd::AutoencoderTiny;
 use webdiffusion::open::ModelSource;
@@ -89,12 +89,8 @@ pub struct GenerateArgs {
     out: PathBuf,
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io { path: path.display().to_string(), detail: e.to_string() }
-}
-
 fn read_latents(path: &Path) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let format = |detail: String| Error::Format { file: path.display().to_string(), detail };
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
     let view = tensors.tensor("latents").map_err(|_| format("it has no tensor named `latents`".into()))?;
@@ -106,14 +102,14 @@ fn read_latents(path: &Path) -> Result<Vec<f32>> {
 
 fn read_loras(specs: &[LoraSpec]) -> Result<Vec<(LoraFile, f32)>> {
     let read = |spec: &LoraSpec| {
-        let bytes = std::fs::read(&spec.path).map_err(|e| io_error(&spec.path, e))?;
+        let bytes = std::fs::read(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
         Ok((LoraFile::parse(&bytes, &spec.path.display().to_string())?, spec.scale))
     };
     specs.iter().map(read).collect()
 }
 
 fn read_png(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_png(&bytes).map_err(|e| match e {
         Error::Format { detail, .. } => Error::Format { file: path.display().to_string(), detail },
         other => other,
@@ -122,9 +118,9 @@ fn read_png(path: &Path) -> Result<RgbImage> {
 
 fn write_latents(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
     let bytes: &[u8] = bytemuck::cast_slice(values);
-    let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(|e| io_error(path, e))?;
-    let file = safetensors::serialize([("latents", view)], None).map_err(|e| io_error(path, e))?;
-    std::fs::write(path, file).map_err(|e| io_error(path, e))
+    let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(|e| Error::io(path, e))?;
+    let file = safetensors::serialize([("latents", view)], None).map_err(|e| Error::io(path, e))?;
+    std::fs::write(path, file).map_err(|e| Error::io(path, e))
 }
 
 pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
@@ -149,14 +145,14 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
                 }
                 None => Previewer::for_model(gpu, &sd).await?,
             };
-            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             Some(previewer)
         }
         (None, _) => None,
     };
     let first_seed = args.seed.unwrap_or_else(random_seed);
     let model = match &args.model {
-        Some(path) => path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        Some(path) => model_name(path),
         None => default_model::NAME.to_string(),
     };
     let steps = args.steps.unwrap_or(sd.default_steps());
@@ -188,7 +184,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
                 let rgb = preview.render(sd.vae(), &progress.preview_latents()?)?;
                 let image = from_decoded(&pollster::block_on(rgb.to_vec())?, rgb.shape())?;
                 let file = name(&dir.join(format!("step-{:03}.png", progress.done)));
-                std::fs::write(&file, encode_png(&image[0], None)?).map_err(|e| io_error(&file, e))?;
+                std::fs::write(&file, encode_png(&image[0], None)?).map_err(|e| Error::io(&file, e))?;
             }
             Ok(Control::Continue)
         };
@@ -199,7 +195,7 @@ pub async fn run(gpu: &Gpu, args: GenerateArgs) -> Result<()> {
         let image = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
         let png = encode_png(&image[0], Some(&generation.parameters(&request, &model, sd.model_hash())))?;
         let out = name(&args.out);
-        std::fs::write(&out, png).map_err(|e| io_error(&out, e))?;
+        std::fs::write(&out, png).map_err(|e| Error::io(&out, e))?;
         let mut start = if request.latents.is_some() { "given latents".to_string() } else { format!("seed {seed}") };
         if request.init_image.is_some() {
             start.push_str(&format!(", strength {}", request.strength));

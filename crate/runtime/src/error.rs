@@ -53,6 +53,11 @@ impl Error {
         Error::Shape { op, detail: detail.to_string() }
     }
 
+    /// An I/O error on the file or folder at `path`.
+    pub fn io(path: &std::path::Path, detail: impl fmt::Display) -> Self {
+        Error::Io { path: path.display().to_string(), detail: detail.to_string() }
+    }
+
     /// A request error naming the request's `option`.
     pub fn request(option: &'static str, detail: impl fmt::Display) -> Self {
         Error::Request { option, detail: detail.to_string() }

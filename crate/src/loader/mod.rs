@@ -17,6 +17,11 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// The name images and manifests give a model on disk: its folder's or file's name.
+pub fn model_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// The path of `name` inside a component folder (`unet`); an empty component is
 /// the root, as in standalone VAE and TAESD repositories.
 pub fn component_file(component: &str, name: &str) -> String {

@@ -128,7 +128,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
     println!("\n{}\n\n{}", score::summary(&list, &outcomes), score::per_shape(&list, &outcomes));
     if let Some(path) = &args.sheet {
         let png = encode_png(&sheet::contact_sheet(&images, list.ground_truth.columns), None)?;
-        std::fs::write(path, png).map_err(|e| Error::Io { path: path.display().to_string(), detail: e.to_string() })?;
+        std::fs::write(path, png).map_err(|e| Error::io(path, e))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
