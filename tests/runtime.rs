@@ -36,6 +36,32 @@ fn a_chain_of_launches_runs_in_one_batch_with_reuse() {
 }
 
 #[test]
+fn repeated_launches_reuse_their_bind_groups_with_fresh_parameters() {
+    // Its own device, so the counters see only these launches.
+    let gpu = pollster::block_on(Gpu::new()).unwrap();
+    let x = gpu.upload_f32(&[64], &(0..64).map(|i| i as f32).collect::<Vec<_>>()).unwrap();
+    let y = gpu.upload_f32(&[64], &vec![1.0; 64]).unwrap();
+    // A step's launches on the same buffers, flushed by a readback, with new scalars each time.
+    let step = |a: f32, b: f32| {
+        let before = gpu.counters();
+        let out = ew::axpby(&gpu, a, &x, b, &y, None).unwrap();
+        let values = read(&out);
+        (values, (gpu.counters() - before).bind_groups)
+    };
+    let (first, created) = step(2.0, 3.0);
+    assert_eq!(first, (0..64).map(|i| 2.0 * i as f32 + 3.0).collect::<Vec<_>>());
+    assert_eq!(created, 1);
+    let (second, created) = step(-1.0, 0.5);
+    assert_eq!(second, (0..64).map(|i| 0.5 - i as f32).collect::<Vec<_>>(), "the cached group reads this flush's scalars");
+    assert_eq!(created, 0, "the same kernel on the same buffers binds the group made before");
+    // Emptying the pool lets the cached groups (and their hold on buffers) go.
+    gpu.trim_pool();
+    let (third, created) = step(1.0, 1.0);
+    assert_eq!(third, (0..64).map(|i| i as f32 + 1.0).collect::<Vec<_>>());
+    assert_eq!(created, 1);
+}
+
+#[test]
 fn bad_shapes_are_errors() {
     let gpu = gpu();
     assert!(matches!(gpu.upload_f32(&[2, 3], &[1.0; 5]), Err(Error::Shape { .. })));

@@ -1,9 +1,9 @@
 //! Recording: every kernel launch lands in one pending batch whose parameters share
 //! one uniform arena; a flush encodes the whole batch as one compute pass and one submit.
 
-use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use super::bind_groups::{BindGroupCache, Bindings};
 use super::context::{Gpu, lock};
 use super::kernel::{Compiled, KernelKey};
 use super::stats::Profile;
@@ -32,20 +32,24 @@ struct Dispatch {
     kernel: Arc<Compiled>,
     /// `shader:entry`, for timing launches.
     name: (&'static str, &'static str),
-    /// Each storage binding: the buffer, where the tensor starts in it, and its size.
-    buffers: Vec<(wgpu::Buffer, u64, u64)>,
+    buffers: Bindings,
     uniform_offset: u32,
     uniform_size: u64,
     workgroups: [u32; 3],
 }
 
-#[derive(Default)]
 pub(super) struct Batch {
     arena: Vec<u8>,
     dispatches: Vec<Dispatch>,
+    pub bind_groups: BindGroupCache,
 }
 
 impl Batch {
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self { arena: Vec::new(), dispatches: Vec::new(), bind_groups: BindGroupCache::new(device) }
+    }
+
+    /// Drops the pending launches.
     pub fn clear(&mut self) {
         self.arena.clear();
         self.dispatches.clear();
@@ -184,45 +188,13 @@ impl Gpu {
             return;
         }
         let device = &self.inner.device;
-        let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("uniform arena"),
-            size: batch.arena.len() as u64,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
-        match uniforms.slice(..).get_mapped_range_mut() {
-            Ok(mut view) => view.copy_from_slice(&batch.arena),
-            // Only a lost device refuses a fresh mapped-at-creation buffer; the fault
-            // handler has recorded that, and the caller's next check reports it.
-            Err(_) => return,
-        }
-        uniforms.unmap();
-        let bind_groups: Vec<wgpu::BindGroup> = batch
-            .dispatches
-            .iter()
-            .map(|d| {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &uniforms,
-                        offset: 0,
-                        size: NonZeroU64::new(d.uniform_size),
-                    }),
-                }];
-                for (i, (buffer, offset, bytes)) in d.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: i as u32 + 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer,
-                            offset: *offset,
-                            size: NonZeroU64::new(*bytes),
-                        }),
-                    });
-                }
-                device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })
-            })
-            .collect();
-        lock(&self.inner.counters).bind_groups += bind_groups.len() as u64;
+        let Batch { arena, dispatches, bind_groups: cache } = &mut *batch;
+        cache.write_uniforms(device, &self.inner.queue, arena);
+        let mut created = 0;
+        let bind_groups: Vec<wgpu::BindGroup> =
+            dispatches.iter().map(|d| cache.get(device, &d.kernel.layout, d.uniform_size, &d.buffers, &mut created)).collect();
+        cache.evict_unused();
+        lock(&self.inner.counters).bind_groups += created;
         let mut profile = lock(&self.inner.profile);
         match profile.as_mut() {
             // Timed: a pass per launch, with a timestamp at its start and end.

@@ -170,6 +170,7 @@ impl Gpu {
         let uncaptured = fault.clone();
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| record_fault(&uncaptured, Error::from(error))));
 
+        let batch = Mutex::new(Batch::new(&device));
         Ok(Gpu {
             inner: Arc::new(Inner {
                 device,
@@ -178,7 +179,7 @@ impl Gpu {
                 fault,
                 kernels: Mutex::new(KernelCache::default()),
                 pool: Mutex::new(BufferPool::default()),
-                batch: Mutex::new(Batch::default()),
+                batch,
                 counters: Mutex::new(Counters::default()),
                 profile: Mutex::new(None),
             }),
@@ -204,7 +205,10 @@ impl Gpu {
 
     /// Gives the device up. Pending work is dropped; later calls fail with `DeviceLost`.
     pub fn destroy(&self) {
-        lock(&self.inner.batch).clear();
+        let mut batch = lock(&self.inner.batch);
+        batch.clear();
+        batch.bind_groups.clear();
+        drop(batch);
         self.inner.device.destroy();
         // The lost callback runs on the next poll natively; record the state now so
         // callers see it at once on every platform.
@@ -216,8 +220,10 @@ impl Gpu {
         lock(&self.inner.pool).held_bytes()
     }
 
-    /// Releases every pooled buffer back to the driver.
+    /// Releases every pooled buffer back to the driver (the cached bind groups hold
+    /// buffers too, so they go first).
     pub fn trim_pool(&self) {
+        lock(&self.inner.batch).bind_groups.clear();
         lock(&self.inner.pool).clear();
     }
 }

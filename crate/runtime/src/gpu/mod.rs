@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
 mod batch;
+mod bind_groups;
 mod context;
 mod kernel;
 mod pool;

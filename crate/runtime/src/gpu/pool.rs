@@ -1,12 +1,18 @@
 //! Reuse of freed storage buffers. Creating and first-binding a buffer is slow on
 //! WebGPU, and a diffusion step allocates the same activation sizes every time.
+//!
+//! Buffers are numbered as they are made, and a request takes the lowest-numbered free
+//! buffer of its class: which buffer a tensor gets then depends only on which are free,
+//! not on the order they were freed in, so step after step the same launches get the
+//! same buffers and find their bind groups cached (`bind_groups`).
 
 use std::collections::HashMap;
 
 #[derive(Default)]
 pub(super) struct BufferPool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    free: HashMap<u64, Vec<(u64, wgpu::Buffer)>>,
     held: u64,
+    made: u64,
 }
 
 impl BufferPool {
@@ -22,15 +28,23 @@ impl BufferPool {
         bytes.div_ceil(step) * step
     }
 
-    pub fn take(&mut self, class: u64) -> Option<wgpu::Buffer> {
-        let buffer = self.free.get_mut(&class)?.pop()?;
-        self.held -= class;
-        Some(buffer)
+    /// The number of a buffer about to be made.
+    pub fn number_new(&mut self) -> u64 {
+        self.made += 1;
+        self.made
     }
 
-    pub fn give(&mut self, class: u64, buffer: wgpu::Buffer) {
+    /// The lowest-numbered free buffer of `class`, with its number.
+    pub fn take(&mut self, class: u64) -> Option<(u64, wgpu::Buffer)> {
+        let list = self.free.get_mut(&class)?;
+        let lowest = list.iter().enumerate().min_by_key(|(_, (number, _))| *number)?.0;
+        self.held -= class;
+        Some(list.swap_remove(lowest))
+    }
+
+    pub fn give(&mut self, class: u64, number: u64, buffer: wgpu::Buffer) {
         self.held += class;
-        self.free.entry(class).or_default().push(buffer);
+        self.free.entry(class).or_default().push((number, buffer));
     }
 
     pub fn held_bytes(&self) -> u64 {

@@ -12,12 +12,14 @@ use crate::quant;
 pub(super) struct Storage {
     pub buffer: wgpu::Buffer,
     class: u64,
+    /// The pool's number for the buffer.
+    number: u64,
     gpu: Gpu,
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        lock(&self.gpu.inner.pool).give(self.class, self.buffer.clone());
+        lock(&self.gpu.inner.pool).give(self.class, self.number, self.buffer.clone());
     }
 }
 
@@ -191,20 +193,22 @@ impl Gpu {
         }
         let class = BufferPool::size_class(bytes).min(info.max_buffer_size);
         let pooled = lock(&self.inner.pool).take(class);
-        let buffer = match pooled {
-            Some(buffer) => buffer,
+        let (number, buffer) = match pooled {
+            Some(pooled) => pooled,
             None => {
                 lock(&self.inner.counters).buffers += 1;
-                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                let number = lock(&self.inner.pool).number_new();
+                let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("tensor"),
                     size: class,
                     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
-                })
+                });
+                (number, buffer)
             }
         };
         self.check()?;
-        Ok(Tensor { storage: Arc::new(Storage { buffer, class, gpu: self.clone() }), offset: 0, shape: shape.to_vec(), dtype })
+        Ok(Tensor { storage: Arc::new(Storage { buffer, class, number, gpu: self.clone() }), offset: 0, shape: shape.to_vec(), dtype })
     }
 
     pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
