@@ -15,7 +15,9 @@
 // say whether the bias (f32 or packed f16, binding 3) and the residual (f32 of the output's
 // shape, added after the activation: the skip after an attention or feed-forward output
 // projection; binding 4) are there (a launch without one binds `a` in its place), and
-// p.activation picks the activation (see activate()).
+// p.activation picks the activation (see activate()). p.split lays the output out as
+// [.., n / split, m, split] (column c in part c / split): stacked Linear layers (a
+// self-attention's q, k and v) each get a contiguous output; split = n is the plain layout.
 #ifdef F16_MATH
 enable f16;
 #endif
@@ -45,6 +47,7 @@ struct Params {
     b_row_words: u32,    // WEIGHT_QUANT: words per row of b (quants and scales)
     epilogue: u32,       // EPILOGUE_* bits
     activation: u32,     // see activate()
+    split: u32,          // output columns per part (n: one part)
 }
 
 const EPILOGUE_BIAS: u32 = 1u;
@@ -231,13 +234,15 @@ fn store_row(out_base: u32, row: u32, col: u32, rows: u32, cols: u32, low: vec4<
         let c = col + j * TN;
         if (c < cols) {
             var v = select(high, low, j < 4u)[j % 4u];
+            let part = c / p.split;
+            let at = out_base + (part * p.m + row) * p.split + c - part * p.split;
 #ifdef ACCUMULATE
-            v += out[out_base + row * p.n + c];
+            v += out[at];
 #endif
             if ((p.epilogue & EPILOGUE_BIAS) != 0u) { v += bias_at(c); }
             v = activate(v);
-            if ((p.epilogue & EPILOGUE_RESIDUAL) != 0u) { v += residual[out_base + row * p.n + c]; }
-            out[out_base + row * p.n + c] = v;
+            if ((p.epilogue & EPILOGUE_RESIDUAL) != 0u) { v += residual[at]; }
+            out[at] = v;
         }
     }
 }

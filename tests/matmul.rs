@@ -90,6 +90,7 @@ fn check(case: Case, seed: u64) {
         activation: case.activation,
         f16_math: case.f16_math,
         residual: None,
+        split_columns: None,
     };
     let got = matmul::matmul(gpu, &ta, &tb, &opts).unwrap();
 
@@ -296,6 +297,42 @@ fn adds_a_residual() {
     let wrong = gpu.upload_f32(&[4, 6], &[0.0; 24]).unwrap();
     let result = matmul::matmul(gpu, &a, &b, &MatmulOptions { transpose_b: true, residual: Some(&wrong), ..Default::default() });
     assert!(matches!(result, Err(Error::Shape { .. })), "residual of the wrong size: {result:?}");
+}
+
+/// Stacked Linear layers: q8/f16/f32 weights of three layers concatenated by rows on the
+/// GPU (`concat_rows`), one product with `split_columns`, each layer's output a contiguous
+/// `[M, out]` part equal to that layer's own product; with a bias and a ragged tile.
+#[test]
+fn stacked_layers_split_their_outputs() {
+    let gpu = gpu();
+    for (i, (dtype, out, rows)) in [(DType::F32, 24, 37), (DType::F16, 40, 16), (DType::Q8, 16, 70)].into_iter().enumerate() {
+        let seed = 700 + 10 * i as u64;
+        let (ta, a) = upload(gpu, &[rows, 64], random(rows * 64, seed, 1.0), DType::F32);
+        let layers: Vec<_> = (0..3).map(|l| upload(gpu, &[out, 64], random(out * 64, seed + 1 + l, 1.0), dtype)).collect();
+        let biases: Vec<_> = (0..3).map(|l| random(out, seed + 5 + l, 1.0)).collect();
+        let stacked = gpu.concat_rows(&layers.iter().map(|(t, _)| t).collect::<Vec<_>>()).unwrap();
+        assert_eq!(stacked.shape(), [3 * out, 64]);
+        let bias = gpu.upload_f32(&[3 * out], &biases.concat()).unwrap();
+        let opts = MatmulOptions { transpose_b: true, bias: Some(&bias), split_columns: Some(out), ..Default::default() };
+        let got = matmul::matmul(gpu, &ta, &stacked, &opts).unwrap();
+        assert_eq!(got.shape(), [3, rows, out]);
+        let got = read(&got);
+        for (l, ((_, b), layer_bias)) in layers.iter().zip(&biases).enumerate() {
+            let a_op = Operand { values: &a, shape: &[rows, 64], transposed: false };
+            let b_op = Operand { values: b, shape: &[out, 64], transposed: true };
+            let (want, _) = cpu::matmul(a_op, b_op, Some(layer_bias), None);
+            let bound: Vec<f32> = dot_scale(a_op, b_op, Some(layer_bias)).iter().map(|s| F32_TOL * s + ATOL).collect();
+            assert_within(&format!("{dtype:?} layer {l}"), &got[l * rows * out..(l + 1) * rows * out], &want, &bound);
+        }
+    }
+
+    let a = gpu.upload_f32(&[4, 32], &[0.0; 128]).unwrap();
+    let b = gpu.upload_f32(&[6, 32], &[0.0; 192]).unwrap();
+    let result = matmul::matmul(gpu, &a, &b, &MatmulOptions { transpose_b: true, split_columns: Some(4), ..Default::default() });
+    assert!(matches!(result, Err(Error::Shape { .. })), "a split that does not divide N: {result:?}");
+    let odd = gpu.upload_f32_as_f16(&[3, 3], &[0.0; 9]).unwrap();
+    let result = gpu.concat_rows(&[&odd, &odd]);
+    assert!(matches!(result, Err(Error::Shape { .. })), "f16 parts that would split a word: {result:?}");
 }
 
 #[test]

@@ -294,6 +294,7 @@ impl<'a> LinearCase<'a> {
             activation: self.activation,
             f16_math: self.f16_math,
             residual: None,
+            split_columns: None,
         };
         let got = matmul::matmul(gpu, &gpu.upload_f32(self.a, &a).unwrap(), &w_gpu, &opts).unwrap();
 

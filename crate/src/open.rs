@@ -33,6 +33,19 @@ impl StableDiffusion {
         precision: WeightPrecision,
         on_progress: &mut dyn FnMut(&LoadProgress),
     ) -> Result<Self> {
+        let sd = Self::open_source(gpu, source, precision, on_progress).await?;
+        // What the load set aside (a package's tensors, the parts of stacked layers) sits
+        // in the pool: give it back rather than hold it beside the model.
+        gpu.trim_pool();
+        Ok(sd)
+    }
+
+    async fn open_source(
+        gpu: &Gpu,
+        source: ModelSource<'_>,
+        precision: WeightPrecision,
+        on_progress: &mut dyn FnMut(&LoadProgress),
+    ) -> Result<Self> {
         match source {
             ModelSource::Package(source) => open_package(gpu, source, precision, on_progress).await,
             #[cfg(not(target_arch = "wasm32"))]

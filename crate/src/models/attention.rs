@@ -3,7 +3,7 @@
 //! multi-head attention, the output projection; optionally a group norm before and a
 //! residual connection after (the VAE's spatial form on `[B, C, H, W]`).
 
-use super::nn::{GroupNorm, Linear, join};
+use super::nn::{GroupNorm, Linear, StackedLinear, join};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::attention::{AttentionOptions, attention};
@@ -39,13 +39,70 @@ pub enum Attend<'a> {
     KeysValues(&'a Tensor, &'a Tensor),
 }
 
+/// to_q, to_k and to_v.
+enum Projections {
+    /// A self-attention's, stacked: q, k and v in one launch (k and v in one for ToDo).
+    Stacked(StackedLinear),
+    /// to_q, to_k, to_v (a cross-attention's keys and values take another input).
+    Separate(Box<[Linear; 3]>),
+}
+
+impl Projections {
+    fn load(w: &Weights, prefix: &str, c: &AttentionConfig) -> Result<Self> {
+        let inner = c.heads * c.head_dim;
+        let names = ["to_q", "to_k", "to_v"].map(|name| join(prefix, name));
+        if c.cross_attention_dim.is_none()
+            && let Some(stacked) = StackedLinear::load(w, &names, c.query_dim, inner, c.qkv_bias)?
+        {
+            return Ok(Projections::Stacked(stacked));
+        }
+        let context = c.cross_attention_dim.unwrap_or(c.query_dim);
+        Ok(Projections::Separate(Box::new([
+            Linear::load(w, &names[0], c.query_dim, inner, c.qkv_bias)?,
+            Linear::load(w, &names[1], context, inner, c.qkv_bias)?,
+            Linear::load(w, &names[2], context, inner, c.qkv_bias)?,
+        ])))
+    }
+
+    fn queries(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projections::Stacked(stacked) => stacked.layer(0).forward(x),
+            Projections::Separate(separate) => separate[0].forward(x),
+        }
+    }
+
+    fn keys_values(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            Projections::Stacked(stacked) => {
+                let [k, v]: [Tensor; 2] =
+                    stacked.forward(context, 1, 2)?.try_into().map_err(|_| Error::shape("Attention", "two outputs"))?;
+                Ok((k, v))
+            }
+            Projections::Separate(separate) => Ok((separate[1].forward(context)?, separate[2].forward(context)?)),
+        }
+    }
+
+    /// Queries, keys and values of a self-attention over `x`.
+    fn all(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match self {
+            Projections::Stacked(stacked) => {
+                let [q, k, v]: [Tensor; 3] =
+                    stacked.forward(x, 0, 3)?.try_into().map_err(|_| Error::shape("Attention", "three outputs"))?;
+                Ok((q, k, v))
+            }
+            Projections::Separate(_) => {
+                let (k, v) = self.keys_values(x)?;
+                Ok((self.queries(x)?, k, v))
+            }
+        }
+    }
+}
+
 pub struct Attention {
     /// Its weights' prefix: which attention this is (`TextKeysValues` files them under it).
     name: String,
     group_norm: Option<GroupNorm>,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
+    projections: Projections,
     to_out: Linear,
     heads: usize,
     residual_connection: bool,
@@ -56,13 +113,10 @@ impl Attention {
     pub fn load(w: &Weights, prefix: &str, c: &AttentionConfig) -> Result<Self> {
         let p = |name: &str| join(prefix, name);
         let inner = c.heads * c.head_dim;
-        let context = c.cross_attention_dim.unwrap_or(c.query_dim);
         Ok(Self {
             name: prefix.to_string(),
             group_norm: c.group_norm.map(|(groups, eps)| GroupNorm::load(w, &p("group_norm"), groups, c.query_dim, eps)).transpose()?,
-            to_q: Linear::load(w, &p("to_q"), c.query_dim, inner, c.qkv_bias)?,
-            to_k: Linear::load(w, &p("to_k"), context, inner, c.qkv_bias)?,
-            to_v: Linear::load(w, &p("to_v"), context, inner, c.qkv_bias)?,
+            projections: Projections::load(w, prefix, c)?,
             to_out: Linear::load(w, &p("to_out.0"), inner, c.query_dim, true)?,
             heads: c.heads,
             residual_connection: c.residual_connection,
@@ -76,7 +130,7 @@ impl Attention {
 
     /// Its keys and values for `context [B, S', cross_dim]`, for `Attend::KeysValues`.
     pub fn keys_values(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.to_k.forward(context)?, self.to_v.forward(context)?))
+        self.projections.keys_values(context)
     }
 
     /// `x [B, S, query_dim]` attending to what `attend` says, plus `residual` (of the
@@ -133,11 +187,13 @@ impl Attention {
 
     /// Projections and attention on `[B, S, C]` tokens, before the output projection.
     fn attention(&self, tokens: &Tensor, attend: Attend) -> Result<Tensor> {
-        let q = self.to_q.forward(tokens)?;
-        let (k, v) = match attend {
-            Attend::Itself => self.keys_values(tokens)?,
-            Attend::To(context) => self.keys_values(context)?,
-            Attend::KeysValues(k, v) => (k.clone(), v.clone()),
+        let (q, k, v) = match attend {
+            Attend::Itself => self.projections.all(tokens)?,
+            Attend::To(context) => {
+                let (k, v) = self.keys_values(context)?;
+                (self.projections.queries(tokens)?, k, v)
+            }
+            Attend::KeysValues(k, v) => (self.projections.queries(tokens)?, k.clone(), v.clone()),
         };
         attention(tokens.gpu(), &q, &k, &v, &AttentionOptions { heads: self.heads, scale: None, causal: false })
     }

@@ -28,10 +28,21 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
+        let (weight, bias) = Self::load_tensors(w, prefix, in_features, out_features, bias)?;
+        Ok(Self::new(w, prefix, weight, bias))
+    }
+
+    fn load_tensors(w: &Weights, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
         let weight = w.get(&join(prefix, "weight"), &[out_features, in_features])?;
         let bias = if bias { Some(w.get(&join(prefix, "bias"), &[out_features])?) } else { None };
+        Ok((weight, bias))
+    }
+
+    /// The layer `prefix` of `weight [out, in]` and `bias [out]`, registered for LoRAs.
+    fn new(w: &Weights, prefix: &str, weight: Tensor, bias: Option<Tensor>) -> Self {
+        let (out_features, in_features) = (weight.shape()[0], weight.shape()[1]);
         let lora = w.lora_targets().register(prefix, LayerShape::Linear { in_features, out_features });
-        Ok(Self { weight, bias, in_features, out_features, lora })
+        Self { weight, bias, in_features, out_features, lora }
     }
 
     /// `x [.., in] -> [.., out]`.
@@ -69,6 +80,75 @@ impl Linear {
             *last = self.out_features;
         }
         out.reshape(&out_shape)
+    }
+}
+
+/// Linear layers of the same shape on the same input, stacked: their weights one
+/// `[layers * out, in]` tensor (and their biases one), so one launch computes several
+/// layers' outputs, each a contiguous `[.., out]` (the matmul's `split_columns`). Each
+/// layer stays a `Linear` of its own name (a view of its rows) for LoRAs and lone use.
+pub struct StackedLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    layers: Vec<Linear>,
+}
+
+impl StackedLinear {
+    /// The layers `prefixes`, stacked; `None` where the device cannot bind a layer's rows
+    /// as a view (the storage offset alignment), so the caller loads them one by one.
+    pub fn load(w: &Weights, prefixes: &[String], in_features: usize, out_features: usize, bias: bool) -> Result<Option<Self>> {
+        let gpu = w.gpu();
+        let loaded = prefixes.iter().map(|p| Linear::load_tensors(w, p, in_features, out_features, bias)).collect::<Result<Vec<_>>>()?;
+        let weight = gpu.concat_rows(&loaded.iter().map(|(weight, _)| weight).collect::<Vec<_>>())?;
+        let bias = match bias {
+            true => Some(gpu.concat_rows(&loaded.iter().filter_map(|(_, bias)| bias.as_ref()).collect::<Vec<_>>())?),
+            false => None,
+        };
+        let layer = |i: usize, prefix: &String| -> Result<Linear> {
+            let bias = bias.as_ref().map(|b| b.view_narrow(0, i * out_features, out_features)).transpose()?;
+            Ok(Linear::new(w, prefix, weight.view_narrow(0, i * out_features, out_features)?, bias))
+        };
+        let Ok(layers) = prefixes.iter().enumerate().map(|(i, p)| layer(i, p)).collect::<Result<Vec<_>>>() else {
+            return Ok(None);
+        };
+        Ok(Some(Self { weight, bias, layers }))
+    }
+
+    pub fn layer(&self, i: usize) -> &Linear {
+        &self.layers[i]
+    }
+
+    /// Layers `first..first + count` on `x [.., in]`: one `[.., out]` output each, from
+    /// one launch where the device can bind each output as a view, else one per layer.
+    pub fn forward(&self, x: &Tensor, first: usize, count: usize) -> Result<Vec<Tensor>> {
+        let layers = &self.layers[first..first + count];
+        let out_features = layers[0].out_features;
+        let shape = x.shape();
+        let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+        let alignment = x.gpu().info().storage_offset_alignment as usize;
+        if !(rows * out_features * 4).is_multiple_of(alignment) {
+            return layers.iter().map(|layer| layer.forward(x)).collect();
+        }
+        let rows_of = |t: &Tensor| t.view_narrow(0, first * out_features, count * out_features);
+        let flat = x.reshape(&[rows, *shape.last().unwrap_or(&0)])?;
+        let bias = self.bias.as_ref().map(rows_of).transpose()?;
+        let opts = MatmulOptions { transpose_b: true, bias: bias.as_ref(), split_columns: Some(out_features), ..Default::default() };
+        let stacked = matmul(x.gpu(), &flat, &rows_of(&self.weight)?, &opts)?;
+        let mut out_shape = shape.to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = out_features;
+        }
+        layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let out = stacked.view_narrow(0, i, 1)?.reshape(&[rows, out_features])?;
+                if let Some(side_path) = layer.lora.current() {
+                    side_path.add_to_linear(&flat, &out, None)?;
+                }
+                out.reshape(&out_shape)
+            })
+            .collect()
     }
 }
 

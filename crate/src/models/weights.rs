@@ -61,6 +61,10 @@ impl Weights {
         Self { gpu: gpu.clone(), file: uploaded.file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() }
     }
 
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
     pub fn file(&self) -> &str {
         &self.file
     }

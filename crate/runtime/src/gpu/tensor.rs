@@ -258,6 +258,47 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// `torch.cat(parts, dim=0)` for weights of any element type: the parts' storage bytes
+    /// copied one after another (quantized rows and f32 elements are self-contained; packed
+    /// f16 parts other than the last must hold an even count, or a half word would split).
+    /// For stacking layers at load; it submits the copies with the pending work.
+    pub fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        const OP: &str = "concat_rows";
+        let first = parts.first().ok_or_else(|| Error::shape(OP, "needs at least one part"))?;
+        let row_shape = &first.shape()[1.min(first.shape().len())..];
+        if let Some(bad) = parts.iter().find(|t| t.dtype() != first.dtype() || t.shape().is_empty() || &t.shape()[1..] != row_shape) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "parts must share their type and row shape: {:?} {:?} and {:?} {:?}",
+                    first.dtype(),
+                    first.shape(),
+                    bad.dtype(),
+                    bad.shape()
+                ),
+            ));
+        }
+        if first.dtype() == DType::F16
+            && let Some(odd) = parts[..parts.len() - 1].iter().find(|t| t.numel() % 2 == 1)
+        {
+            return Err(Error::shape(OP, format!("an f16 part of {:?} holds an odd count, which would split a word", odd.shape())));
+        }
+        let rows = parts.iter().map(|t| t.shape()[0]).sum();
+        let shape: Vec<usize> = std::iter::once(rows).chain(row_shape.iter().copied()).collect();
+        let out = self.empty(&shape, first.dtype())?;
+        self.submit_with(|encoder| {
+            let mut at = 0;
+            for part in parts {
+                encoder.copy_buffer_to_buffer(part.buffer(), part.byte_offset(), out.buffer(), at, part.byte_len());
+                at += part.byte_len();
+            }
+        });
+        self.check()?;
+        Ok(out)
+    }
+}
+
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
     let numel: usize = shape.iter().product();
     if numel != len {

@@ -53,6 +53,7 @@ struct Params {
     b_row_words: u32,
     epilogue: u32,
     activation: u32,
+    split: u32,
 }
 
 /// `Params::epilogue` bits, as matmul.wgsl's `EPILOGUE_*` (the bias's: `kernels::bias_epilogue_bits`).
@@ -86,6 +87,10 @@ pub struct MatmulOptions<'a> {
     /// Tiles and products in f16 (sums stay f32); honoured only when the device has
     /// shader-f16, otherwise the f32 kernel runs.
     pub f16_math: bool,
+    /// The output's columns in parts of this many, each a contiguous matrix: `[N / split,
+    /// M, split]` instead of `[M, N]` (stacked Linear layers, one output each). Must
+    /// divide N; 2-d operands only.
+    pub split_columns: Option<usize>,
 }
 
 /// The compile-time choices of one kernel variant (the epilogue is not one: its bias,
@@ -127,6 +132,8 @@ struct Dims {
     k: usize,
     a_batch_stride: usize,
     b_batch_stride: usize,
+    /// Output columns per part (`MatmulOptions::split_columns`, else N).
+    split: usize,
     out_shape: Vec<usize>,
 }
 
@@ -184,8 +191,13 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
     if largest > u32::MAX as usize {
         return Err(Error::shape(OP, format!("{largest} elements overflow the kernel's 32-bit indices")));
     }
+    let split = opts.split_columns.unwrap_or(n);
+    if split == 0 || !n.is_multiple_of(split) || (split != n && batches.is_some()) {
+        return Err(Error::shape(OP, format!("split_columns {split} needs 2-d operands and must divide the output's {n} columns")));
+    }
     let out_shape = match batches {
         Some(count) => vec![count, m, n],
+        None if split != n => vec![n / split, m, split],
         None => vec![m, n],
     };
     let dims = Dims {
@@ -195,6 +207,7 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
         k,
         a_batch_stride: if a_batch.is_some() { m * k } else { 0 },
         b_batch_stride: if b_batch.is_some() { k * n } else { 0 },
+        split,
         out_shape,
     };
     // A shared 2-D b (the linear layer) and a row-major a: the batches stack into one
@@ -218,7 +231,7 @@ pub fn workgroups(gpu: &Gpu, rows: usize, cols: usize, batches: usize) -> Result
 /// packed f16 `[K, N]` or `[B, K, N]` (a 2-D operand is shared by every batch of the
 /// other), or a q8/q4 weight `[N, K]` with `transpose_b`; `transpose_*` swap the stored
 /// order of the last two dimensions. The result is f32 `[M, N]`, or `[B, M, N]` when
-/// either operand has a batch.
+/// either operand has a batch (with `split_columns`, `[N / split, M, split]`).
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     let dims = dims(a, b, opts)?;
     let out = gpu.empty(&dims.out_shape, DType::F32)?;
@@ -268,6 +281,7 @@ fn launch(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions, dims: &Dims, 
         b_row_words: quant::row_words(b.dtype(), dims.k) as u32,
         epilogue: bias_bits | if opts.residual.is_some() { EPILOGUE_RESIDUAL } else { 0 },
         activation: activation_code(opts.activation),
+        split: dims.split as u32,
     };
     // An absent operand binds `a`, which the epilogue then never reads.
     let bindings = [
