@@ -1,4 +1,4 @@
-//! The `webdiffusion` command line as other tools drive it.
+//! The `webdiffusion` command line and `webdiffusion-eval` as other tools drive them.
 
 use crate::common;
 
@@ -14,6 +14,10 @@ use webdiffusion::pipeline::fit_latent_rgb;
 
 fn webdiffusion() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webdiffusion"))
+}
+
+fn webdiffusion_eval() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webdiffusion-eval"))
 }
 
 fn temp(name: &str) -> PathBuf {
@@ -339,19 +343,19 @@ fn generate_without_a_model_uses_the_built_in_package() {
 }
 
 #[test]
-fn bench_quality_scores_a_sheet_without_a_model() {
+fn eval_scores_a_sheet_without_a_model() {
     let ground_truth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/eval/ground_truth.png");
-    let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).arg(&ground_truth).output().unwrap();
+    let output = webdiffusion_eval().arg("--score-sheet").arg(&ground_truth).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // The generator's own drawings: the analyser reads every attribute of all 128 right.
     assert!(stdout.contains("| all prompts | 128 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |"), "{stdout}");
     // Several sheets (runs over other seeds) are scored together.
-    let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).args([&ground_truth, &ground_truth]).output().unwrap();
+    let output = webdiffusion_eval().arg("--score-sheet").args([&ground_truth, &ground_truth]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("| all prompts | 256 | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% |"), "{stdout}");
     let other = path("img2img_init.png");
-    let output = webdiffusion().args(["bench", "quality", "--score-sheet"]).arg(&other).output().unwrap();
+    let output = webdiffusion_eval().arg("--score-sheet").arg(&other).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("img2img_init.png") && stderr.contains("is not rows of 16 tiles"), "{stderr}");
 }

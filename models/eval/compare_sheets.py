@@ -2,9 +2,9 @@
 
     python compare_sheets.py ENGINE.png DIFFUSERS.png [--first-seed S]
 
-Both PNGs are in the score-sheet layout (`sheet.py`; `bench quality --sheet` and `diffusers_sheet.py` write it: every
+Both PNGs are in the score-sheet layout (`sheet.py`; `webdiffusion-eval --sheet` and `diffusers_sheet.py` write it: every
 prompt's tile in reading order, seed after seed). ENGINE.png holds seeds S, S + 1, ... of the prompts (as
-`bench quality --first-seed S --sheet` writes them); DIFFUSERS.png holds seeds 0, 1, ...; each engine tile is compared
+`webdiffusion-eval --first-seed S --sheet` writes them); DIFFUSERS.png holds seeds 0, 1, ...; each engine tile is compared
 with diffusers' tile of the same prompt and seed. Prints the PSNR (8-bit pixels) of every pair's mean, its lowest,
 and the tile it came from.
 """

@@ -1,11 +1,11 @@
 """The evaluation prompts through diffusers instead of the engine: quick sampler and guidance sweeps.
 
     python diffusers_sheet.py --model ../train/out/embedded --steps 4 --guidance 1 --scheduler lcm --out /tmp/s.png
-    webdiffusion bench quality --score-sheet /tmp/s.png
+    webdiffusion-eval --score-sheet /tmp/s.png
 
 Generates every prompt of prompts.json for seeds 0 and 1 (or `--seeds`; each image from its own CPU generator
 seeded as the engine seeds it) with the folder's pipeline in f32 on the CPU, about 170 times faster than the engine on a
-CPU Vulkan driver, and lays the images out as ground_truth.png, so `bench quality --score-sheet` scores them
+CPU Vulkan driver, and lays the images out as ground_truth.png, so `webdiffusion-eval --score-sheet` scores them
 with the same analyser. `--decoder-vae` decodes the final latents with another VAE (one whose encoder is the
 same, e.g. a fine-tuned decoder); `--lora` loads a LoRA file (e.g. models/lcm-lora's) by diffusers' reader.
 The engine matches diffusers (tests/embedded.rs; `compare_sheets.py`: the engine's q8 images of the committed models
@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--decoder-vae", type=Path, help="decode with this AutoencoderKL folder instead")
     parser.add_argument("--lora", type=Path, help="load this LoRA file (kohya or diffusers layout) into the pipeline first")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
-                        help="tile t is prompt t %% 64 with the (t // 64)th of these seeds; `bench quality --seeds 2` uses 0 1")
+                        help="tile t is prompt t %% 64 with the (t // 64)th of these seeds; `webdiffusion-eval --seeds 2` uses 0 1")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG)")
     args = parser.parse_args()
 

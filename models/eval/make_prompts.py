@@ -123,7 +123,7 @@ def write_ground_truth(prompts: list, path: Path):
 def main():
     prompts = make_prompts()
     document = {
-        "about": "webdiffusion bench quality prompts; made by make_prompts.py from models/train/shapes.py",
+        "about": "webdiffusion-eval prompts; made by make_prompts.py from models/train/shapes.py",
         "image_size": shapes.IMAGE_SIZE,
         "colours": [{"name": name, "rgb": rgb} for name, rgb in shapes.COLOURS.items()],
         "shapes": shapes.SHAPES,

@@ -1,4 +1,4 @@
-"""The score-sheet layout that `bench quality --score-sheet` reads, as prompts.json's `ground_truth` records it
+"""The score-sheet layout that `webdiffusion-eval --score-sheet` reads, as prompts.json's `ground_truth` records it
 (square tiles in rows of `columns`, tile t showing prompt t % the number of prompts), both ways."""
 
 import json

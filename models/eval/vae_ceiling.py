@@ -1,10 +1,10 @@
 """About the most a model with this VAE can score: the ground-truth sheet through the VAE and back.
 
     python vae_ceiling.py --vae ../train/out/embedded/vae --out /tmp/recon.png
-    webdiffusion bench quality --score-sheet /tmp/recon.png
+    webdiffusion-eval --score-sheet /tmp/recon.png
 
 Each 64x64 tile of ground_truth.png (the training data generator's drawing of an evaluation prompt) is encoded
-to its latent mean and decoded; the sheet keeps the ground truth's layout, so `bench quality --score-sheet` reads
+to its latent mean and decoded; the sheet keeps the ground truth's layout, so `webdiffusion-eval --score-sheet` reads
 it as it reads generated images. What the analyser cannot read here shows where the VAE loses detail; it is an
 estimate, not a bound (a UNet's latents need not be the encoder's of a drawn tile, and the embedded model's 20-step
 images read more shapes right than this sheet does).

@@ -29,7 +29,7 @@ pub async fn pipeline(
     use webdiffusion::pipeline::{Control, Previewer, Request};
 
     let start = Instant::now();
-    let sd = crate::quality::load_pipeline(gpu, model).await?;
+    let sd = webdiffusion_cli::open_model(gpu, model).await?;
     let load = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let preview = match taesd {

@@ -12,7 +12,8 @@ use webdiffusion::pipeline::{DeepCache, Request, StableDiffusion, median_min_max
 use webdiffusion::{Error, Result};
 
 use crate::image_metrics::{psnr, squared_error, ssim};
-use crate::quality::{PromptList, first_image, load_pipeline};
+use webdiffusion_cli::prompts::PromptList;
+use webdiffusion_cli::{first_image, open_model};
 
 #[derive(clap::Args)]
 pub struct SavingsBenchArgs {
@@ -95,7 +96,7 @@ fn median_ms(values: &[f64]) -> String {
 
 pub async fn run(gpu: &Gpu, args: SavingsBenchArgs) -> Result<()> {
     let settings = args.settings.iter().map(|s| parse_setting(s)).collect::<Result<Vec<_>>>()?;
-    let sd = load_pipeline(gpu, &args.model).await?;
+    let sd = open_model(gpu, &args.model).await?;
     let list = PromptList::builtin()?;
     let prompts = list.spread(args.prompts);
     let count = prompts.len();

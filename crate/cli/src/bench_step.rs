@@ -16,7 +16,7 @@ pub struct StepArgs<'a> {
 }
 
 pub async fn run(gpu: &Gpu, args: StepArgs<'_>) -> Result<()> {
-    let sd = crate::quality::load_pipeline(gpu, args.model).await?;
+    let sd = webdiffusion_cli::open_model(gpu, args.model).await?;
     let request = Request {
         prompt: "a lighthouse on a cliff at dusk".into(),
         guidance_scale: args.guidance,

@@ -81,9 +81,6 @@ enum BenchTarget {
         #[arg(long)]
         profile: bool,
     },
-    /// Generate the evaluation prompts (models/eval/prompts.json) and score colour, shape,
-    /// position and size with a deterministic image analyser.
-    Quality(crate::quality::QualityArgs),
     /// Package size and final-image PSNR against the f32 folder for f16, q8, q4 and mixed.
     Fidelity(crate::fidelity::FidelityArgs),
     /// The step savings (DeepCache, ToDo) against whole steps: time per step and per image,
@@ -92,7 +89,7 @@ enum BenchTarget {
 }
 
 pub fn main() -> ExitCode {
-    env_logger_init();
+    webdiffusion_cli::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         // Converting opens a GPU only to fit the preview map, and goes on without one.
@@ -136,28 +133,8 @@ async fn run_on_gpu(command: Command) -> webdiffusion::Result<()> {
             };
             crate::bench::kernels(&gpu, shapes, &only, iterations).await
         }
-        Command::Bench { what: BenchTarget::Quality(args) } => crate::quality::run(&gpu, args).await,
         Command::Bench { what: BenchTarget::Fidelity(args) } => crate::fidelity::run(&gpu, args).await,
         Command::Bench { what: BenchTarget::Savings(args) } => crate::bench_savings::run(&gpu, args).await,
         Command::Convert(args) => crate::convert::run(*args),
     }
-}
-
-/// wgpu logs through `log`; without a logger its messages would vanish, so
-/// print warnings and errors to stderr.
-fn env_logger_init() {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, metadata: &log::Metadata) -> bool {
-            metadata.level() <= log::Level::Warn
-        }
-        fn log(&self, record: &log::Record) {
-            if self.enabled(record.metadata()) {
-                eprintln!("{}: {}", record.level(), record.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
 }

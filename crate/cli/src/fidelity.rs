@@ -17,7 +17,9 @@ use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
 use crate::image_metrics::{psnr, squared_error};
-use crate::quality::{PromptList, SamplingArgs, generate_image, load_pipeline};
+use webdiffusion_cli::prompts::PromptList;
+use webdiffusion_cli::sampling::SamplingArgs;
+use webdiffusion_cli::{generate_image, open_model};
 
 #[derive(clap::Args)]
 pub struct FidelityArgs {
@@ -139,7 +141,7 @@ pub async fn run(gpu: &Gpu, args: FidelityArgs) -> Result<()> {
         }
         let folder = temp.0.join(quantization.name());
         let written = write_to(&folder, &model, policy)?;
-        let images = generate_all(&load_pipeline(gpu, &folder).await?, &requests).await?;
+        let images = generate_all(&open_model(gpu, &folder).await?, &requests).await?;
         std::fs::remove_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
         let errors: Vec<(f64, u8)> = images.iter().zip(&reference).map(|(a, b)| squared_error(a, b)).collect();
         let pooled = errors.iter().map(|e| e.0).sum::<f64>() / errors.len() as f64;

@@ -17,7 +17,7 @@ use webdiffusion::pipeline::{Control, Previewer, Progress, Request, StableDiffus
 use webdiffusion::{Error, Result};
 
 use crate::default_model;
-use crate::step_saving_args::StepSavingArgs;
+use webdiffusion_cli::sampling::StepSavingArgs;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {

@@ -1,5 +1,6 @@
 //! The native command-line tool: image generation, package conversion and information,
-//! and the benchmarks and evaluations (the browser uses the library through its bindings).
+//! and the benchmarks (the built-in model's evaluation is `webdiffusion-eval`; the browser
+//! uses the library through its bindings).
 
 mod bench;
 mod bench_savings;
@@ -11,8 +12,6 @@ mod fidelity;
 mod generate;
 mod image_metrics;
 mod package_info;
-mod quality;
-mod step_saving_args;
 
 fn main() -> std::process::ExitCode {
     cli::main()

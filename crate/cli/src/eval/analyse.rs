@@ -90,14 +90,13 @@ mod tests {
     use webdiffusion::image::{RgbImage, decode_png};
 
     use super::{Shape, analyse, hue, nearest_colour};
-    use crate::quality::prompts::PromptList;
-    use crate::quality::sheet_outcomes;
+    use crate::{prompt_list, sheet_outcomes};
 
     /// The analyser's own proof: it reads the training data generator's images of every
     /// evaluation prompt (two jittered draws each) right.
     #[test]
     fn reads_the_generators_images_right() {
-        let list = PromptList::builtin().unwrap();
+        let list = prompt_list().unwrap();
         let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/eval/ground_truth.png");
         let outcomes = sheet_outcomes(&list, &decode_png(&std::fs::read(file).unwrap()).unwrap(), file).unwrap();
         assert_eq!(outcomes.len(), 128, "every prompt twice");

@@ -1,14 +1,12 @@
-//! The evaluator's fixed prompt list, `models/eval/prompts.json` (written by
-//! `models/eval/make_prompts.py` from the training data's vocabulary), built into the binary
-//! so `bench quality` runs from anywhere.
+//! The evaluation's fixed prompt list, `models/eval/prompts.json` (written by
+//! `models/eval/make_prompts.py` from the training data's vocabulary), built into the
+//! binaries so `webdiffusion-eval` and the benches that draw prompts run from anywhere.
 
 use serde::Deserialize;
 use webdiffusion::{Error, Result};
 
-use super::shape::Shape;
-
-const PROMPTS_JSON: &str = include_str!("../../../../models/eval/prompts.json");
-const PROMPTS_FILE: &str = "models/eval/prompts.json";
+const PROMPTS_JSON: &str = include_str!("../../../models/eval/prompts.json");
+pub const PROMPTS_FILE: &str = "models/eval/prompts.json";
 
 #[derive(Deserialize)]
 pub struct PromptList {
@@ -56,12 +54,8 @@ impl PromptList {
 
     pub fn builtin() -> Result<Self> {
         let list: PromptList = serde_json::from_str(PROMPTS_JSON).map_err(|e| format_error(e.to_string()))?;
-        // The analyser's shapes must be the data's, in its order.
-        if !list.shapes.iter().map(String::as_str).eq(Shape::ALL.iter().map(|s| s.name())) {
-            return Err(format_error(format!("shapes {:?} are not the analyser's", list.shapes)));
-        }
         for prompt in &list.prompts {
-            if list.colour_index(&prompt.colour).is_none() || Shape::from_name(&prompt.shape).is_none() || prompt.cell >= list.cells.len() {
+            if list.colour_index(&prompt.colour).is_none() || !list.shapes.contains(&prompt.shape) || prompt.cell >= list.cells.len() {
                 return Err(format_error(format!("prompt {:?} names an unknown colour, shape or cell", prompt.prompt)));
             }
         }
@@ -77,6 +71,6 @@ impl PromptList {
     }
 }
 
-fn format_error(detail: String) -> Error {
+pub fn format_error(detail: String) -> Error {
     Error::Format { file: PROMPTS_FILE.into(), detail }
 }

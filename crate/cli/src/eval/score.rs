@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::analyse::Analysis;
-use super::prompts::{EvalPrompt, PromptList};
 use super::shape::Shape;
+use webdiffusion_cli::prompts::{EvalPrompt, PromptList};
 
 /// One generated image: its prompt (an index into the list) and what the analyser read.
 pub struct Outcome {

@@ -1,61 +1,36 @@
-//! `webdiffusion bench quality`: how often the model draws what the prompt asks. Every
+//! `webdiffusion-eval`: how often the built-in model draws what the prompt asks. Every
 //! prompt of the fixed list (`models/eval/prompts.json`: one object of a named colour, shape,
 //! size and position, on seen and on held-out combinations) is generated through the
 //! engine and read back by a deterministic analyser; accuracies are printed per group.
+//! Its own binary: drawing and reading shapes is this evaluation's business, not the CLI's.
 
 mod analyse;
 mod mask;
-mod prompts;
 mod score;
 mod shape;
 mod sheet;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use webdiffusion::gpu::Gpu;
-use webdiffusion::image::{RgbImage, decode_png, encode_png, from_decoded};
-use webdiffusion::loader::WeightPrecision;
-use webdiffusion::open::ModelSource;
-use webdiffusion::pipeline::{Generation, Request, StableDiffusion};
+use webdiffusion::image::{RgbImage, decode_png, encode_png};
 use webdiffusion::{Error, Result};
+use webdiffusion_cli::prompts::{PromptList, format_error};
+use webdiffusion_cli::sampling::SamplingArgs;
+use webdiffusion_cli::{generate_image, open_model};
 
-pub use prompts::PromptList;
+use shape::Shape;
 
-use crate::step_saving_args::StepSavingArgs;
-
-/// How the evaluation benches sample each prompt.
-#[derive(clap::Args)]
-pub struct SamplingArgs {
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Scheduler (sampler), as `generate --scheduler`; the model's own when omitted.
-    #[arg(long)]
-    pub scheduler: Option<String>,
-    /// Classifier-free guidance scale (an LCM model's guidance embedding takes it too).
-    #[arg(long, default_value_t = webdiffusion::pipeline::DEFAULT_GUIDANCE)]
-    pub guidance: f32,
-    #[command(flatten)]
-    pub savings: StepSavingArgs,
-}
-
-impl SamplingArgs {
-    pub fn request(&self, prompt: &str, seed: u64) -> Request {
-        Request {
-            prompt: prompt.to_string(),
-            steps: self.steps,
-            guidance_scale: self.guidance,
-            scheduler: self.scheduler.clone(),
-            seed,
-            deep_cache: self.savings.deep_cache(),
-            token_merge: self.savings.token_merge,
-            ..Default::default()
-        }
-    }
-}
-
-#[derive(clap::Args)]
-pub struct QualityArgs {
+#[derive(Parser)]
+#[command(
+    name = "webdiffusion-eval",
+    version,
+    about = "Generate the evaluation prompts (models/eval/prompts.json) and score colour, shape, position and size with a deterministic image analyser"
+)]
+struct QualityArgs {
     /// A package folder or a diffusers folder.
     #[arg(long, required_unless_present = "score_sheet")]
     model: Option<PathBuf>,
@@ -79,29 +54,35 @@ pub struct QualityArgs {
     sheet: Option<PathBuf>,
 }
 
-/// A package folder (with `manifest.json`) or a diffusers folder, loaded as stored.
-pub async fn load_pipeline(gpu: &Gpu, path: &Path) -> Result<StableDiffusion> {
-    StableDiffusion::open(gpu, ModelSource::Folder(path), WeightPrecision::AsStored, &mut |_| {}).await
+fn main() -> ExitCode {
+    webdiffusion_cli::init_logging();
+    let args = QualityArgs::parse();
+    match pollster::block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// The first image `request` makes, as 8-bit pixels.
-pub async fn generate_image(sd: &StableDiffusion, request: &Request) -> Result<RgbImage> {
-    first_image(&sd.generate(request)?).await
-}
-
-/// A generation's first image, as 8-bit pixels.
-pub async fn first_image(generation: &Generation) -> Result<RgbImage> {
-    let mut images = from_decoded(&generation.image.to_vec().await?, generation.image.shape())?;
-    Ok(images.swap_remove(0))
-}
-
-pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
+/// The prompt list, checked against the analyser: its shapes must be the data's, in order.
+fn prompt_list() -> Result<PromptList> {
     let list = PromptList::builtin()?;
+    if !list.shapes.iter().map(String::as_str).eq(Shape::ALL.iter().map(|s| s.name())) {
+        return Err(format_error(format!("shapes {:?} are not the analyser's", list.shapes)));
+    }
+    Ok(list)
+}
+
+async fn run(args: QualityArgs) -> Result<()> {
+    let list = prompt_list()?;
     let palette = list.palette();
     let Some(model) = &args.model else {
         return score_sheets(&list, &args.score_sheet);
     };
-    let sd = load_pipeline(gpu, model).await?;
+    let gpu = &Gpu::new().await?;
+    let sd = open_model(gpu, model).await?;
     let total = list.prompts.len() * args.seeds as usize;
     let (mut outcomes, mut images) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let start = Instant::now();
@@ -136,7 +117,7 @@ pub async fn run(gpu: &Gpu, args: QualityArgs) -> Result<()> {
 
 /// Every tile of `sheet` (laid out as the ground truth) analysed against its prompt;
 /// `file` names the sheet in errors.
-pub fn sheet_outcomes(list: &PromptList, sheet: &RgbImage, file: &str) -> Result<Vec<score::Outcome>> {
+fn sheet_outcomes(list: &PromptList, sheet: &RgbImage, file: &str) -> Result<Vec<score::Outcome>> {
     let layout = &list.ground_truth;
     let rows = sheet.height / layout.tile;
     if sheet.width != layout.tile * layout.columns || rows == 0 || !sheet.height.is_multiple_of(layout.tile) {
