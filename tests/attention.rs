@@ -12,6 +12,7 @@ use crate::common;
 use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::kernels::attention::{AttentionOptions, Tiling, attention, variants};
+use webdiffusion::kernels::cases::{self, Shapes};
 use webdiffusion::reference::attention::{self as cpu, AttentionShape};
 
 const TOL: f32 = 1e-4;
@@ -47,6 +48,14 @@ fn every_sd_head_dim() {
     check(shape(1, 35, 35, 1, 80), false, None, 1.0, 30);
     check(shape(1, 21, 23, 2, 160), false, None, 1.0, 40);
     check(shape(1, 13, 17, 1, 512), false, None, 1.0, 50);
+}
+
+/// The benchmark's cases (`kernels::cases`): the built-in model's attentions.
+#[test]
+fn the_benchmarks_embedded_cases() {
+    for (i, c) in cases::attention(Shapes::Embedded).into_iter().enumerate() {
+        check(shape(c.batch, c.q_len, c.kv_len, c.heads, c.head_dim), false, None, 1.0, 900 + i as u64);
+    }
 }
 
 #[test]

@@ -5,9 +5,11 @@ use crate::common;
 use common::{assert_within, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::DType;
+use webdiffusion::kernels::cases::{self, Shapes};
 use webdiffusion::kernels::conv2d::{Conv2dOptions, ConvPart, conv2d, conv2d_into};
 use webdiffusion::kernels::elementwise::Unary;
 use webdiffusion::reference::conv2d as cpu;
+use webdiffusion::reference::elementwise::unary;
 
 /// The GPU sums `C*KH*KW` products in f32 in its own order, so its error grows with the
 /// magnitude of the terms, not of the (possibly cancelling) result: at most about
@@ -37,6 +39,8 @@ struct Case {
     weight: DType,
     bias: Option<DType>,
     f16_math: bool,
+    /// A 1-Lipschitz activation in the epilogue (the bound holds through it).
+    activation: Option<Unary>,
 }
 
 impl Case {
@@ -52,12 +56,13 @@ impl Case {
             weight: DType::F32,
             bias: None,
             f16_math: false,
+            activation: None,
         }
     }
 
     fn name(&self) -> String {
         format!(
-            "{}x{}x{:?} -> {} kernel {:?} stride {} padding {:?} weight {:?} bias {:?} f16_math {}",
+            "{}x{}x{:?} -> {} kernel {:?} stride {} padding {:?} weight {:?} bias {:?} f16_math {} activation {:?}",
             self.batch,
             self.channels,
             self.size,
@@ -67,7 +72,8 @@ impl Case {
             self.padding,
             self.weight,
             self.bias,
-            self.f16_math
+            self.f16_math,
+            self.activation
         )
     }
 
@@ -84,12 +90,16 @@ impl Case {
             bias: bias.as_ref().map(|(_, t)| t),
             f16_math: self.f16_math,
             padding: self.padding,
+            activation: self.activation,
             ..Conv2dOptions::new(self.stride, 0)
         };
         let got = conv2d(gpu, &x_gpu, &w_gpu, &opts).unwrap();
 
         let bias_values = bias.as_ref().map(|(values, _)| values.as_slice());
-        let (want, shape) = cpu::conv2d(&x, x_shape, &w, w_shape, bias_values, self.stride, self.padding);
+        let (mut want, shape) = cpu::conv2d(&x, x_shape, &w, w_shape, bias_values, self.stride, self.padding);
+        if let Some(op) = self.activation {
+            want.iter_mut().for_each(|v| *v = unary(op, *v));
+        }
         assert_eq!(got.shape(), shape.as_slice(), "{}", self.name());
         // The same convolution of absolute values bounds every partial sum.
         let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
@@ -126,7 +136,12 @@ fn upload(dtype: DType, shape: &[usize], values: Vec<f32>) -> (Vec<f32>, webdiff
             let rounded = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
             (rounded, gpu.upload_f32_as_f16(shape, &values).unwrap())
         }
-        DType::U32 | DType::Q8 | DType::Q4 => unreachable!("the conv cases use f32 and f16 operands"),
+        // The reference sees the values the kernel dequantizes.
+        DType::Q8 | DType::Q4 => {
+            let bytes = webdiffusion::quant::quantize(dtype, shape, &values).unwrap();
+            (webdiffusion::quant::dequantize(dtype, shape, &bytes).unwrap(), gpu.upload_bytes(shape, dtype, &bytes).unwrap())
+        }
+        DType::U32 => unreachable!("the conv cases use float operands"),
     }
 }
 
@@ -136,6 +151,24 @@ fn same_size_3x3_and_1x1() {
     Case::new(7, 13, [9, 11], 1, 1, 0).check(2);
     // One input pixel, one channel: everything but the centre tap is padding.
     Case { batch: 1, ..Case::new(1, 1, [1, 1], 3, 1, 1) }.check(3);
+}
+
+/// The benchmark's cases (`kernels::cases`): the built-in model's convs as its packages
+/// store them (q8, f16 where rows are short) and its preview decoder's (a ReLU fused).
+#[test]
+fn the_benchmarks_embedded_cases() {
+    for (i, c) in cases::conv2d(Shapes::Embedded).into_iter().enumerate() {
+        let layer = Case::new(c.in_channels, c.out_channels, [c.size; 2], c.kernel, c.stride, c.padding());
+        let case = Case {
+            batch: c.batch,
+            weight: c.weights,
+            bias: c.bias.then_some(DType::F32),
+            f16_math: c.f16_math,
+            activation: c.activation,
+            ..layer
+        };
+        case.check(900 + i as u64);
+    }
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::common;
 use common::{assert_within, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::{DType, Gpu, Tensor};
+use webdiffusion::kernels::cases::{self, Shapes};
 use webdiffusion::kernels::elementwise::Unary;
 use webdiffusion::kernels::matmul::{self, MatmulOptions};
 use webdiffusion::reference::elementwise::unary;
@@ -333,6 +334,16 @@ fn stacked_layers_split_their_outputs() {
     let odd = gpu.upload_f32_as_f16(&[3, 3], &[0.0; 9]).unwrap();
     let result = gpu.concat_rows(&[&odd, &odd]);
     assert!(matches!(result, Err(Error::Shape { .. })), "f16 parts that would split a word: {result:?}");
+}
+
+/// The benchmark's cases (`kernels::cases`): the built-in model's projections, q8 weights.
+#[test]
+fn the_benchmarks_embedded_cases() {
+    for (i, c) in cases::matmul(Shapes::Embedded).into_iter().enumerate() {
+        let (a, b) = ([c.m, c.k], [c.n, c.k]);
+        let case = Case { b_dtype: c.weights, f16_math: c.f16_math, ..Case::new(&a, &b).transposed(false, true) };
+        check(case, 900 + 10 * i as u64);
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::common;
 use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::Tensor;
+use webdiffusion::kernels::cases::{self, Shapes};
 use webdiffusion::kernels::norm;
 use webdiffusion::reference::norm as cpu;
 
@@ -59,6 +60,23 @@ fn group_norm_matches_reference() {
         for silu in [false, true] {
             check_group_norm(shape, groups, &x, false, silu, ATOL);
         }
+    }
+}
+
+/// The benchmark's cases (`kernels::cases`): the built-in model's norms.
+#[test]
+fn the_benchmarks_embedded_cases() {
+    for (i, c) in cases::group_norm(Shapes::Embedded).into_iter().enumerate() {
+        let shape = [c.batch, c.channels, c.size, c.size];
+        check_group_norm(&shape, c.groups, &random(shape.iter().product(), 900 + i as u64, 2.0), false, true, ATOL);
+    }
+    let gpu = gpu();
+    for (i, c) in cases::layer_norm(Shapes::Embedded).into_iter().enumerate() {
+        let shape = [c.batch, c.rows, c.width];
+        let x = random(shape.iter().product(), 950 + i as u64, 3.0);
+        let (w, b, wv, bv) = affine(c.width, 960 + i as u64, false);
+        let got = norm::layer_norm(gpu, &gpu.upload_f32(&shape, &x).unwrap(), &w, &b, EPS).unwrap();
+        assert_close(&format!("layer_norm {}", c.shape()), &read(&got), &cpu::layer_norm(&x, c.width, &wv, &bv, EPS), ATOL, RTOL);
     }
 }
 

@@ -1,27 +1,19 @@
-//! The kernel benchmark's cases: each kernel family at a few sizes, and the timing loop.
+//! The kernel benchmark: the compute kernels' cases from their tables (`kernels::cases`,
+//! which the tests check too) and a few bandwidth-bound launches, and the timing loop.
 //! `webdiffusion bench kernels` prints them natively, `benchKernels` in a browser.
 
 use serde::Serialize;
 use web_time::Instant;
 
 use super::attention::{AttentionOptions, attention};
+pub use super::cases::Shapes;
+use super::cases::{self, AttentionCase, Conv2dCase, GroupNormCase, LayerNormCase, MatmulCase};
 use super::conv2d::{Conv2dOptions, conv2d};
 use super::elementwise::{self as ew, Unary};
 use super::matmul::{MatmulOptions, matmul};
 use super::{embedding, layout, norm, softmax};
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
-
-/// Which shapes the cases use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shapes {
-    /// A quarter of Stable Diffusion 1.5's 512x512 activations (a CPU driver finishes in minutes).
-    Reduced,
-    /// Stable Diffusion 1.5 at 512x512 with classifier-free guidance (batch 2).
-    Full,
-    /// The built-in model's own layers (16x16 latents, 64 and 96 channels, head dim 32, batch 2).
-    Embedded,
-}
 
 /// What one launch does, for the throughput column.
 enum Work {
@@ -31,7 +23,7 @@ enum Work {
 }
 
 struct Case {
-    kernel: &'static str,
+    kernel: String,
     shape: String,
     work: Work,
     launch: Box<dyn Fn() -> Result<Tensor>>,
@@ -46,23 +38,116 @@ fn tensor(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     gpu.upload_f32(shape, &values(shape.iter().product()))
 }
 
-/// A weight stored as `dtype` (f16, q8 or q4), as a package holds it.
+/// A weight stored as `dtype` (f32, f16, q8 or q4), as a package holds it.
 fn weight(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
-    gpu.upload_bytes(shape, dtype, &crate::quant::quantize(dtype, shape, &values(shape.iter().product()))?)
+    match dtype {
+        DType::F32 => tensor(gpu, shape),
+        _ => gpu.upload_bytes(shape, dtype, &crate::quant::quantize(dtype, shape, &values(shape.iter().product()))?),
+    }
 }
 
-fn sd_cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
-    // `full` uses Stable Diffusion 1.5 shapes at 512x512 with CFG (batch 2);
-    // the default is a fraction of that, so a CPU driver finishes in a minute or two.
-    let (hw, tokens) = if full { (64, 4096) } else { (32, 1024) };
+fn conv2d_case(gpu: &Gpu, c: Conv2dCase) -> Result<Case> {
+    let x = tensor(gpu, &[c.batch, c.in_channels, c.size, c.size])?;
+    let w = weight(gpu, &[c.out_channels, c.in_channels, c.kernel, c.kernel], c.weights)?;
+    let bias = c.bias.then(|| tensor(gpu, &[c.out_channels])).transpose()?;
+    let g = gpu.clone();
+    Ok(Case {
+        kernel: c.name(),
+        shape: c.shape(),
+        work: Work::Flops(c.flops()),
+        launch: Box::new(move || {
+            let opts = Conv2dOptions { bias: bias.as_ref(), ..Conv2dOptions::new(c.stride, c.padding()) };
+            conv2d(&g, &x, &w, &opts.with_activation(c.activation).with_f16_math(c.f16_math))
+        }),
+    })
+}
+
+fn matmul_case(gpu: &Gpu, c: MatmulCase) -> Result<Case> {
+    let (a, w) = (tensor(gpu, &[c.m, c.k])?, weight(gpu, &[c.n, c.k], c.weights)?);
+    let g = gpu.clone();
+    Ok(Case {
+        kernel: c.name(),
+        shape: c.shape(),
+        work: Work::Flops(c.flops()),
+        launch: Box::new(move || matmul(&g, &a, &w, &MatmulOptions { transpose_b: true, f16_math: c.f16_math, ..Default::default() })),
+    })
+}
+
+fn attention_case(gpu: &Gpu, c: AttentionCase) -> Result<Case> {
+    let width = c.heads * c.head_dim;
+    let q = tensor(gpu, &[c.batch, c.q_len, width])?;
+    let (k, v) = (tensor(gpu, &[c.batch, c.kv_len, width])?, tensor(gpu, &[c.batch, c.kv_len, width])?);
+    let g = gpu.clone();
+    Ok(Case {
+        kernel: "attention (fused)".into(),
+        shape: c.shape(),
+        work: Work::Flops(c.flops()),
+        launch: Box::new(move || attention(&g, &q, &k, &v, &AttentionOptions { heads: c.heads, scale: None, causal: false })),
+    })
+}
+
+fn group_norm_case(gpu: &Gpu, c: GroupNormCase) -> Result<Case> {
+    let x = tensor(gpu, &[c.batch, c.channels, c.size, c.size])?;
+    let (w, b) = (tensor(gpu, &[c.channels])?, tensor(gpu, &[c.channels])?);
+    let g = gpu.clone();
+    Ok(Case {
+        kernel: "group_norm + silu".into(),
+        shape: c.shape(),
+        work: Work::Bytes(c.bytes()),
+        launch: Box::new(move || norm::group_norm(&g, &x, c.groups, &w, &b, 1e-5, true)),
+    })
+}
+
+fn layer_norm_case(gpu: &Gpu, c: LayerNormCase) -> Result<Case> {
+    let x = tensor(gpu, &[c.batch, c.rows, c.width])?;
+    let (w, b) = (tensor(gpu, &[c.width])?, tensor(gpu, &[c.width])?);
+    let g = gpu.clone();
+    Ok(Case {
+        kernel: "layer_norm".into(),
+        shape: c.shape(),
+        work: Work::Bytes(c.bytes()),
+        launch: Box::new(move || norm::layer_norm(&g, &x, &w, &b, 1e-5)),
+    })
+}
+
+/// Every table's cases at `shapes`, then (at SD's shapes) the bandwidth-bound launches.
+fn all_cases(gpu: &Gpu, shapes: Shapes) -> Result<Vec<Case>> {
+    let mut all = Vec::new();
+    for c in cases::conv2d(shapes) {
+        all.push(conv2d_case(gpu, c)?);
+    }
+    for c in cases::matmul(shapes) {
+        if !c.f16_math || gpu.has_shader_f16() {
+            all.push(matmul_case(gpu, c)?);
+        }
+    }
+    for c in cases::attention(shapes) {
+        all.push(attention_case(gpu, c)?);
+    }
+    for c in cases::group_norm(shapes) {
+        all.push(group_norm_case(gpu, c)?);
+    }
+    for c in cases::layer_norm(shapes) {
+        all.push(layer_norm_case(gpu, c)?);
+    }
+    if shapes != Shapes::Embedded {
+        all.extend(bandwidth_cases(gpu, shapes)?);
+    }
+    Ok(all)
+}
+
+/// The element-wise and layout launches at SD's first level: no arithmetic to speak of,
+/// so their rate is memory bandwidth. Their correctness is tested on the shapes that
+/// exercise their indexing (tests/elementwise.rs, layout.rs), not these.
+fn bandwidth_cases(gpu: &Gpu, shapes: Shapes) -> Result<Vec<Case>> {
+    let (hw, tokens) = shapes.sd_sizes();
     let mut cases = Vec::new();
     let g = gpu.clone();
-
     let n = 2 * 320 * hw * hw;
     let x = tensor(gpu, &[2, 320, hw, hw])?;
     let (gx, bytes) = (g.clone(), 8.0 * n as f64);
     cases.push(Case {
-        kernel: "silu",
+        kernel: "silu".into(),
         shape: format!("[2,320,{hw},{hw}]"),
         work: Work::Bytes(bytes),
         launch: Box::new(move || ew::unary(&gx, &x, Unary::Silu)),
@@ -70,7 +155,7 @@ fn sd_cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
     let (x, bias) = (tensor(gpu, &[2, 320, hw, hw])?, tensor(gpu, &[2, 320, 1, 1])?);
     let gx = g.clone();
     cases.push(Case {
-        kernel: "add (broadcast)",
+        kernel: "add (broadcast)".into(),
         shape: format!("[2,320,{hw},{hw}]+[2,320,1,1]"),
         work: Work::Bytes(bytes),
         launch: Box::new(move || ew::add(&gx, &x, &bias)),
@@ -78,118 +163,25 @@ fn sd_cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
     let (x, y, z) = (tensor(gpu, &[2, 4, hw, hw])?, tensor(gpu, &[2, 4, hw, hw])?, tensor(gpu, &[2, 4, hw, hw])?);
     let gx = g.clone();
     cases.push(Case {
-        kernel: "axpby (3 terms)",
+        kernel: "axpby (3 terms)".into(),
         shape: format!("[2,4,{hw},{hw}]"),
         work: Work::Bytes(16.0 * (8 * hw * hw) as f64),
         launch: Box::new(move || ew::axpby(&gx, 0.5, &x, 0.3, &y, Some((0.2, &z)))),
     });
 
-    for (m, k, n, b, f16_math) in [
-        (2 * tokens, 320, 320, DType::F32, false),
-        (2 * tokens, 320, 1280, DType::F32, false),
-        (2 * tokens, 320, 1280, DType::F16, false),
-        (2 * tokens, 320, 1280, DType::F16, true),
-        (2 * tokens, 320, 1280, DType::Q8, false),
-        (2 * tokens, 320, 1280, DType::Q4, false),
-        (154, 768, 3072, DType::F16, false),
-        (154, 768, 3072, DType::Q8, false),
-        (154, 768, 3072, DType::Q4, false),
-    ] {
-        if f16_math && !gpu.has_shader_f16() {
-            continue;
-        }
-        let a = tensor(gpu, &[m, k])?;
-        let w = weight(gpu, &[n, k], b)?;
-        let gx = g.clone();
-        let kernel = match (b, f16_math) {
-            (_, true) => "matmul (linear, f16 math)",
-            (DType::F16, false) => "matmul (linear, f16 weights)",
-            (DType::Q8, false) => "matmul (linear, q8 weights)",
-            (DType::Q4, false) => "matmul (linear, q4 weights)",
-            _ => "matmul (linear, f32 weights)",
-        };
-        cases.push(Case {
-            kernel,
-            shape: format!("{m}x{k} . {k}x{n}"),
-            work: Work::Flops(2.0 * (m * k * n) as f64),
-            launch: Box::new(move || matmul(&gx, &a, &w, &MatmulOptions { transpose_b: true, f16_math, ..Default::default() })),
-        });
-    }
-
-    for (c_in, c_out, size, kernel, stride, w_dtype, f16_math) in [
-        (320, 320, hw, 3, 1, DType::F16, false),
-        (320, 320, hw, 3, 1, DType::F16, true),
-        (320, 320, hw, 3, 1, DType::Q8, false),
-        (320, 320, hw, 3, 1, DType::Q4, false),
-        (320, 320, hw, 1, 1, DType::F16, false),
-        (320, 320, hw, 3, 2, DType::F16, false),
-        (128, 128, hw * 4, 3, 1, DType::F16, false),
-    ] {
-        if f16_math && !gpu.has_shader_f16() {
-            continue;
-        }
-        let x = tensor(gpu, &[if size > hw { 1 } else { 2 }, c_in, size, size])?;
-        let w = weight(gpu, &[c_out, c_in, kernel, kernel], w_dtype)?;
-        let batch = x.shape()[0];
-        let out = size / stride;
-        let gx = g.clone();
-        cases.push(Case {
-            kernel: match (w_dtype, f16_math) {
-                (_, true) => "conv2d (f16 weights, f16 math)",
-                (DType::Q8, _) => "conv2d (q8 weights)",
-                (DType::Q4, _) => "conv2d (q4 weights)",
-                _ => "conv2d (f16 weights)",
-            },
-            shape: format!("{batch}x{c_in}x{size}x{size} k{kernel} s{stride} -> {c_out}"),
-            work: Work::Flops(2.0 * (batch * c_out * out * out * c_in * kernel * kernel) as f64),
-            launch: Box::new(move || conv2d(&gx, &x, &w, &Conv2dOptions::new(stride, kernel / 2).with_f16_math(f16_math))),
-        });
-    }
-
-    let x = tensor(gpu, &[2, 320, hw, hw])?;
-    let (w, b) = (tensor(gpu, &[320])?, tensor(gpu, &[320])?);
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "group_norm + silu",
-        shape: format!("[2,320,{hw},{hw}] g32"),
-        work: Work::Bytes(12.0 * n as f64),
-        launch: Box::new(move || norm::group_norm(&gx, &x, 32, &w, &b, 1e-5, true)),
-    });
-    let x = tensor(gpu, &[2, tokens, 320])?;
-    let (w, b) = (tensor(gpu, &[320])?, tensor(gpu, &[320])?);
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "layer_norm",
-        shape: format!("[2,{tokens},320]"),
-        work: Work::Bytes(8.0 * (2 * tokens * 320) as f64),
-        launch: Box::new(move || norm::layer_norm(&gx, &x, &w, &b, 1e-5)),
-    });
     let x = tensor(gpu, &[16, tokens, 77])?;
     let gx = g.clone();
     cases.push(Case {
-        kernel: "softmax",
+        kernel: "softmax".into(),
         shape: format!("[16,{tokens},77]"),
         work: Work::Bytes(8.0 * (16 * tokens * 77) as f64),
         launch: Box::new(move || softmax::softmax(&gx, &x)),
     });
 
-    for (heads, q_len, kv_len, head_dim) in [(8, tokens, tokens, 40), (8, tokens, 77, 40), (1, tokens, tokens, 512)] {
-        let q = tensor(gpu, &[if heads == 1 { 1 } else { 2 }, q_len, heads * head_dim])?;
-        let batch = q.shape()[0];
-        let (k, v) = (tensor(gpu, &[batch, kv_len, heads * head_dim])?, tensor(gpu, &[batch, kv_len, heads * head_dim])?);
-        let gx = g.clone();
-        cases.push(Case {
-            kernel: "attention (fused)",
-            shape: format!("B{batch} H{heads} {q_len}x{kv_len} d{head_dim}"),
-            work: Work::Flops(4.0 * (batch * heads * q_len * kv_len * head_dim) as f64),
-            launch: Box::new(move || attention(&gx, &q, &k, &v, &AttentionOptions { heads, scale: None, causal: false })),
-        });
-    }
-
     let (a, b) = (tensor(gpu, &[2, 640, hw, hw])?, tensor(gpu, &[2, 320, hw, hw])?);
     let gx = g.clone();
     cases.push(Case {
-        kernel: "concat (channels)",
+        kernel: "concat (channels)".into(),
         shape: format!("[2,640|320,{hw},{hw}]"),
         work: Work::Bytes(8.0 * (2 * 960 * hw * hw) as f64),
         launch: Box::new(move || layout::concat(&gx, &[&a, &b], 1)),
@@ -197,7 +189,7 @@ fn sd_cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
     let x = tensor(gpu, &[2, 640, hw / 2, hw / 2])?;
     let gx = g.clone();
     cases.push(Case {
-        kernel: "upsample nearest 2x",
+        kernel: "upsample nearest 2x".into(),
         shape: format!("[2,640,{},{}]", hw / 2, hw / 2),
         work: Work::Bytes(20.0 * (2 * 640 * hw * hw / 4) as f64),
         launch: Box::new(move || layout::upsample_nearest_2x(&gx, &x)),
@@ -205,14 +197,14 @@ fn sd_cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
     let x = tensor(gpu, &[2, 320, hw, hw])?;
     let gx = g.clone();
     cases.push(Case {
-        kernel: "permute NCHW->NHWC",
+        kernel: "permute NCHW->NHWC".into(),
         shape: format!("[2,320,{hw},{hw}]"),
         work: Work::Bytes(bytes),
         launch: Box::new(move || layout::permute(&gx, &x, &[0, 2, 3, 1])),
     });
     let t = gpu.upload_f32(&[2], &[999.0, 999.0])?;
     cases.push(Case {
-        kernel: "timestep embedding",
+        kernel: "timestep embedding".into(),
         shape: "[2] -> [2,320]".into(),
         work: Work::Bytes(8.0 + 2560.0),
         launch: Box::new(move || embedding::timestep_embedding(&g, &t, 320, true, 0.0, 1.0, 10000.0)),
@@ -220,98 +212,10 @@ fn sd_cases(gpu: &Gpu, full: bool) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// The built-in model's layers as its UNet runs them at 64x64 (16x16 latents) with
-/// classifier-free guidance, weights in q8 (f16 where rows are too short) as its package
-/// stores them.
-fn embedded_cases(gpu: &Gpu) -> Result<Vec<Case>> {
-    let mut cases = Vec::new();
-    for (c_in, c_out, size, kernel, stride) in [
-        (8, 64, 16, 3, 1),
-        (64, 64, 16, 3, 1),
-        (64, 64, 16, 3, 2),
-        (160, 64, 16, 3, 1),
-        (160, 64, 16, 1, 1),
-        (96, 96, 8, 3, 1),
-        (192, 96, 4, 3, 1),
-        (64, 8, 16, 3, 1),
-    ] {
-        let x = tensor(gpu, &[2, c_in, size, size])?;
-        // Rows too short for q8 blocks stay f16, as the package keeps them.
-        let dtype = if (c_in * kernel * kernel) % 32 == 0 { DType::Q8 } else { DType::F16 };
-        let w = weight(gpu, &[c_out, c_in, kernel, kernel], dtype)?;
-        let b = tensor(gpu, &[c_out])?;
-        let out = size / stride;
-        let g = gpu.clone();
-        cases.push(Case {
-            kernel: if dtype == DType::Q8 { "conv2d (q8 weights, bias)" } else { "conv2d (f16 weights, bias)" },
-            shape: format!("2x{c_in}x{size}x{size} k{kernel} s{stride} -> {c_out}"),
-            work: Work::Flops(2.0 * (2 * c_out * out * out * c_in * kernel * kernel) as f64),
-            launch: Box::new(move || conv2d(&g, &x, &w, &Conv2dOptions::new(stride, kernel / 2).with_bias(&b))),
-        });
-    }
-    // The preview decoder's convs (one image, f16 weights, a ReLU in the epilogue): its
-    // blocks at the latents' 16x16, its last two convs at 32x32.
-    for (c_out, size) in [(16, 16), (16, 32), (3, 32)] {
-        let x = tensor(gpu, &[1, 16, size, size])?;
-        let (w, b) = (weight(gpu, &[c_out, 16, 3, 3], DType::F16)?, tensor(gpu, &[c_out])?);
-        let g = gpu.clone();
-        cases.push(Case {
-            kernel: "conv2d (f16 weights, bias, relu)",
-            shape: format!("1x16x{size}x{size} k3 s1 -> {c_out}"),
-            work: Work::Flops(2.0 * (c_out * size * size * 16 * 9) as f64),
-            launch: Box::new(move || conv2d(&g, &x, &w, &Conv2dOptions::new(1, 1).with_bias(&b).with_activation(Some(Unary::Relu)))),
-        });
-    }
-    for (m, k, n) in [(512, 64, 64), (512, 64, 512), (512, 256, 64), (154, 64, 64), (128, 96, 96)] {
-        let a = tensor(gpu, &[m, k])?;
-        let w = weight(gpu, &[n, k], DType::Q8)?;
-        let g = gpu.clone();
-        cases.push(Case {
-            kernel: "matmul (linear, q8 weights)",
-            shape: format!("{m}x{k} . {k}x{n}"),
-            work: Work::Flops(2.0 * (m * k * n) as f64),
-            launch: Box::new(move || matmul(&g, &a, &w, &MatmulOptions { transpose_b: true, ..Default::default() })),
-        });
-    }
-    for (heads, q_len, kv_len) in [(2, 256, 256), (2, 256, 77), (3, 64, 64)] {
-        let head_dim = 32;
-        let q = tensor(gpu, &[2, q_len, heads * head_dim])?;
-        let (k, v) = (tensor(gpu, &[2, kv_len, heads * head_dim])?, tensor(gpu, &[2, kv_len, heads * head_dim])?);
-        let g = gpu.clone();
-        cases.push(Case {
-            kernel: "attention (fused)",
-            shape: format!("B2 H{heads} {q_len}x{kv_len} d{head_dim}"),
-            work: Work::Flops(4.0 * (2 * heads * q_len * kv_len * head_dim) as f64),
-            launch: Box::new(move || attention(&g, &q, &k, &v, &AttentionOptions { heads, scale: None, causal: false })),
-        });
-    }
-    for (channels, size) in [(64, 16), (160, 16), (96, 4)] {
-        let x = tensor(gpu, &[2, channels, size, size])?;
-        let (w, b) = (tensor(gpu, &[channels])?, tensor(gpu, &[channels])?);
-        let g = gpu.clone();
-        cases.push(Case {
-            kernel: "group_norm + silu",
-            shape: format!("[2,{channels},{size},{size}] g32"),
-            work: Work::Bytes(12.0 * (2 * channels * size * size) as f64),
-            launch: Box::new(move || norm::group_norm(&g, &x, 32, &w, &b, 1e-5, true)),
-        });
-    }
-    let x = tensor(gpu, &[2, 256, 64])?;
-    let (w, b) = (tensor(gpu, &[64])?, tensor(gpu, &[64])?);
-    let g = gpu.clone();
-    cases.push(Case {
-        kernel: "layer_norm",
-        shape: "[2,256,64]".into(),
-        work: Work::Bytes(8.0 * (2 * 256 * 64) as f64),
-        launch: Box::new(move || norm::layer_norm(&g, &x, &w, &b, 1e-5)),
-    });
-    Ok(cases)
-}
-
 /// One case's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelRow {
-    pub kernel: &'static str,
+    pub kernel: String,
     pub shape: String,
     pub seconds_per_launch: f64,
     /// Wall time of the warm-up launch, waited for: it compiles the case's pipeline unless
@@ -327,11 +231,7 @@ pub struct KernelRow {
 /// them (`timed_on_gpu`), otherwise by the wall clock around the whole batch.
 pub async fn run(gpu: &Gpu, shapes: Shapes, filter: &str, iterations: u32) -> Result<(Vec<KernelRow>, bool)> {
     let iterations = iterations.max(1);
-    let cases = match shapes {
-        Shapes::Reduced => sd_cases(gpu, false)?,
-        Shapes::Full => sd_cases(gpu, true)?,
-        Shapes::Embedded => embedded_cases(gpu)?,
-    };
+    let cases = all_cases(gpu, shapes)?;
     let on_gpu = gpu.can_profile();
     let mut rows = Vec::new();
     for case in cases.into_iter().filter(|c| c.kernel.contains(filter)) {

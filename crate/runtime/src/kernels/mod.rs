@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod cases;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
