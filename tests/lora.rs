@@ -212,8 +212,8 @@ fn loras_run_next_to_quantized_weights() {
         tensors.insert(name.clone(), gpu.upload_f32(shape, values).unwrap());
     }
     let w = Weights::from_uploaded(gpu, UploadedWeights { file: "quantized".into(), tensors });
-    let linear = Linear::load(&w, "lin", in_features, out_features, true).unwrap();
-    let conv = Conv2d::load(&w, "conv", in_channels, out_channels, 3, 2, 1).unwrap();
+    let linear = Linear::load(&w.at("lin"), in_features, out_features, true).unwrap();
+    let conv = Conv2d::load(&w.at("conv"), in_channels, out_channels, 3, 2, 1).unwrap();
 
     let rank = 4;
     let lora_tensors = [

@@ -3,7 +3,7 @@
 //! multi-head attention, the output projection; optionally a group norm before and a
 //! residual connection after (the VAE's spatial form on `[B, C, H, W]`).
 
-use super::nn::{GroupNorm, Linear, StackedLinear, join};
+use super::nn::{GroupNorm, Linear, StackedLinear};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::attention::{AttentionOptions, attention};
@@ -48,19 +48,19 @@ enum Projections {
 }
 
 impl Projections {
-    fn load(w: &Weights, prefix: &str, c: &AttentionConfig) -> Result<Self> {
+    fn load(w: &Weights, c: &AttentionConfig) -> Result<Self> {
         let inner = c.heads * c.head_dim;
-        let names = ["to_q", "to_k", "to_v"].map(|name| join(prefix, name));
+        let layers = ["to_q", "to_k", "to_v"].map(|name| w.at(name));
         if c.cross_attention_dim.is_none()
-            && let Some(stacked) = StackedLinear::load(w, &names, c.query_dim, inner, c.qkv_bias)?
+            && let Some(stacked) = StackedLinear::load(&layers, c.query_dim, inner, c.qkv_bias)?
         {
             return Ok(Projections::Stacked(stacked));
         }
         let context = c.cross_attention_dim.unwrap_or(c.query_dim);
         Ok(Projections::Separate(Box::new([
-            Linear::load(w, &names[0], c.query_dim, inner, c.qkv_bias)?,
-            Linear::load(w, &names[1], context, inner, c.qkv_bias)?,
-            Linear::load(w, &names[2], context, inner, c.qkv_bias)?,
+            Linear::load(&layers[0], c.query_dim, inner, c.qkv_bias)?,
+            Linear::load(&layers[1], context, inner, c.qkv_bias)?,
+            Linear::load(&layers[2], context, inner, c.qkv_bias)?,
         ])))
     }
 
@@ -110,14 +110,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(w: &Weights, prefix: &str, c: &AttentionConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &AttentionConfig) -> Result<Self> {
         let inner = c.heads * c.head_dim;
         Ok(Self {
-            name: prefix.to_string(),
-            group_norm: c.group_norm.map(|(groups, eps)| GroupNorm::load(w, &p("group_norm"), groups, c.query_dim, eps)).transpose()?,
-            projections: Projections::load(w, prefix, c)?,
-            to_out: Linear::load(w, &p("to_out.0"), inner, c.query_dim, true)?,
+            name: w.prefix().to_string(),
+            group_norm: c.group_norm.map(|(groups, eps)| GroupNorm::load(&w.at("group_norm"), groups, c.query_dim, eps)).transpose()?,
+            projections: Projections::load(w, c)?,
+            to_out: Linear::load(&w.at("to_out.0"), inner, c.query_dim, true)?,
             heads: c.heads,
             residual_connection: c.residual_connection,
             rescale_output_factor: c.rescale_output_factor,

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::nn::{LayerNorm, Linear, join};
+use super::nn::{LayerNorm, Linear};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::kernels::attention::{AttentionOptions, MAX_HEAD_DIM, attention};
@@ -92,19 +92,18 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(w: &Weights, prefix: &str, c: &ClipTextConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    fn load(w: &Weights, c: &ClipTextConfig) -> Result<Self> {
         let (hidden, eps) = (c.hidden_size, c.layer_norm_eps);
-        let projection = |name: &str| Linear::load(w, &p(&format!("self_attn.{name}")), hidden, hidden, true);
+        let projection = |name: &str| Linear::load(&w.at(&format!("self_attn.{name}")), hidden, hidden, true);
         Ok(Self {
-            layer_norm1: LayerNorm::load(w, &p("layer_norm1"), hidden, eps)?,
+            layer_norm1: LayerNorm::load(&w.at("layer_norm1"), hidden, eps)?,
             q_proj: projection("q_proj")?,
             k_proj: projection("k_proj")?,
             v_proj: projection("v_proj")?,
             out_proj: projection("out_proj")?,
-            layer_norm2: LayerNorm::load(w, &p("layer_norm2"), hidden, eps)?,
-            fc1: Linear::load(w, &p("mlp.fc1"), hidden, c.intermediate_size, true)?,
-            fc2: Linear::load(w, &p("mlp.fc2"), c.intermediate_size, hidden, true)?,
+            layer_norm2: LayerNorm::load(&w.at("layer_norm2"), hidden, eps)?,
+            fc1: Linear::load(&w.at("mlp.fc1"), hidden, c.intermediate_size, true)?,
+            fc2: Linear::load(&w.at("mlp.fc2"), c.intermediate_size, hidden, true)?,
         })
     }
 
@@ -145,18 +144,17 @@ impl ClipTextModel {
         let w = Weights::load(gpu, files, component, precision)?;
         // Hub checkpoints name everything `text_model.*`; transformers 5 saves
         // `CLIPTextModel` without that prefix. Both load the same model.
-        let root = if w.contains(&join(PREFIX, TOKEN_EMBEDDING)) { PREFIX } else { "" };
-        let p = |name: &str| join(root, name);
+        let root = if w.at(PREFIX).contains(TOKEN_EMBEDDING) { w.at(PREFIX) } else { w.clone() };
         let hidden = config.hidden_size;
         let model = Self {
             activation,
-            token_embedding: w.get(&p(TOKEN_EMBEDDING), &[config.vocab_size, hidden])?,
+            token_embedding: root.get(TOKEN_EMBEDDING, &[config.vocab_size, hidden])?,
             embedding_chunk_bytes: None,
-            position_embedding: w.get_f32(&p("embeddings.position_embedding.weight"), &[config.max_position_embeddings, hidden])?,
+            position_embedding: root.get_f32("embeddings.position_embedding.weight", &[config.max_position_embeddings, hidden])?,
             layers: (0..config.num_hidden_layers)
-                .map(|i| EncoderLayer::load(&w, &p(&format!("encoder.layers.{i}")), &config))
+                .map(|i| EncoderLayer::load(&root.at(&format!("encoder.layers.{i}")), &config))
                 .collect::<Result<_>>()?,
-            final_layer_norm: LayerNorm::load(&w, &p("final_layer_norm"), hidden, config.layer_norm_eps)?,
+            final_layer_norm: LayerNorm::load(&root.at("final_layer_norm"), hidden, config.layer_norm_eps)?,
             lora_targets: w.lora_targets().clone(),
             config,
         };

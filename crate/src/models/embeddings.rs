@@ -2,7 +2,7 @@
 //! projection, the `TimestepEmbedding` MLP (with LCM's `cond_proj`), and LCM's
 //! guidance-scale embedding (the pipeline's `get_guidance_scale_embedding`).
 
-use super::nn::{Linear, join};
+use super::nn::Linear;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
@@ -48,13 +48,12 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn load(w: &Weights, prefix: &str, c: &TimestepEmbeddingConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &TimestepEmbeddingConfig) -> Result<Self> {
         Ok(Self {
-            cond_proj: c.cond_proj_dim.map(|dim| Linear::load(w, &p("cond_proj"), dim, c.in_channels, false)).transpose()?,
-            linear_1: Linear::load(w, &p("linear_1"), c.in_channels, c.time_embed_dim, true)?,
+            cond_proj: c.cond_proj_dim.map(|dim| Linear::load(&w.at("cond_proj"), dim, c.in_channels, false)).transpose()?,
+            linear_1: Linear::load(&w.at("linear_1"), c.in_channels, c.time_embed_dim, true)?,
             act: c.act,
-            linear_2: Linear::load(w, &p("linear_2"), c.time_embed_dim, c.time_embed_dim, true)?,
+            linear_2: Linear::load(&w.at("linear_2"), c.time_embed_dim, c.time_embed_dim, true)?,
             post_act: c.post_act,
         })
     }

@@ -1,5 +1,5 @@
 //! The layers every network is made of, loaded by their diffusers/PyTorch names
-//! (`<prefix>.weight`, `<prefix>.bias`) and run with the kernels. Linear and Conv2d
+//! (`weight`, `bias` under the layer's scope of `Weights`) and run with the kernels. Linear and Conv2d
 //! register under their name for LoRAs (`lora::LoraTargets`) and add the side path of
 //! whatever LoRAs are attached at the time they run.
 
@@ -12,11 +12,6 @@ use crate::kernels::norm;
 use crate::lora::{LayerShape, SidePathSlot};
 use crate::models::weights::Weights;
 
-/// `prefix.name`, or `name` when the prefix is empty.
-pub fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
-}
-
 /// `torch.nn.Linear`: weight `[out, in]`, optional bias `[out]`.
 pub struct Linear {
     weight: Tensor,
@@ -27,21 +22,21 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(w: &Weights, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
-        let (weight, bias) = Self::load_tensors(w, prefix, in_features, out_features, bias)?;
-        Ok(Self::new(w, prefix, weight, bias))
+    pub fn load(w: &Weights, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
+        let (weight, bias) = Self::load_tensors(w, in_features, out_features, bias)?;
+        Ok(Self::new(w, weight, bias))
     }
 
-    fn load_tensors(w: &Weights, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
-        let weight = w.get(&join(prefix, "weight"), &[out_features, in_features])?;
-        let bias = if bias { Some(w.get(&join(prefix, "bias"), &[out_features])?) } else { None };
+    fn load_tensors(w: &Weights, in_features: usize, out_features: usize, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let weight = w.get("weight", &[out_features, in_features])?;
+        let bias = if bias { Some(w.get("bias", &[out_features])?) } else { None };
         Ok((weight, bias))
     }
 
-    /// The layer `prefix` of `weight [out, in]` and `bias [out]`, registered for LoRAs.
-    fn new(w: &Weights, prefix: &str, weight: Tensor, bias: Option<Tensor>) -> Self {
+    /// The layer at `w`'s prefix of `weight [out, in]` and `bias [out]`, registered for LoRAs.
+    fn new(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Self {
         let (out_features, in_features) = (weight.shape()[0], weight.shape()[1]);
-        let lora = w.lora_targets().register(prefix, LayerShape::Linear { in_features, out_features });
+        let lora = w.register_lora(LayerShape::Linear { in_features, out_features });
         Self { weight, bias, in_features, out_features, lora }
     }
 
@@ -94,21 +89,24 @@ pub struct StackedLinear {
 }
 
 impl StackedLinear {
-    /// The layers `prefixes`, stacked; `None` where the device cannot bind a layer's rows
-    /// as a view (the storage offset alignment), so the caller loads them one by one.
-    pub fn load(w: &Weights, prefixes: &[String], in_features: usize, out_features: usize, bias: bool) -> Result<Option<Self>> {
-        let gpu = w.gpu();
-        let loaded = prefixes.iter().map(|p| Linear::load_tensors(w, p, in_features, out_features, bias)).collect::<Result<Vec<_>>>()?;
+    /// The layers `layers` (each scoped to its name), stacked; `None` where the device
+    /// cannot bind a layer's rows as a view (the storage offset alignment), so the caller
+    /// loads them one by one.
+    pub fn load(layers: &[Weights], in_features: usize, out_features: usize, bias: bool) -> Result<Option<Self>> {
+        let Some(gpu) = layers.first().map(Weights::gpu) else {
+            return Ok(None);
+        };
+        let loaded = layers.iter().map(|w| Linear::load_tensors(w, in_features, out_features, bias)).collect::<Result<Vec<_>>>()?;
         let weight = gpu.concat_rows(&loaded.iter().map(|(weight, _)| weight).collect::<Vec<_>>())?;
         let bias = match bias {
             true => Some(gpu.concat_rows(&loaded.iter().filter_map(|(_, bias)| bias.as_ref()).collect::<Vec<_>>())?),
             false => None,
         };
-        let layer = |i: usize, prefix: &String| -> Result<Linear> {
+        let layer = |i: usize, w: &Weights| -> Result<Linear> {
             let bias = bias.as_ref().map(|b| b.view_narrow(0, i * out_features, out_features)).transpose()?;
-            Ok(Linear::new(w, prefix, weight.view_narrow(0, i * out_features, out_features)?, bias))
+            Ok(Linear::new(w, weight.view_narrow(0, i * out_features, out_features)?, bias))
         };
-        let Ok(layers) = prefixes.iter().enumerate().map(|(i, p)| layer(i, p)).collect::<Result<Vec<_>>>() else {
+        let Ok(layers) = layers.iter().enumerate().map(|(i, w)| layer(i, w)).collect::<Result<Vec<_>>>() else {
             return Ok(None);
         };
         Ok(Some(Self { weight, bias, layers }))
@@ -164,24 +162,16 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A conv with the same `padding` on all sides.
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Self> {
-        Self::load_padded(w, prefix, [in_channels, out_channels, kernel, stride], [padding; 4])
+    pub fn load(w: &Weights, in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        Self::load_padded(w, [in_channels, out_channels, kernel, stride], [padding; 4])
     }
 
     /// `dims` is `[in, out, kernel, stride]`; `padding` is `[top, bottom, left, right]`.
-    pub fn load_padded(w: &Weights, prefix: &str, dims: [usize; 4], padding: [usize; 4]) -> Result<Self> {
+    pub fn load_padded(w: &Weights, dims: [usize; 4], padding: [usize; 4]) -> Result<Self> {
         let [in_channels, out_channels, kernel, stride] = dims;
-        let weight = w.get(&join(prefix, "weight"), &[out_channels, in_channels, kernel, kernel])?;
-        let bias = Some(w.get(&join(prefix, "bias"), &[out_channels])?);
-        let lora = w.lora_targets().register(prefix, LayerShape::Conv2d { in_channels, out_channels, kernel });
+        let weight = w.get("weight", &[out_channels, in_channels, kernel, kernel])?;
+        let bias = Some(w.get("bias", &[out_channels])?);
+        let lora = w.register_lora(LayerShape::Conv2d { in_channels, out_channels, kernel });
         Ok(Self { weight, bias, stride, padding, out_channels, lora })
     }
 
@@ -213,8 +203,8 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    pub fn load(w: &Weights, prefix: &str, groups: usize, channels: usize, eps: f32) -> Result<Self> {
-        Ok(Self { weight: w.get(&join(prefix, "weight"), &[channels])?, bias: w.get(&join(prefix, "bias"), &[channels])?, groups, eps })
+    pub fn load(w: &Weights, groups: usize, channels: usize, eps: f32) -> Result<Self> {
+        Ok(Self { weight: w.get("weight", &[channels])?, bias: w.get("bias", &[channels])?, groups, eps })
     }
 
     /// Normalises `x [N, C, ...]`, then applies SiLU when `silu` (fused).
@@ -231,8 +221,8 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
-        Ok(Self { weight: w.get(&join(prefix, "weight"), &[dim])?, bias: w.get(&join(prefix, "bias"), &[dim])?, eps })
+    pub fn load(w: &Weights, dim: usize, eps: f32) -> Result<Self> {
+        Ok(Self { weight: w.get("weight", &[dim])?, bias: w.get("bias", &[dim])?, eps })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,7 +1,7 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D` (models/resnet.py,
 //! models/downsampling.py, models/upsampling.py), shared by the UNet and the VAE.
 
-use super::nn::{Conv2d, GroupNorm, Linear, join};
+use super::nn::{Conv2d, GroupNorm, Linear};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::elementwise as ew;
@@ -34,16 +34,15 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn load(w: &Weights, prefix: &str, c: &ResnetConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &ResnetConfig) -> Result<Self> {
         Ok(Self {
-            norm1: GroupNorm::load(w, &p("norm1"), c.groups, c.in_channels, c.eps)?,
-            conv1: Conv2d::load(w, &p("conv1"), c.in_channels, c.out_channels, 3, 1, 1)?,
-            time_emb_proj: c.temb_channels.map(|t| Linear::load(w, &p("time_emb_proj"), t, c.out_channels, true)).transpose()?,
-            norm2: GroupNorm::load(w, &p("norm2"), c.groups, c.out_channels, c.eps)?,
-            conv2: Conv2d::load(w, &p("conv2"), c.out_channels, c.out_channels, 3, 1, 1)?,
+            norm1: GroupNorm::load(&w.at("norm1"), c.groups, c.in_channels, c.eps)?,
+            conv1: Conv2d::load(&w.at("conv1"), c.in_channels, c.out_channels, 3, 1, 1)?,
+            time_emb_proj: c.temb_channels.map(|t| Linear::load(&w.at("time_emb_proj"), t, c.out_channels, true)).transpose()?,
+            norm2: GroupNorm::load(&w.at("norm2"), c.groups, c.out_channels, c.eps)?,
+            conv2: Conv2d::load(&w.at("conv2"), c.out_channels, c.out_channels, 3, 1, 1)?,
             conv_shortcut: (c.in_channels != c.out_channels)
-                .then(|| Conv2d::load(w, &p("conv_shortcut"), c.in_channels, c.out_channels, 1, 1, 0))
+                .then(|| Conv2d::load(&w.at("conv_shortcut"), c.in_channels, c.out_channels, 1, 1, 0))
                 .transpose()?,
             output_scale_factor: c.output_scale_factor,
         })
@@ -76,9 +75,9 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn load(w: &Weights, prefix: &str, channels: usize, padding: usize) -> Result<Self> {
+    pub fn load(w: &Weights, channels: usize, padding: usize) -> Result<Self> {
         let pad = if padding == 0 { [0, 1, 0, 1] } else { [padding; 4] };
-        Ok(Self { conv: Conv2d::load_padded(w, &join(prefix, "conv"), [channels, channels, 3, 2], pad)? })
+        Ok(Self { conv: Conv2d::load_padded(&w.at("conv"), [channels, channels, 3, 2], pad)? })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -92,8 +91,8 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn load(w: &Weights, prefix: &str, channels: usize) -> Result<Self> {
-        Ok(Self { conv: Conv2d::load(w, &join(prefix, "conv"), channels, channels, 3, 1, 1)? })
+    pub fn load(w: &Weights, channels: usize) -> Result<Self> {
+        Ok(Self { conv: Conv2d::load(&w.at("conv"), channels, channels, 3, 1, 1)? })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -110,9 +110,9 @@ struct TinyConv {
 }
 
 impl TinyConv {
-    fn load(w: &Weights, name: &str, [in_channels, out_channels]: [usize; 2], stride: usize, bias: bool) -> Result<Self> {
-        let weight = w.get(&format!("{name}.weight"), &[out_channels, in_channels, 3, 3])?;
-        let bias = bias.then(|| w.get(&format!("{name}.bias"), &[out_channels])).transpose()?;
+    fn load(w: &Weights, [in_channels, out_channels]: [usize; 2], stride: usize, bias: bool) -> Result<Self> {
+        let weight = w.get("weight", &[out_channels, in_channels, 3, 3])?;
+        let bias = bias.then(|| w.get("bias", &[out_channels])).transpose()?;
         Ok(Self { weight, bias, stride, out_channels })
     }
 
@@ -138,9 +138,9 @@ struct TinyBlock {
 }
 
 impl TinyBlock {
-    fn load(w: &Weights, name: &str, channels: usize, act: Unary) -> Result<Self> {
+    fn load(w: &Weights, channels: usize, act: Unary) -> Result<Self> {
         // Positions 1 and 3 of the inner `nn.Sequential` are the activations.
-        let conv = |i: usize| TinyConv::load(w, &format!("{name}.conv.{i}"), [channels, channels], 1, true);
+        let conv = |i: usize| TinyConv::load(&w.at(&format!("conv.{i}")), [channels, channels], 1, true);
         Ok(Self { convs: [conv(0)?, conv(2)?, conv(4)?], act })
     }
 
@@ -160,30 +160,36 @@ enum Layer {
     Upsample,
 }
 
-/// An `nn.Sequential`: weights are named `<prefix>.layers.<position>`, and the
+/// An `nn.Sequential` (its weights under `layers.<position>` of its scope); the
 /// parameter-free activations and upsamplers take positions too.
 struct Layers {
-    prefix: &'static str,
+    weights: Weights,
     layers: Vec<Layer>,
 }
 
 impl Layers {
-    fn new(prefix: &'static str) -> Self {
-        Self { prefix, layers: Vec::new() }
+    fn new(w: Weights) -> Self {
+        Self { weights: w, layers: Vec::new() }
     }
 
-    fn name(&self, position: usize) -> String {
-        format!("{}.layers.{position}", self.prefix)
+    /// The weights of the layer at `position`.
+    fn at(&self, position: usize) -> Weights {
+        self.weights.at(&format!("layers.{position}"))
     }
 
-    fn conv(&mut self, w: &Weights, channels: [usize; 2], stride: usize, bias: bool) -> Result<()> {
-        let conv = TinyConv::load(w, &self.name(self.layers.len()), channels, stride, bias)?;
+    /// The weights of the layer at the next position.
+    fn next(&self) -> Weights {
+        self.at(self.layers.len())
+    }
+
+    fn conv(&mut self, channels: [usize; 2], stride: usize, bias: bool) -> Result<()> {
+        let conv = TinyConv::load(&self.next(), channels, stride, bias)?;
         self.layers.push(Layer::Conv(conv));
         Ok(())
     }
 
-    fn block(&mut self, w: &Weights, channels: usize, act: Unary) -> Result<()> {
-        let block = TinyBlock::load(w, &self.name(self.layers.len()), channels, act)?;
+    fn block(&mut self, channels: usize, act: Unary) -> Result<()> {
+        let block = TinyBlock::load(&self.next(), channels, act)?;
         self.layers.push(Layer::Block(Box::new(block)));
         Ok(())
     }
@@ -218,7 +224,7 @@ impl Layers {
                 }
                 Layer::Activation(_) | Layer::Block(_) => shape,
             };
-            limit.check(&self.name(position), shape)?;
+            limit.check(self.at(position).prefix(), shape)?;
         }
         Ok(shape)
     }
@@ -227,38 +233,38 @@ impl Layers {
 /// `EncoderTiny`: a conv, then per stage a stride-2 conv (from the second stage on) and
 /// tiny blocks, then a conv to the latent channels.
 fn load_encoder(w: &Weights, c: &AutoencoderTinyConfig, act: Unary) -> Result<Layers> {
-    let mut layers = Layers::new("encoder");
+    let mut layers = Layers::new(w.at("encoder"));
     let width = c.encoder_block_out_channels[0];
     for (stage, &blocks) in c.num_encoder_blocks.iter().enumerate() {
         match stage {
-            0 => layers.conv(w, [c.in_channels, width], 1, true)?,
-            _ => layers.conv(w, [width, width], 2, false)?,
+            0 => layers.conv([c.in_channels, width], 1, true)?,
+            _ => layers.conv([width, width], 2, false)?,
         }
         for _ in 0..blocks {
-            layers.block(w, width, act)?;
+            layers.block(width, act)?;
         }
     }
-    layers.conv(w, [width, c.latent_channels], 1, true)?;
+    layers.conv([width, c.latent_channels], 1, true)?;
     Ok(layers)
 }
 
 /// `DecoderTiny`: a conv and activation, then per stage tiny blocks, a nearest 2x
 /// upsample (all but the last stage) and a conv, bias-free except the last (to the image).
 fn load_decoder(w: &Weights, c: &AutoencoderTinyConfig, act: Unary) -> Result<Layers> {
-    let mut layers = Layers::new("decoder");
+    let mut layers = Layers::new(w.at("decoder"));
     let width = c.decoder_block_out_channels[0];
-    layers.conv(w, [c.latent_channels, width], 1, true)?;
+    layers.conv([c.latent_channels, width], 1, true)?;
     layers.layers.push(Layer::Activation(act));
     let stages = c.num_decoder_blocks.len();
     for (stage, &blocks) in c.num_decoder_blocks.iter().enumerate() {
         for _ in 0..blocks {
-            layers.block(w, width, act)?;
+            layers.block(width, act)?;
         }
         let last = stage + 1 == stages;
         if !last {
             layers.layers.push(Layer::Upsample);
         }
-        layers.conv(w, [width, if last { c.out_channels } else { width }], 1, last)?;
+        layers.conv([width, if last { c.out_channels } else { width }], 1, last)?;
     }
     Ok(layers)
 }

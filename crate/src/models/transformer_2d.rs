@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::attention::{Attend, Attention, AttentionConfig};
-use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, join};
+use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise as ew;
@@ -158,12 +158,9 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(w: &Weights, prefix: &str, dim: usize) -> Result<Self> {
+    fn load(w: &Weights, dim: usize) -> Result<Self> {
         let inner = dim * FF_MULT;
-        Ok(Self {
-            proj: Linear::load(w, &join(prefix, "net.0.proj"), dim, 2 * inner, true)?,
-            out: Linear::load(w, &join(prefix, "net.2"), inner, dim, true)?,
-        })
+        Ok(Self { proj: Linear::load(&w.at("net.0.proj"), dim, 2 * inner, true)?, out: Linear::load(&w.at("net.2"), inner, dim, true)? })
     }
 
     /// With `residual` added in the output projection's epilogue.
@@ -185,8 +182,7 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    pub fn load(w: &Weights, prefix: &str, c: &Transformer2DConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &Transformer2DConfig) -> Result<Self> {
         let dim = c.heads * c.head_dim;
         let attention = |cross_attention_dim| AttentionConfig {
             query_dim: dim,
@@ -200,12 +196,12 @@ impl BasicTransformerBlock {
         };
         let attn1_context = c.only_cross_attention.then_some(c.cross_attention_dim);
         Ok(Self {
-            norm1: LayerNorm::load(w, &p("norm1"), dim, LAYER_NORM_EPS)?,
-            attn1: Attention::load(w, &p("attn1"), &attention(attn1_context))?,
-            norm2: LayerNorm::load(w, &p("norm2"), dim, LAYER_NORM_EPS)?,
-            attn2: Attention::load(w, &p("attn2"), &attention(Some(c.cross_attention_dim)))?,
-            norm3: LayerNorm::load(w, &p("norm3"), dim, LAYER_NORM_EPS)?,
-            ff: FeedForward::load(w, &p("ff"), dim)?,
+            norm1: LayerNorm::load(&w.at("norm1"), dim, LAYER_NORM_EPS)?,
+            attn1: Attention::load(&w.at("attn1"), &attention(attn1_context))?,
+            norm2: LayerNorm::load(&w.at("norm2"), dim, LAYER_NORM_EPS)?,
+            attn2: Attention::load(&w.at("attn2"), &attention(Some(c.cross_attention_dim)))?,
+            norm3: LayerNorm::load(&w.at("norm3"), dim, LAYER_NORM_EPS)?,
+            ff: FeedForward::load(&w.at("ff"), dim)?,
             only_cross_attention: c.only_cross_attention,
         })
     }
@@ -248,11 +244,11 @@ enum Projection {
 }
 
 impl Projection {
-    fn load(w: &Weights, prefix: &str, linear: bool, in_features: usize, out_features: usize) -> Result<Self> {
+    fn load(w: &Weights, linear: bool, in_features: usize, out_features: usize) -> Result<Self> {
         Ok(if linear {
-            Projection::Linear(Linear::load(w, prefix, in_features, out_features, true)?)
+            Projection::Linear(Linear::load(w, in_features, out_features, true)?)
         } else {
-            Projection::Conv(Conv2d::load(w, prefix, in_features, out_features, 1, 1, 0)?)
+            Projection::Conv(Conv2d::load(w, in_features, out_features, 1, 1, 0)?)
         })
     }
 }
@@ -266,16 +262,15 @@ pub struct Transformer2DModel {
 }
 
 impl Transformer2DModel {
-    pub fn load(w: &Weights, prefix: &str, c: &Transformer2DConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &Transformer2DConfig) -> Result<Self> {
         let inner_dim = c.heads * c.head_dim;
         Ok(Self {
-            norm: GroupNorm::load(w, &p("norm"), c.norm_groups, c.in_channels, GROUP_NORM_EPS)?,
-            proj_in: Projection::load(w, &p("proj_in"), c.use_linear_projection, c.in_channels, inner_dim)?,
+            norm: GroupNorm::load(&w.at("norm"), c.norm_groups, c.in_channels, GROUP_NORM_EPS)?,
+            proj_in: Projection::load(&w.at("proj_in"), c.use_linear_projection, c.in_channels, inner_dim)?,
             blocks: (0..c.layers)
-                .map(|i| BasicTransformerBlock::load(w, &p(&format!("transformer_blocks.{i}")), c))
+                .map(|i| BasicTransformerBlock::load(&w.at(&format!("transformer_blocks.{i}")), c))
                 .collect::<Result<_>>()?,
-            proj_out: Projection::load(w, &p("proj_out"), c.use_linear_projection, inner_dim, c.in_channels)?,
+            proj_out: Projection::load(&w.at("proj_out"), c.use_linear_projection, inner_dim, c.in_channels)?,
         })
     }
 

@@ -376,30 +376,30 @@ impl UNet2DConditionModel {
         let c = &config;
         let first = c.block_out_channels[0];
         let conv = |name: &str, in_channels, out_channels, kernel: usize| {
-            Conv2d::load(w, name, in_channels, out_channels, kernel, 1, (kernel - 1) / 2)
+            Conv2d::load(&w.at(name), in_channels, out_channels, kernel, 1, (kernel - 1) / 2)
         };
         let blocks = plan.down.len();
         let down_blocks = plan
             .down
             .iter()
             .enumerate()
-            .map(|(i, b)| DownBlock2D::load(w, &format!("down_blocks.{i}"), b, (i + 1 < blocks).then_some(c.downsample_padding)))
+            .map(|(i, b)| DownBlock2D::load(&w.at(&format!("down_blocks.{i}")), b, (i + 1 < blocks).then_some(c.downsample_padding)))
             .collect::<Result<_>>()?;
         let up_blocks = plan
             .up
             .iter()
             .enumerate()
-            .map(|(i, (b, prev_output))| UpBlock2D::load(w, &format!("up_blocks.{i}"), b, *prev_output, i + 1 < blocks))
+            .map(|(i, (b, prev_output))| UpBlock2D::load(&w.at(&format!("up_blocks.{i}")), b, *prev_output, i + 1 < blocks))
             .collect::<Result<_>>()?;
         Ok(Self {
             time_proj: Timesteps { dim: first, flip_sin_to_cos: c.flip_sin_to_cos, downscale_freq_shift: c.freq_shift },
-            time_embedding: TimestepEmbedding::load(w, "time_embedding", &plan.time)?,
+            time_embedding: TimestepEmbedding::load(&w.at("time_embedding"), &plan.time)?,
             time_embed_act: plan.time_embed_act,
             conv_in: conv("conv_in", c.in_channels, first, c.conv_in_kernel)?,
             down_blocks,
-            mid_block: UNetMidBlock2DCrossAttn::load(w, "mid_block", &plan.mid)?,
+            mid_block: UNetMidBlock2DCrossAttn::load(&w.at("mid_block"), &plan.mid)?,
             up_blocks,
-            conv_norm_out: GroupNorm::load(w, "conv_norm_out", plan.groups, first, c.norm_eps)?,
+            conv_norm_out: GroupNorm::load(&w.at("conv_norm_out"), plan.groups, first, c.norm_eps)?,
             conv_out: conv("conv_out", first, c.out_channels, c.conv_out_kernel)?,
             lora_targets: w.lora_targets().clone(),
             config,

@@ -3,7 +3,6 @@
 //! `UpBlock2D` / `CrossAttnUpBlock2D`. A cross-attention block is the plain block with a
 //! `Transformer2DModel` after each resnet, so one type serves both.
 
-use super::nn::join;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use super::transformer_2d::{KeptRows, Text, Transformer2DConfig, Transformer2DModel};
 use crate::error::{Error, Result};
@@ -51,13 +50,13 @@ impl BlockConfig {
     }
 
     /// The `Transformer2DModel` after each resnet: `heads` heads of `out_channels / heads`.
-    fn transformer(&self, w: &Weights, prefix: &str) -> Result<Option<Transformer2DConfig>> {
+    fn transformer(&self, w: &Weights) -> Result<Option<Transformer2DConfig>> {
         let Some(a) = self.cross_attention else { return Ok(None) };
         let head_dim = self.out_channels.checked_div(a.heads).unwrap_or(0);
         if head_dim == 0 {
             return Err(Error::Unsupported {
                 file: w.file().to_string(),
-                detail: format!("{prefix}: {} attention heads for {} channels", a.heads, self.out_channels),
+                detail: format!("{}: {} attention heads for {} channels", w.prefix(), a.heads, self.out_channels),
             });
         }
         Ok(Some(Transformer2DConfig {
@@ -73,10 +72,10 @@ impl BlockConfig {
     }
 }
 
-/// Loads `prefix.attentions.{i}` for `i < count`, or nothing for a block without cross-attention.
-fn load_attentions(w: &Weights, prefix: &str, c: &BlockConfig, count: usize) -> Result<Vec<Transformer2DModel>> {
-    match c.transformer(w, prefix)? {
-        Some(t) => (0..count).map(|i| Transformer2DModel::load(w, &join(prefix, &format!("attentions.{i}")), &t)).collect(),
+/// Loads `attentions.{i}` for `i < count`, or nothing for a block without cross-attention.
+fn load_attentions(w: &Weights, c: &BlockConfig, count: usize) -> Result<Vec<Transformer2DModel>> {
+    match c.transformer(w)? {
+        Some(t) => (0..count).map(|i| Transformer2DModel::load(&w.at(&format!("attentions.{i}")), &t)).collect(),
         None => Ok(Vec::new()),
     }
 }
@@ -111,19 +110,18 @@ pub struct DownBlock2D {
 
 impl DownBlock2D {
     /// `downsample_padding` is `Some` when the block ends with a downsampler.
-    pub fn load(w: &Weights, prefix: &str, c: &BlockConfig, downsample_padding: Option<usize>) -> Result<Self> {
-        let p = |name: String| join(prefix, &name);
+    pub fn load(w: &Weights, c: &BlockConfig, downsample_padding: Option<usize>) -> Result<Self> {
         let resnets = (0..c.layers)
             .map(|i| {
                 let in_channels = if i == 0 { c.in_channels } else { c.out_channels };
-                ResnetBlock2D::load(w, &p(format!("resnets.{i}")), &c.resnet(in_channels))
+                ResnetBlock2D::load(&w.at(&format!("resnets.{i}")), &c.resnet(in_channels))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             resnets,
-            attentions: load_attentions(w, prefix, c, c.layers)?,
+            attentions: load_attentions(w, c, c.layers)?,
             downsampler: downsample_padding
-                .map(|padding| Downsample2D::load(w, &p("downsamplers.0".into()), c.out_channels, padding))
+                .map(|padding| Downsample2D::load(&w.at("downsamplers.0"), c.out_channels, padding))
                 .transpose()?,
         })
     }
@@ -158,20 +156,21 @@ pub struct UNetMidBlock2DCrossAttn {
 impl UNetMidBlock2DCrossAttn {
     /// `c.layers` counts the transformer/resnet pairs after the first resnet;
     /// `c.cross_attention` must be set and in and out channels agree.
-    pub fn load(w: &Weights, prefix: &str, c: &BlockConfig) -> Result<Self> {
-        let p = |name: String| join(prefix, &name);
+    pub fn load(w: &Weights, c: &BlockConfig) -> Result<Self> {
         if c.cross_attention.is_none() || c.in_channels != c.out_channels {
             let detail = format!(
-                "{prefix}: UNetMidBlock2DCrossAttn without cross-attention or with {} -> {} channels",
-                c.in_channels, c.out_channels
+                "{}: UNetMidBlock2DCrossAttn without cross-attention or with {} -> {} channels",
+                w.prefix(),
+                c.in_channels,
+                c.out_channels
             );
             return Err(Error::Unsupported { file: w.file().to_string(), detail });
         }
         Ok(Self {
-            first: ResnetBlock2D::load(w, &p("resnets.0".into()), &c.resnet(c.in_channels))?,
-            attentions: load_attentions(w, prefix, c, c.layers)?,
+            first: ResnetBlock2D::load(&w.at("resnets.0"), &c.resnet(c.in_channels))?,
+            attentions: load_attentions(w, c, c.layers)?,
             resnets: (1..=c.layers)
-                .map(|i| ResnetBlock2D::load(w, &p(format!("resnets.{i}")), &c.resnet(c.out_channels)))
+                .map(|i| ResnetBlock2D::load(&w.at(&format!("resnets.{i}")), &c.resnet(c.out_channels)))
                 .collect::<Result<_>>()?,
         })
     }
@@ -201,19 +200,18 @@ pub struct UpBlock2D {
 impl UpBlock2D {
     /// `c.in_channels` is diffusers' `in_channels` (the width of the last skip this block
     /// takes); `prev_output_channels` the width of the block's input.
-    pub fn load(w: &Weights, prefix: &str, c: &BlockConfig, prev_output_channels: usize, add_upsample: bool) -> Result<Self> {
-        let p = |name: String| join(prefix, &name);
+    pub fn load(w: &Weights, c: &BlockConfig, prev_output_channels: usize, add_upsample: bool) -> Result<Self> {
         let resnets = (0..c.layers)
             .map(|i| {
                 let skip_channels = if i + 1 == c.layers { c.in_channels } else { c.out_channels };
                 let input_channels = if i == 0 { prev_output_channels } else { c.out_channels };
-                ResnetBlock2D::load(w, &p(format!("resnets.{i}")), &c.resnet(input_channels + skip_channels))
+                ResnetBlock2D::load(&w.at(&format!("resnets.{i}")), &c.resnet(input_channels + skip_channels))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             resnets,
-            attentions: load_attentions(w, prefix, c, c.layers)?,
-            upsampler: add_upsample.then(|| Upsample2D::load(w, &p("upsamplers.0".into()), c.out_channels)).transpose()?,
+            attentions: load_attentions(w, c, c.layers)?,
+            upsampler: add_upsample.then(|| Upsample2D::load(&w.at("upsamplers.0"), c.out_channels)).transpose()?,
         })
     }
 

@@ -1,10 +1,13 @@
 //! One component's weights, served by name as a model asks for them, with every name
 //! and shape checked against what the config implies: a safetensors file uploaded
 //! tensor by tensor, or a package's tensors already on the GPU in their storage type.
-//! The builder also keeps the registry of the layers LoRAs can adapt, which is why it
-//! lives with the models, above `loader` (the files) and `lora`.
+//! As candle's `VarBuilder` does, the builder owns the name prefixes: `w.at("norm1")`
+//! is the same weights scoped one level down, so each layer loads by its own names
+//! and never joins a prefix. It also keeps the registry of the layers LoRAs can adapt,
+//! which is why it lives with the models, above `loader` (the files) and `lora`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use safetensors::tensor::Dtype;
@@ -13,9 +16,18 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::loader::{ByteRanges, ModelFiles, SafetensorsFile, UploadedWeights, WeightPrecision, weights_file, widen};
-use crate::lora::LoraTargets;
+use crate::lora::{LayerShape, LoraTargets, SidePathSlot};
 
+/// A component's weights at a name prefix. Cloning and scoping share the component
+/// (loading runs on one thread).
+#[derive(Clone)]
 pub struct Weights {
+    component: Rc<Component>,
+    /// Where this scope's names start (`""` at the component's root).
+    prefix: String,
+}
+
+struct Component {
     gpu: Gpu,
     file: String,
     store: Store,
@@ -52,31 +64,63 @@ impl Weights {
     /// A safetensors file, read a tensor at a time as the model asks for them.
     pub fn from_file(gpu: &Gpu, file: String, source: Arc<dyn ByteRanges>, precision: WeightPrecision) -> Result<Self> {
         let store = Store::File(SafetensorsFile::open(source, file.clone())?);
-        Ok(Self { gpu: gpu.clone(), file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() })
+        Ok(Self::new(Component { gpu: gpu.clone(), file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() }))
     }
 
     pub fn from_uploaded(gpu: &Gpu, uploaded: UploadedWeights) -> Self {
         let store = Store::Uploaded(uploaded.tensors);
         let precision = WeightPrecision::AsStored;
-        Self { gpu: gpu.clone(), file: uploaded.file, store, precision, used: Mutex::default(), lora_targets: LoraTargets::default() }
+        Self::new(Component {
+            gpu: gpu.clone(),
+            file: uploaded.file,
+            store,
+            precision,
+            used: Mutex::default(),
+            lora_targets: LoraTargets::default(),
+        })
+    }
+
+    fn new(component: Component) -> Self {
+        Self { component: Rc::new(component), prefix: String::new() }
+    }
+
+    /// The same weights one level down: names under `prefix.name`.
+    pub fn at(&self, name: &str) -> Weights {
+        Weights { component: self.component.clone(), prefix: self.full_name(name) }
+    }
+
+    /// This scope's prefix: the name of the layer it loads.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `name` under this scope, as the file names it.
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    /// Registers the layer at this scope's prefix as one LoRAs can adapt.
+    pub fn register_lora(&self, shape: LayerShape) -> SidePathSlot {
+        self.component.lora_targets.register(&self.prefix, shape)
     }
 
     pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+        &self.component.gpu
     }
 
     pub fn file(&self) -> &str {
-        &self.file
+        &self.component.file
     }
 
     /// The registry of this component's layers that LoRAs can adapt (see `lora`): layers
     /// register as they load, the model keeps it to attach LoRAs later.
     pub fn lora_targets(&self) -> &LoraTargets {
-        &self.lora_targets
+        &self.component.lora_targets
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        match &self.store {
+        let name = &self.full_name(name);
+        match &self.component.store {
             Store::File(file) => file.info(name).is_some(),
             Store::Uploaded(tensors) => tensors.contains_key(name),
         }
@@ -85,33 +129,35 @@ impl Weights {
     /// A weight in the storage precision policy: for matmul/conv weights, biases and
     /// norm parameters, which the kernels read as f32 or packed f16.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        if let Store::Uploaded(tensors) = &self.store {
+        let name = &self.full_name(name);
+        if let Store::Uploaded(tensors) = &self.component.store {
             return self.uploaded(tensors, name, shape).cloned();
         }
         let (dtype, data) = self.raw(name, shape)?;
-        match (dtype, self.precision) {
+        match (dtype, self.component.precision) {
             (Dtype::F16, _) => {
                 let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&data);
-                self.gpu.upload_f16(shape, &halves)
+                self.component.gpu.upload_f16(shape, &halves)
             }
-            (_, WeightPrecision::F16) => self.gpu.upload_f32_as_f16(shape, &widen(dtype, &data)),
-            (_, WeightPrecision::AsStored) => self.gpu.upload_f32(shape, &widen(dtype, &data)),
+            (_, WeightPrecision::F16) => self.component.gpu.upload_f32_as_f16(shape, &widen(dtype, &data)),
+            (_, WeightPrecision::AsStored) => self.component.gpu.upload_f32(shape, &widen(dtype, &data)),
         }
     }
 
     /// A weight as f32 on the GPU, whatever the file stores (for operands the kernels
     /// need in f32, such as embeddings that are added to activations).
     pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let Store::Uploaded(tensors) = &self.store else {
-            return self.gpu.upload_f32(shape, &self.values(name, shape)?);
+        let Store::Uploaded(tensors) = &self.component.store else {
+            return self.component.gpu.upload_f32(shape, &self.values(name, shape)?);
         };
+        let name = &self.full_name(name);
         let tensor = self.uploaded(tensors, name, shape)?;
         match tensor.dtype() {
             DType::F32 => Ok(tensor.clone()),
             // Widening is exact.
-            DType::F16 => ew::unary(&self.gpu, tensor, Unary::Identity),
+            DType::F16 => ew::unary(&self.component.gpu, tensor, Unary::Identity),
             other => Err(Error::Unsupported {
-                file: self.file.clone(),
+                file: self.component.file.clone(),
                 detail: format!("tensor {name} stored as {}, where f32 is needed", other.name()),
             }),
         }
@@ -120,8 +166,9 @@ impl Weights {
     /// A weight's values on the CPU, widened to f32 (from a weights file only: a
     /// package's tensors go straight to the GPU).
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        if let Store::Uploaded(_) = &self.store {
-            return Err(Error::Unsupported { file: self.file.clone(), detail: format!("reading tensor {name} back to the CPU") });
+        let name = &self.full_name(name);
+        if let Store::Uploaded(_) = &self.component.store {
+            return Err(Error::Unsupported { file: self.component.file.clone(), detail: format!("reading tensor {name} back to the CPU") });
         }
         let (dtype, data) = self.raw(name, shape)?;
         Ok(widen(dtype, &data))
@@ -130,8 +177,8 @@ impl Weights {
     /// The names no model code asked for: a config that does not match the file
     /// leaves weights behind, which is worth an error rather than a silent wrong model.
     pub fn unused(&self) -> Vec<String> {
-        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let names: Vec<&str> = match &self.store {
+        let used = self.component.used.lock().unwrap_or_else(|p| p.into_inner());
+        let names: Vec<&str> = match &self.component.store {
             Store::File(file) => file.tensors().map(|(name, _)| name).collect(),
             Store::Uploaded(tensors) => tensors.keys().map(String::as_str).collect(),
         };
@@ -148,15 +195,15 @@ impl Weights {
         }
         let shown: Vec<&str> = unused.iter().take(5).map(String::as_str).collect();
         Err(Error::Format {
-            file: self.file.clone(),
+            file: self.component.file.clone(),
             detail: format!("{} tensors do not belong to the configured model, e.g. {}", unused.len(), shown.join(", ")),
         })
     }
 
     /// A float tensor's type and bytes from the file, once its shape checks out.
     fn raw(&self, name: &str, shape: &[usize]) -> Result<(Dtype, Vec<u8>)> {
-        let Store::File(file) = &self.store else {
-            return Err(Error::Unsupported { file: self.file.clone(), detail: format!("reading tensor {name} as file bytes") });
+        let Store::File(file) = &self.component.store else {
+            return Err(Error::Unsupported { file: self.component.file.clone(), detail: format!("reading tensor {name} as file bytes") });
         };
         let info = file.info(name).ok_or_else(|| self.missing(name))?;
         self.check_shape(name, shape, &info.shape)?;
@@ -170,20 +217,20 @@ impl Weights {
     }
 
     fn missing(&self, name: &str) -> Error {
-        Error::MissingTensor { file: self.file.clone(), name: name.to_string() }
+        Error::MissingTensor { file: self.component.file.clone(), name: name.to_string() }
     }
 
     /// Refuses a stored shape other than the config's; else marks the tensor used.
     fn check_shape(&self, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
         if found != expected {
             return Err(Error::WeightShape {
-                file: self.file.clone(),
+                file: self.component.file.clone(),
                 name: name.to_string(),
                 expected: expected.to_vec(),
                 found: found.to_vec(),
             });
         }
-        self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
+        self.component.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use super::layers::{ChunkPlan, Conv, Resnet, Upsample, group_norm};
 use super::mid_block::{EPS, MidBlock};
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::models::nn::{GroupNorm, join};
+use crate::models::nn::GroupNorm;
 use crate::models::weights::Weights;
 
 /// Resnets at one resolution, then (except in the last block) nearest 2x upsampling and a conv.
@@ -17,15 +17,15 @@ struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    fn load(w: &Weights, prefix: &str, [in_channels, out_channels]: [usize; 2], c: &AutoencoderKlConfig, upsample: bool) -> Result<Self> {
+    fn load(w: &Weights, [in_channels, out_channels]: [usize; 2], c: &AutoencoderKlConfig, upsample: bool) -> Result<Self> {
         // One resnet more than the encoder's blocks have.
         let resnets = (0..c.layers_per_block + 1)
             .map(|i| {
                 let input = if i == 0 { in_channels } else { out_channels };
-                Resnet::load(w, &join(prefix, &format!("resnets.{i}")), [input, out_channels], c.norm_num_groups, EPS)
+                Resnet::load(&w.at(&format!("resnets.{i}")), [input, out_channels], c.norm_num_groups, EPS)
             })
             .collect::<Result<_>>()?;
-        let upsampler = upsample.then(|| Upsample::load(w, &join(prefix, "upsamplers.0"), out_channels)).transpose()?;
+        let upsampler = upsample.then(|| Upsample::load(&w.at("upsamplers.0"), out_channels)).transpose()?;
         Ok(Self { resnets, upsampler })
     }
 
@@ -60,24 +60,23 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(w: &Weights, prefix: &str, c: &AutoencoderKlConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &AutoencoderKlConfig) -> Result<Self> {
         let reversed: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
         let up_blocks = reversed
             .iter()
             .enumerate()
             .map(|(i, &out)| {
                 let input = if i == 0 { reversed[0] } else { reversed[i - 1] };
-                UpDecoderBlock2D::load(w, &p(&format!("up_blocks.{i}")), [input, out], c, i + 1 < reversed.len())
+                UpDecoderBlock2D::load(&w.at(&format!("up_blocks.{i}")), [input, out], c, i + 1 < reversed.len())
             })
             .collect::<Result<_>>()?;
         let first = c.block_out_channels[0];
         Ok(Self {
-            conv_in: Conv::same(w, &p("conv_in"), c.latent_channels, reversed[0], 3, 1)?,
-            mid_block: MidBlock::load(w, &p("mid_block"), reversed[0], c.norm_num_groups, c.mid_block_add_attention)?,
+            conv_in: Conv::same(&w.at("conv_in"), c.latent_channels, reversed[0], 3, 1)?,
+            mid_block: MidBlock::load(&w.at("mid_block"), reversed[0], c.norm_num_groups, c.mid_block_add_attention)?,
             up_blocks,
-            conv_norm_out: GroupNorm::load(w, &p("conv_norm_out"), c.norm_num_groups, first, EPS)?,
-            conv_out: Conv::same(w, &p("conv_out"), first, c.out_channels, 3, 1)?,
+            conv_norm_out: GroupNorm::load(&w.at("conv_norm_out"), c.norm_num_groups, first, EPS)?,
+            conv_out: Conv::same(&w.at("conv_out"), first, c.out_channels, 3, 1)?,
         })
     }
 

@@ -7,7 +7,7 @@ use super::layers::{ChunkPlan, Conv, Resnet, group_norm};
 use super::mid_block::{EPS, MidBlock};
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::models::nn::{GroupNorm, join};
+use crate::models::nn::GroupNorm;
 use crate::models::weights::Weights;
 
 /// The encoder's downsamplers pad only bottom and right, then convolve with stride 2.
@@ -21,15 +21,15 @@ struct DownEncoderBlock2D {
 }
 
 impl DownEncoderBlock2D {
-    fn load(w: &Weights, prefix: &str, [in_channels, out_channels]: [usize; 2], c: &AutoencoderKlConfig, downsample: bool) -> Result<Self> {
+    fn load(w: &Weights, [in_channels, out_channels]: [usize; 2], c: &AutoencoderKlConfig, downsample: bool) -> Result<Self> {
         let resnets = (0..c.layers_per_block)
             .map(|i| {
                 let input = if i == 0 { in_channels } else { out_channels };
-                Resnet::load(w, &join(prefix, &format!("resnets.{i}")), [input, out_channels], c.norm_num_groups, EPS)
+                Resnet::load(&w.at(&format!("resnets.{i}")), [input, out_channels], c.norm_num_groups, EPS)
             })
             .collect::<Result<_>>()?;
         let downsampler = downsample
-            .then(|| Conv::load(w, &join(prefix, "downsamplers.0.conv"), [out_channels, out_channels, 3, 2], DOWNSAMPLE_PADDING))
+            .then(|| Conv::load(&w.at("downsamplers.0.conv"), [out_channels, out_channels, 3, 2], DOWNSAMPLE_PADDING))
             .transpose()?;
         Ok(Self { resnets, downsampler })
     }
@@ -65,8 +65,7 @@ pub(super) struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(w: &Weights, prefix: &str, c: &AutoencoderKlConfig) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, c: &AutoencoderKlConfig) -> Result<Self> {
         let channels = &c.block_out_channels;
         let last = channels[channels.len() - 1];
         let down_blocks = channels
@@ -74,16 +73,16 @@ impl Encoder {
             .enumerate()
             .map(|(i, &out)| {
                 let input = if i == 0 { channels[0] } else { channels[i - 1] };
-                DownEncoderBlock2D::load(w, &p(&format!("down_blocks.{i}")), [input, out], c, i + 1 < channels.len())
+                DownEncoderBlock2D::load(&w.at(&format!("down_blocks.{i}")), [input, out], c, i + 1 < channels.len())
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            conv_in: Conv::same(w, &p("conv_in"), c.in_channels, channels[0], 3, 1)?,
+            conv_in: Conv::same(&w.at("conv_in"), c.in_channels, channels[0], 3, 1)?,
             down_blocks,
-            mid_block: MidBlock::load(w, &p("mid_block"), last, c.norm_num_groups, c.mid_block_add_attention)?,
-            conv_norm_out: GroupNorm::load(w, &p("conv_norm_out"), c.norm_num_groups, last, EPS)?,
+            mid_block: MidBlock::load(&w.at("mid_block"), last, c.norm_num_groups, c.mid_block_add_attention)?,
+            conv_norm_out: GroupNorm::load(&w.at("conv_norm_out"), c.norm_num_groups, last, EPS)?,
             // Mean and log-variance for every latent channel (diffusers' double_z).
-            conv_out: Conv::same(w, &p("conv_out"), last, 2 * c.latent_channels, 3, 1)?,
+            conv_out: Conv::same(&w.at("conv_out"), last, 2 * c.latent_channels, 3, 1)?,
         })
     }
 

@@ -8,7 +8,7 @@ use super::channel_chunks::ChannelChunks;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::conv2d::{Conv2dOptions, output_size};
-use crate::models::nn::{GroupNorm, join};
+use crate::models::nn::GroupNorm;
 use crate::models::weights::Weights;
 
 /// How the VAE holds activations: any over `limit` in chunks of whole groups of
@@ -74,20 +74,20 @@ pub(super) struct Conv {
 
 impl Conv {
     /// `dims` is `[in, out, kernel, stride]`; `padding` is `[top, bottom, left, right]`.
-    pub fn load(w: &Weights, prefix: &str, dims: [usize; 4], padding: [usize; 4]) -> Result<Self> {
+    pub fn load(w: &Weights, dims: [usize; 4], padding: [usize; 4]) -> Result<Self> {
         let [in_channels, out_channels, kernel, stride] = dims;
         Ok(Self {
-            name: prefix.to_string(),
-            weight: w.get(&join(prefix, "weight"), &[out_channels, in_channels, kernel, kernel])?,
-            bias: w.get(&join(prefix, "bias"), &[out_channels])?,
+            name: w.prefix().to_string(),
+            weight: w.get("weight", &[out_channels, in_channels, kernel, kernel])?,
+            bias: w.get("bias", &[out_channels])?,
             stride,
             padding,
         })
     }
 
     /// Stride 1, `padding` on every side.
-    pub fn same(w: &Weights, prefix: &str, in_channels: usize, out_channels: usize, kernel: usize, padding: usize) -> Result<Self> {
-        Self::load(w, prefix, [in_channels, out_channels, kernel, 1], [padding; 4])
+    pub fn same(w: &Weights, in_channels: usize, out_channels: usize, kernel: usize, padding: usize) -> Result<Self> {
+        Self::load(w, [in_channels, out_channels, kernel, 1], [padding; 4])
     }
 
     pub fn name(&self) -> &str {
@@ -130,15 +130,14 @@ pub(super) struct Resnet {
 }
 
 impl Resnet {
-    pub fn load(w: &Weights, prefix: &str, [in_channels, out_channels]: [usize; 2], groups: usize, eps: f32) -> Result<Self> {
-        let p = |name: &str| join(prefix, name);
+    pub fn load(w: &Weights, [in_channels, out_channels]: [usize; 2], groups: usize, eps: f32) -> Result<Self> {
         Ok(Self {
-            norm1: GroupNorm::load(w, &p("norm1"), groups, in_channels, eps)?,
-            conv1: Conv::same(w, &p("conv1"), in_channels, out_channels, 3, 1)?,
-            norm2: GroupNorm::load(w, &p("norm2"), groups, out_channels, eps)?,
-            conv2: Conv::same(w, &p("conv2"), out_channels, out_channels, 3, 1)?,
+            norm1: GroupNorm::load(&w.at("norm1"), groups, in_channels, eps)?,
+            conv1: Conv::same(&w.at("conv1"), in_channels, out_channels, 3, 1)?,
+            norm2: GroupNorm::load(&w.at("norm2"), groups, out_channels, eps)?,
+            conv2: Conv::same(&w.at("conv2"), out_channels, out_channels, 3, 1)?,
             conv_shortcut: (in_channels != out_channels)
-                .then(|| Conv::same(w, &p("conv_shortcut"), in_channels, out_channels, 1, 0))
+                .then(|| Conv::same(&w.at("conv_shortcut"), in_channels, out_channels, 1, 0))
                 .transpose()?,
         })
     }
@@ -167,8 +166,8 @@ pub(super) struct Upsample {
 }
 
 impl Upsample {
-    pub fn load(w: &Weights, prefix: &str, channels: usize) -> Result<Self> {
-        Ok(Self { conv: Conv::same(w, &join(prefix, "conv"), channels, channels, 3, 1)? })
+    pub fn load(w: &Weights, channels: usize) -> Result<Self> {
+        Ok(Self { conv: Conv::same(&w.at("conv"), channels, channels, 3, 1)? })
     }
 
     fn upsampled([n, c, h, w]: [usize; 4]) -> [usize; 4] {

@@ -6,7 +6,6 @@ use super::channel_chunks::ChannelChunks;
 use super::layers::{ChunkPlan, Resnet};
 use crate::error::{Error, Result};
 use crate::models::attention::{Attention, AttentionConfig};
-use crate::models::nn::join;
 use crate::models::weights::Weights;
 
 /// The VAE's resnets and norms all use this epsilon.
@@ -20,7 +19,7 @@ pub(super) struct MidBlock {
 }
 
 impl MidBlock {
-    pub fn load(w: &Weights, prefix: &str, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
+    pub fn load(w: &Weights, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
         // diffusers passes attention_head_dim = channels: a single head.
         let attention = AttentionConfig {
             query_dim: channels,
@@ -32,20 +31,21 @@ impl MidBlock {
             residual_connection: true,
             rescale_output_factor: 1.0,
         };
-        let attention_prefix = join(prefix, "attentions.0");
-        if add_attention && w.contains(&join(&attention_prefix, "query.weight")) {
+        let attention_weights = w.at("attentions.0");
+        if add_attention && attention_weights.contains("query.weight") {
             return Err(Error::Unsupported {
                 file: w.file().to_string(),
                 detail: format!(
-                    "the legacy attention weight names under {attention_prefix} (query/key/value/proj_attn, written by diffusers before 0.14; re-save the model with a current diffusers)"
+                    "the legacy attention weight names under {} (query/key/value/proj_attn, written by diffusers before 0.14; re-save the model with a current diffusers)",
+                    attention_weights.prefix()
                 ),
             });
         }
-        let resnet = |name: &str| Resnet::load(w, &join(prefix, name), [channels, channels], groups, EPS);
+        let resnet = |name: &str| Resnet::load(&w.at(name), [channels, channels], groups, EPS);
         Ok(Self {
             first: resnet("resnets.0")?,
             attention: add_attention
-                .then(|| Attention::load(w, &attention_prefix, &attention).map(|a| (a, attention_prefix)))
+                .then(|| Attention::load(&attention_weights, &attention).map(|a| (a, attention_weights.prefix().to_string())))
                 .transpose()?,
             second: resnet("resnets.1")?,
         })

@@ -154,13 +154,13 @@ impl AutoencoderKl {
         let weights = Weights::load(gpu, files, component, precision)?;
         let moments = 2 * config.latent_channels;
         let model = Self {
-            encoder: Encoder::load(&weights, "encoder", &config)?,
-            quant_conv: config.use_quant_conv.then(|| Conv2d::load(&weights, "quant_conv", moments, moments, 1, 1, 0)).transpose()?,
+            encoder: Encoder::load(&weights.at("encoder"), &config)?,
+            quant_conv: config.use_quant_conv.then(|| Conv2d::load(&weights.at("quant_conv"), moments, moments, 1, 1, 0)).transpose()?,
             post_quant_conv: config
                 .use_post_quant_conv
-                .then(|| Conv2d::load(&weights, "post_quant_conv", config.latent_channels, config.latent_channels, 1, 1, 0))
+                .then(|| Conv2d::load(&weights.at("post_quant_conv"), config.latent_channels, config.latent_channels, 1, 1, 0))
                 .transpose()?,
-            decoder: Decoder::load(&weights, "decoder", &config)?,
+            decoder: Decoder::load(&weights.at("decoder"), &config)?,
             latent_rgb,
             activation_limit: None,
             config,
