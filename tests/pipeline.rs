@@ -75,6 +75,7 @@ fn bad_requests_are_clear_errors() {
         (Request { deep_cache: Some(DeepCache { interval: 2, branch: 99 }), ..base.clone() }, "deep_cache", "cache branch 99 is not below"),
         (Request { token_merge: Some(0.5), ..base.clone() }, "token_merge", "at least 1, got 0.5"),
         (Request { token_merge: Some(40.0), ..base.clone() }, "token_merge", "factor 40 leaves no token of the"),
+        (Request { clip_skip: 99, ..base.clone() }, "clip_skip", "99 is more than this text encoder's"),
     ] {
         let err = sd.generate(&request).err().expect(needle);
         assert!(err.to_string().contains(needle), "{err}");

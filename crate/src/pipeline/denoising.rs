@@ -56,6 +56,13 @@ impl StableDiffusion {
         if self.is_inpainting_model() && request.mask.is_none() {
             return Err(Error::request("init_image", "this is an inpainting UNet: it needs an init image and a mask"));
         }
+        let text_layers = self.text_encoder.config().num_hidden_layers;
+        if request.clip_skip > text_layers {
+            return Err(Error::request(
+                "clip_skip",
+                format!("{} is more than this text encoder's {text_layers} layers", request.clip_skip),
+            ));
+        }
         let scheduler_name = match &request.scheduler {
             Some(name) => name.clone(),
             None => self.default_scheduler()?.to_string(),
