@@ -374,3 +374,32 @@ fn info_describes_a_package_and_its_previews() {
         assert!(stdout.lines().any(|l| l.trim_start().starts_with(&format!("{component}: "))), "{stdout}");
     }
 }
+
+/// An image of 32x32 pixels from `f(x, y)`.
+fn pattern_image(f: impl Fn(usize, usize) -> [u8; 3]) -> webdiffusion::image::RgbImage {
+    let pixels = (0..32).flat_map(|y| (0..32).map(move |x| (x, y))).flat_map(|(x, y)| f(x, y)).collect();
+    webdiffusion::image::RgbImage { width: 32, height: 32, pixels }
+}
+
+/// The benches' SSIM (`webdiffusion_cli::image_metrics`, bench fidelity and savings) against
+/// its closed form.
+#[test]
+fn ssim_is_one_for_the_same_image_the_luminance_term_for_flat_ones_and_falls_with_noise() {
+    use webdiffusion_cli::image_metrics::ssim;
+    let pattern = pattern_image(|x, y| [(x * 8) as u8, (y * 8) as u8, ((x ^ y) * 8) as u8]);
+    assert!((ssim(&pattern, &pattern) - 1.0).abs() < 1e-12);
+    // Flat images have no variance: SSIM is the luminance term (2 a b + C1) / (a² + b² + C1).
+    let (a, b) = (100.0f64, 150.0f64);
+    let c1 = (0.01f64 * 255.0).powi(2);
+    let flat = |v: u8| pattern_image(move |_, _| [v, v, v]);
+    let want = (2.0 * a * b + c1) / (a * a + b * b + c1);
+    assert!((ssim(&flat(100), &flat(150)) - want).abs() < 1e-9, "{} vs {want}", ssim(&flat(100), &flat(150)));
+    let noisy = |amount: u8| {
+        pattern_image(move |x, y| {
+            let n = if (x * 7 + y * 13) % 3 == 0 { amount } else { 0 };
+            [((x * 8) as u8).saturating_add(n), (y * 8) as u8, ((x ^ y) * 8) as u8]
+        })
+    };
+    let (less, more) = (ssim(&pattern, &noisy(20)), ssim(&pattern, &noisy(60)));
+    assert!(less < 0.99 && more < less, "{less} {more}");
+}

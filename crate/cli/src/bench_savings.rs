@@ -11,7 +11,7 @@ use webdiffusion::image::RgbImage;
 use webdiffusion::pipeline::{DeepCache, Request, StableDiffusion, median_min_max};
 use webdiffusion::{Error, Result};
 
-use crate::image_metrics::{psnr, squared_error, ssim};
+use webdiffusion_cli::image_metrics::{psnr, squared_error, ssim};
 use webdiffusion_cli::prompts::PromptList;
 use webdiffusion_cli::{first_image, open_model};
 

@@ -16,7 +16,7 @@ use webdiffusion::packaging::write_package_folder;
 use webdiffusion::pipeline::{Request, StableDiffusion};
 use webdiffusion::{Error, Result};
 
-use crate::image_metrics::{psnr, squared_error};
+use webdiffusion_cli::image_metrics::{psnr, squared_error};
 use webdiffusion_cli::prompts::PromptList;
 use webdiffusion_cli::sampling::SamplingArgs;
 use webdiffusion_cli::{generate_image, open_model};

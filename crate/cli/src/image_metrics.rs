@@ -67,33 +67,3 @@ pub fn ssim(a: &RgbImage, b: &RgbImage) -> f64 {
         .sum();
     sum / x.len().max(1) as f64
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn image(f: impl Fn(usize, usize) -> [u8; 3]) -> RgbImage {
-        let pixels = (0..32).flat_map(|y| (0..32).map(move |x| (x, y))).flat_map(|(x, y)| f(x, y)).collect();
-        RgbImage { width: 32, height: 32, pixels }
-    }
-
-    #[test]
-    fn ssim_is_one_for_the_same_image_the_luminance_term_for_flat_ones_and_falls_with_noise() {
-        let pattern = image(|x, y| [(x * 8) as u8, (y * 8) as u8, ((x ^ y) * 8) as u8]);
-        assert!((ssim(&pattern, &pattern) - 1.0).abs() < 1e-12);
-        // Flat images have no variance: SSIM is the luminance term (2 a b + C1) / (a² + b² + C1).
-        let (a, b) = (100.0f64, 150.0f64);
-        let c1 = (0.01f64 * 255.0).powi(2);
-        let flat = |v: u8| image(move |_, _| [v, v, v]);
-        let want = (2.0 * a * b + c1) / (a * a + b * b + c1);
-        assert!((ssim(&flat(100), &flat(150)) - want).abs() < 1e-9, "{} vs {want}", ssim(&flat(100), &flat(150)));
-        let noisy = |amount: u8| {
-            image(move |x, y| {
-                let n = if (x * 7 + y * 13) % 3 == 0 { amount } else { 0 };
-                [((x * 8) as u8).saturating_add(n), (y * 8) as u8, ((x ^ y) * 8) as u8]
-            })
-        };
-        let (less, more) = (ssim(&pattern, &noisy(20)), ssim(&pattern, &noisy(60)));
-        assert!(less < 0.99 && more < less, "{less} {more}");
-    }
-}

@@ -1,7 +1,9 @@
 //! What the two front ends share: `webdiffusion` (generate, convert, info, the benchmarks)
 //! and `webdiffusion-eval` (the built-in model's evaluation). Opening a model, the first
-//! image of a generation, the sampling arguments, the evaluation prompts and the logger.
+//! image of a generation, the sampling arguments, the evaluation prompts, image metrics
+//! (PSNR, SSIM) and the logger.
 
+pub mod image_metrics;
 pub mod prompts;
 pub mod sampling;
 

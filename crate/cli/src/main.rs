@@ -10,7 +10,6 @@ mod convert;
 mod default_model;
 mod fidelity;
 mod generate;
-mod image_metrics;
 mod package_info;
 
 fn main() -> std::process::ExitCode {
