@@ -191,8 +191,11 @@ impl Gpu {
         let Batch { arena, dispatches, bind_groups: cache } = &mut *batch;
         cache.write_uniforms(device, &self.inner.queue, arena);
         let mut created = 0;
-        let bind_groups: Vec<wgpu::BindGroup> =
-            dispatches.iter().map(|d| cache.get(device, &d.kernel.layout, d.uniform_size, &d.buffers, &mut created)).collect();
+        // The batch is emptied below, so each launch's bindings move into the cache's key.
+        let bind_groups: Vec<wgpu::BindGroup> = dispatches
+            .iter_mut()
+            .map(|d| cache.get(device, &d.kernel.layout, d.uniform_size, std::mem::take(&mut d.buffers), &mut created))
+            .collect();
         cache.evict_unused();
         lock(&self.inner.counters).bind_groups += created;
         let mut profile = lock(&self.inner.profile);

@@ -55,21 +55,22 @@ impl BindGroupCache {
     }
 
     /// The group binding `uniform_size` bytes of parameters and `buffers` to `layout`:
-    /// the cached one, or a new one (`created` counts those).
+    /// the cached one, or a new one (`created` counts those). `buffers` becomes the key.
     pub fn get(
         &mut self,
         device: &wgpu::Device,
         layout: &wgpu::BindGroupLayout,
         uniform_size: u64,
-        buffers: &Bindings,
+        buffers: Bindings,
         created: &mut u64,
     ) -> wgpu::BindGroup {
         let flush = self.flush;
-        let key = Key { layout: layout.clone(), uniform_size, buffers: buffers.clone() };
+        let key = Key { layout: layout.clone(), uniform_size, buffers };
         if let Some((group, used)) = self.groups.get_mut(&key) {
             *used = flush;
             return group.clone();
         }
+        let buffers = &key.buffers;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
