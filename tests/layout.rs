@@ -3,12 +3,13 @@
 
 use crate::common;
 
-use common::{gpu, random, read};
+use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::Tensor;
+use webdiffusion::kernels::cases::{self, BandwidthCase, Shapes};
 use webdiffusion::kernels::embedding::timestep_embedding;
 use webdiffusion::kernels::layout::{chunk, concat, narrow, permute, upsample_nearest_2x};
-use webdiffusion::reference::{embedding as cpu_embedding, layout as cpu};
+use webdiffusion::reference::{elementwise as cpu_elementwise, embedding as cpu_embedding, layout as cpu, softmax as cpu_softmax};
 
 // Data movement does no arithmetic, so every layout result must be bit-exact.
 
@@ -239,8 +240,13 @@ fn check_embedding(timesteps: &[f32], dim: usize, flip: bool, shift: f32, scale:
     let gpu = gpu();
     let t = gpu.upload_f32(&[timesteps.len()], timesteps).unwrap();
     let got = timestep_embedding(gpu, &t, dim, flip, shift, scale, max_period).unwrap();
+    assert_embedding(&got, timesteps, dim, flip, shift, scale, max_period)
+}
+
+/// The largest error of `got` against the f64 reference, each within its bound.
+fn assert_embedding(got: &Tensor, timesteps: &[f32], dim: usize, flip: bool, shift: f32, scale: f32, max_period: f32) -> f64 {
     assert_eq!(got.shape(), &[timesteps.len(), dim]);
-    let got = read(&got);
+    let got = read(got);
     let want = cpu_embedding::timestep_embedding(timesteps, dim, flip, shift, scale, max_period);
     let half = dim / 2;
     let mut worst = 0.0f64;
@@ -285,4 +291,47 @@ fn timestep_embedding_rejects_bad_inputs() {
     assert_shape_error("dim 0", embed(&t, 0, 0.0, 10000.0));
     assert_shape_error("zero divisor", embed(&t, 8, 4.0, 10000.0));
     assert_shape_error("max_period 0", embed(&t, 8, 0.0, 0.0));
+}
+
+/// The benchmark's element-wise and layout cases (`kernels::cases::bandwidth`) at the
+/// reduced scale, each by the launch the benchmark times, against the CPU reference.
+#[test]
+fn the_benchmarks_bandwidth_cases() {
+    let gpu = gpu();
+    for (i, c) in cases::bandwidth(Shapes::Reduced).into_iter().enumerate() {
+        let what = format!("{} {}", c.name(), c.shape());
+        let data: Vec<Vec<f32>> = match c {
+            // Timesteps as a sampler spreads them over [0, 999].
+            BandwidthCase::TimestepEmbedding { batch, .. } => vec![(0..batch).map(|b| (999 - 500 * b) as f32).collect()],
+            _ => c.inputs().iter().enumerate().map(|(j, s)| random(s.iter().product(), 970 + 10 * i as u64 + j as u64, 5.0)).collect(),
+        };
+        let inputs: Vec<Tensor> = c.inputs().iter().zip(&data).map(|(s, d)| gpu.upload_f32(s, d).unwrap()).collect();
+        let got = c.launch(gpu, &inputs).unwrap();
+        assert_eq!(got.shape(), c.output(), "{what}");
+        let (x, shape) = (&data[0], c.inputs()[0].clone());
+        match c {
+            BandwidthCase::Silu(_) => {
+                let want: Vec<f32> = x.iter().map(|&v| cpu_elementwise::silu(v)).collect();
+                assert_close(&what, &read(&got), &want, 1e-6, 1e-5);
+            }
+            BandwidthCase::AddBroadcast(s) => {
+                let want = cpu_elementwise::broadcast(x, &s, &data[1], &c.inputs()[1], |a, b| a + b).0;
+                assert_close(&what, &read(&got), &want, 1e-6, 1e-6);
+            }
+            BandwidthCase::Axpby(_) => {
+                let want: Vec<f32> = (0..x.len()).map(|k| 0.5 * x[k] + 0.3 * data[1][k] + 0.2 * data[2][k]).collect();
+                assert_close(&what, &read(&got), &want, 1e-6, 1e-6);
+            }
+            BandwidthCase::Softmax(s) => assert_close(&what, &read(&got), &cpu_softmax::softmax(x, s[2], 1.0), 1e-6, 1e-4),
+            BandwidthCase::ConcatChannels { .. } => {
+                let want = cpu::concat(&[(x, &shape), (&data[1], &c.inputs()[1])], 1).0;
+                assert!(read(&got) == want, "{what}");
+            }
+            BandwidthCase::Upsample2x(s) => assert!(read(&got) == cpu::upsample_nearest_2x(x, s), "{what}"),
+            BandwidthCase::PermuteToNhwc(_) => assert!(read(&got) == cpu::permute(x, &shape, &[0, 2, 3, 1]).0, "{what}"),
+            BandwidthCase::TimestepEmbedding { dim, .. } => {
+                assert_embedding(&got, x, dim, true, 0.0, 1.0, 10000.0);
+            }
+        }
+    }
 }

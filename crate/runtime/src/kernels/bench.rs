@@ -1,5 +1,5 @@
-//! The kernel benchmark: the compute kernels' cases from their tables (`kernels::cases`,
-//! which the tests check too) and a few bandwidth-bound launches, and the timing loop.
+//! The kernel benchmark: the kernels' cases from their tables (`kernels::cases`, which
+//! the tests check too) and the timing loop.
 //! `webdiffusion bench kernels` prints them natively, `benchKernels` in a browser.
 
 use serde::Serialize;
@@ -7,11 +7,10 @@ use web_time::Instant;
 
 use super::attention::{AttentionOptions, attention};
 pub use super::cases::Shapes;
-use super::cases::{self, AttentionCase, Conv2dCase, GroupNormCase, LayerNormCase, MatmulCase};
+use super::cases::{self, AttentionCase, BandwidthCase, Conv2dCase, GroupNormCase, LayerNormCase, MatmulCase};
 use super::conv2d::{Conv2dOptions, conv2d};
-use super::elementwise::{self as ew, Unary};
 use super::matmul::{MatmulOptions, matmul};
-use super::{embedding, layout, norm, softmax};
+use super::norm;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
 
@@ -110,7 +109,7 @@ fn layer_norm_case(gpu: &Gpu, c: LayerNormCase) -> Result<Case> {
     })
 }
 
-/// Every table's cases at `shapes`, then (at SD's shapes) the bandwidth-bound launches.
+/// Every table's cases at `shapes`.
 fn all_cases(gpu: &Gpu, shapes: Shapes) -> Result<Vec<Case>> {
     let mut all = Vec::new();
     // An f16-math row runs the f32 kernel where the device lacks shader-f16: not shown.
@@ -130,86 +129,16 @@ fn all_cases(gpu: &Gpu, shapes: Shapes) -> Result<Vec<Case>> {
     for c in cases::layer_norm(shapes) {
         all.push(layer_norm_case(gpu, c)?);
     }
-    if shapes != Shapes::Embedded {
-        all.extend(bandwidth_cases(gpu, shapes)?);
+    for c in cases::bandwidth(shapes) {
+        all.push(bandwidth_case(gpu, c)?);
     }
     Ok(all)
 }
 
-/// The element-wise and layout launches at SD's first level: no arithmetic to speak of,
-/// so their rate is memory bandwidth. Their correctness is tested on the shapes that
-/// exercise their indexing (tests/elementwise.rs, layout.rs), not these.
-fn bandwidth_cases(gpu: &Gpu, shapes: Shapes) -> Result<Vec<Case>> {
-    let (hw, tokens) = shapes.sd_sizes();
-    let mut cases = Vec::new();
+fn bandwidth_case(gpu: &Gpu, c: BandwidthCase) -> Result<Case> {
+    let inputs = c.inputs().iter().map(|shape| tensor(gpu, shape)).collect::<Result<Vec<_>>>()?;
     let g = gpu.clone();
-    let n = 2 * 320 * hw * hw;
-    let x = tensor(gpu, &[2, 320, hw, hw])?;
-    let (gx, bytes) = (g.clone(), 8.0 * n as f64);
-    cases.push(Case {
-        kernel: "silu".into(),
-        shape: format!("[2,320,{hw},{hw}]"),
-        work: Work::Bytes(bytes),
-        launch: Box::new(move || ew::unary(&gx, &x, Unary::Silu)),
-    });
-    let (x, bias) = (tensor(gpu, &[2, 320, hw, hw])?, tensor(gpu, &[2, 320, 1, 1])?);
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "add (broadcast)".into(),
-        shape: format!("[2,320,{hw},{hw}]+[2,320,1,1]"),
-        work: Work::Bytes(bytes),
-        launch: Box::new(move || ew::add(&gx, &x, &bias)),
-    });
-    let (x, y, z) = (tensor(gpu, &[2, 4, hw, hw])?, tensor(gpu, &[2, 4, hw, hw])?, tensor(gpu, &[2, 4, hw, hw])?);
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "axpby (3 terms)".into(),
-        shape: format!("[2,4,{hw},{hw}]"),
-        work: Work::Bytes(16.0 * (8 * hw * hw) as f64),
-        launch: Box::new(move || ew::axpby(&gx, 0.5, &x, 0.3, &y, Some((0.2, &z)))),
-    });
-
-    let x = tensor(gpu, &[16, tokens, 77])?;
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "softmax".into(),
-        shape: format!("[16,{tokens},77]"),
-        work: Work::Bytes(8.0 * (16 * tokens * 77) as f64),
-        launch: Box::new(move || softmax::softmax(&gx, &x)),
-    });
-
-    let (a, b) = (tensor(gpu, &[2, 640, hw, hw])?, tensor(gpu, &[2, 320, hw, hw])?);
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "concat (channels)".into(),
-        shape: format!("[2,640|320,{hw},{hw}]"),
-        work: Work::Bytes(8.0 * (2 * 960 * hw * hw) as f64),
-        launch: Box::new(move || layout::concat(&gx, &[&a, &b], 1)),
-    });
-    let x = tensor(gpu, &[2, 640, hw / 2, hw / 2])?;
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "upsample nearest 2x".into(),
-        shape: format!("[2,640,{},{}]", hw / 2, hw / 2),
-        work: Work::Bytes(20.0 * (2 * 640 * hw * hw / 4) as f64),
-        launch: Box::new(move || layout::upsample_nearest_2x(&gx, &x)),
-    });
-    let x = tensor(gpu, &[2, 320, hw, hw])?;
-    let gx = g.clone();
-    cases.push(Case {
-        kernel: "permute NCHW->NHWC".into(),
-        shape: format!("[2,320,{hw},{hw}]"),
-        work: Work::Bytes(bytes),
-        launch: Box::new(move || layout::permute(&gx, &x, &[0, 2, 3, 1])),
-    });
-    let t = gpu.upload_f32(&[2], &[999.0, 999.0])?;
-    cases.push(Case {
-        kernel: "timestep embedding".into(),
-        shape: "[2] -> [2,320]".into(),
-        work: Work::Bytes(8.0 + 2560.0),
-        launch: Box::new(move || embedding::timestep_embedding(&g, &t, 320, true, 0.0, 1.0, 10000.0)),
-    });
-    Ok(cases)
+    Ok(Case { kernel: c.name().into(), shape: c.shape(), work: Work::Bytes(c.bytes()), launch: Box::new(move || c.launch(&g, &inputs)) })
 }
 
 /// One case's result.

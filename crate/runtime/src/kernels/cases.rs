@@ -1,11 +1,14 @@
-//! The compute kernels' cases, one table per kernel: `bench kernels` times them
-//! (`kernels::bench`) and the tests check the built-in model's against the CPU reference
-//! (tests/conv2d.rs, matmul.rs, attention.rs, norm.rs), so every shape the benchmark
-//! reports is one the tests have proven right. Data only: the launch and the reference
-//! belong to their users.
+//! The kernels' cases, one table per kernel: `bench kernels` times them
+//! (`kernels::bench`) and the tests check them against the CPU reference (the built-in
+//! model's compute cases in tests/conv2d.rs, matmul.rs, attention.rs, norm.rs; the
+//! bandwidth cases at reduced scale in tests/layout.rs), so every shape the benchmark
+//! reports is one the tests have proven right. The compute tables are data: their launch
+//! and reference belong to their users. A bandwidth case is one call, so it carries it.
 
-use super::elementwise::Unary;
-use crate::gpu::DType;
+use super::elementwise::{self as ew, Unary};
+use super::{embedding, layout, softmax};
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Tensor};
 
 /// Which shapes the cases use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,4 +250,119 @@ pub fn layer_norm(shapes: Shapes) -> Vec<LayerNormCase> {
         Shapes::Embedded => vec![LayerNormCase { batch: 2, rows: 256, width: 64 }],
         _ => vec![LayerNormCase { batch: 2, rows: shapes.sd_sizes().1, width: 320 }],
     }
+}
+
+/// An element-wise or layout launch: no arithmetic to speak of, so its rate is memory
+/// bandwidth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandwidthCase {
+    Silu([usize; 4]),
+    /// `x + bias`, the bias `[batch, channels, 1, 1]` broadcast over the pixels (a
+    /// resnet's time embedding).
+    AddBroadcast([usize; 4]),
+    /// `0.5 x + 0.3 y + 0.2 z`: a sampler's update of the latents.
+    Axpby([usize; 4]),
+    /// Over the last dimension.
+    Softmax([usize; 3]),
+    /// A skip connection: `[batch, channels[0], size, size]` then `channels[1]`.
+    ConcatChannels {
+        batch: usize,
+        channels: [usize; 2],
+        size: usize,
+    },
+    Upsample2x([usize; 4]),
+    PermuteToNhwc([usize; 4]),
+    /// `[batch]` timesteps to `[batch, dim]` as Stable Diffusion embeds them (cosines
+    /// first, no shift, max period 10000).
+    TimestepEmbedding {
+        batch: usize,
+        dim: usize,
+    },
+}
+
+impl BandwidthCase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Silu(_) => "silu",
+            Self::AddBroadcast(_) => "add (broadcast)",
+            Self::Axpby(_) => "axpby (3 terms)",
+            Self::Softmax(_) => "softmax",
+            Self::ConcatChannels { .. } => "concat (channels)",
+            Self::Upsample2x(_) => "upsample nearest 2x",
+            Self::PermuteToNhwc(_) => "permute NCHW->NHWC",
+            Self::TimestepEmbedding { .. } => "timestep embedding",
+        }
+    }
+
+    pub fn shape(&self) -> String {
+        let list = |s: &[usize]| s.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        match *self {
+            Self::AddBroadcast(s) => format!("[{}]+[{},{},1,1]", list(&s), s[0], s[1]),
+            Self::ConcatChannels { batch, channels: [c0, c1], size } => format!("[{batch},{c0}|{c1},{size},{size}]"),
+            Self::TimestepEmbedding { batch, dim } => format!("[{batch}] -> [{batch},{dim}]"),
+            _ => format!("[{}]", list(&self.inputs()[0])),
+        }
+    }
+
+    /// The operands' shapes, in the order `launch` takes them.
+    pub fn inputs(&self) -> Vec<Vec<usize>> {
+        match *self {
+            Self::Silu(s) | Self::Upsample2x(s) | Self::PermuteToNhwc(s) => vec![s.to_vec()],
+            Self::AddBroadcast(s) => vec![s.to_vec(), vec![s[0], s[1], 1, 1]],
+            Self::Axpby(s) => vec![s.to_vec(); 3],
+            Self::Softmax(s) => vec![s.to_vec()],
+            Self::ConcatChannels { batch, channels, size } => channels.map(|c| vec![batch, c, size, size]).to_vec(),
+            Self::TimestepEmbedding { batch, .. } => vec![vec![batch]],
+        }
+    }
+
+    pub fn output(&self) -> Vec<usize> {
+        match *self {
+            Self::Upsample2x([b, c, h, w]) => vec![b, c, 2 * h, 2 * w],
+            Self::PermuteToNhwc([b, c, h, w]) => vec![b, h, w, c],
+            Self::ConcatChannels { batch, channels: [c0, c1], size } => vec![batch, c0 + c1, size, size],
+            Self::TimestepEmbedding { batch, dim } => vec![batch, dim],
+            _ => self.inputs().swap_remove(0),
+        }
+    }
+
+    /// Bytes read plus bytes written, all f32.
+    pub fn bytes(&self) -> f64 {
+        let elements: usize = self.inputs().iter().chain([&self.output()]).map(|s| s.iter().product::<usize>()).sum();
+        4.0 * elements as f64
+    }
+
+    /// The launch, on tensors of the shapes `inputs` gives.
+    pub fn launch(&self, gpu: &Gpu, x: &[Tensor]) -> Result<Tensor> {
+        match *self {
+            Self::Silu(_) => ew::unary(gpu, &x[0], Unary::Silu),
+            Self::AddBroadcast(_) => ew::add(gpu, &x[0], &x[1]),
+            Self::Axpby(_) => ew::axpby(gpu, 0.5, &x[0], 0.3, &x[1], Some((0.2, &x[2]))),
+            Self::Softmax(_) => softmax::softmax(gpu, &x[0]),
+            Self::ConcatChannels { .. } => layout::concat(gpu, &[&x[0], &x[1]], 1),
+            Self::Upsample2x(_) => layout::upsample_nearest_2x(gpu, &x[0]),
+            Self::PermuteToNhwc(_) => layout::permute(gpu, &x[0], &[0, 2, 3, 1]),
+            Self::TimestepEmbedding { dim, .. } => embedding::timestep_embedding(gpu, &x[0], dim, true, 0.0, 1.0, 10000.0),
+        }
+    }
+}
+
+/// The bandwidth-bound launches at Stable Diffusion's first level (none for `Embedded`:
+/// the built-in model's are too small to say anything about bandwidth).
+pub fn bandwidth(shapes: Shapes) -> Vec<BandwidthCase> {
+    if shapes == Shapes::Embedded {
+        return Vec::new();
+    }
+    let (hw, tokens) = shapes.sd_sizes();
+    let level = [2, 320, hw, hw];
+    vec![
+        BandwidthCase::Silu(level),
+        BandwidthCase::AddBroadcast(level),
+        BandwidthCase::Axpby([2, 4, hw, hw]),
+        BandwidthCase::Softmax([16, tokens, 77]),
+        BandwidthCase::ConcatChannels { batch: 2, channels: [640, 320], size: hw },
+        BandwidthCase::Upsample2x([2, 640, hw / 2, hw / 2]),
+        BandwidthCase::PermuteToNhwc(level),
+        BandwidthCase::TimestepEmbedding { batch: 2, dim: 320 },
+    ]
 }
