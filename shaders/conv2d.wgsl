@@ -13,7 +13,9 @@
 // tiling and weight type (SwiftShader compiles a pipeline in about a second): p.epilogue's
 // bits say which operands are there (a launch without one binds `x` in its place): the bias
 // (binding 3, f32 or packed f16), the per-channel values (binding 4, [N, channel_add_stride]
-// f32, at channel bias_offset + oc), the residual (binding 5); p.activation is common.wgsl's
+// f32, at channel bias_offset + oc), the residual (binding 5), and whether the output (and
+// the residual) is laid out channels last, [N, OH, OW, OC] (a 1x1 conv from an image to
+// its tokens, with no permute after it); p.activation is common.wgsl's
 // epilogue_activation code, applied last (never with ACCUMULATE).
 // Defines: W_F16 (weight stored as packed f16), WEIGHT_QUANT (a q8 weight, dequantized
 //          while staging; + WEIGHT_Q4 for q4), F16_MATH (tiles and products in f16, sums in
@@ -73,6 +75,7 @@ const EPILOGUE_BIAS: u32 = 1u;
 const EPILOGUE_BIAS_F16: u32 = 2u;
 const EPILOGUE_CHANNEL_ADD: u32 = 4u;
 const EPILOGUE_RESIDUAL: u32 = 8u;
+const EPILOGUE_CHANNELS_LAST: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -261,16 +264,18 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 fn store_row(batch: u32, oc: u32, n: u32, low: vec4<f32>, high: vec4<f32>) {
     if (oc >= p.out_channels) { return; }
     let pixels = p.out_h * p.out_w;
+    let channels_last = (p.epilogue & EPILOGUE_CHANNELS_LAST) != 0u;
     let row = (batch * p.out_channels + oc) * pixels;
     let b = load_bias(p.bias_offset + oc) + load_channel_add(batch, oc);
     for (var j = 0u; j < RN; j++) {
         let at = n + j * TN;
         if (at < pixels) {
-            let v = epilogue_activation(select(high, low, j < 4u)[j % 4u] + b + load_residual(row + at), p.activation);
+            let i = select(row + at, (batch * pixels + at) * p.out_channels + oc, channels_last);
+            let v = epilogue_activation(select(high, low, j < 4u)[j % 4u] + b + load_residual(i), p.activation);
 #ifdef ACCUMULATE
-            out[row + at] = out[row + at] + v;
+            out[i] = out[i] + v;
 #else
-            out[row + at] = v;
+            out[i] = v;
 #endif
         }
     }

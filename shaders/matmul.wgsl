@@ -17,7 +17,8 @@
 // projection; binding 4) are there (a launch without one binds `a` in its place), and
 // p.activation picks the activation (see activate()). p.split lays the output out as
 // [.., n / split, m, split] (column c in part c / split): stacked Linear layers (a
-// self-attention's q, k and v) each get a contiguous output; split = n is the plain layout.
+// self-attention's q, k and v) each get a contiguous output; split = 1 writes the product
+// transposed (tokens to an image's channels); split = n is the plain layout.
 #ifdef F16_MATH
 enable f16;
 #endif

@@ -212,6 +212,42 @@ fn tiles_shaped_to_small_outputs() {
     Case { batch: 3, ..Case::new(5, 3, [1, 1], 1, 1, 0) }.check(63);
 }
 
+/// Channels-last output (a 1x1 conv from an image to its tokens): the channels-first
+/// output's values at `[n, y, x, oc]`, bit for bit (only the store differs), for a q8 1x1
+/// and an f32 3x3 conv; with a residual in that layout, and added into (a LoRA's up conv).
+#[test]
+fn writes_channels_last() {
+    let gpu = gpu();
+    for (i, (channels, out, [h, w], kernel, dtype)) in
+        [(64, 40, [5, 7], 1, DType::Q8), (6, 13, [9, 11], 3, DType::F32)].into_iter().enumerate()
+    {
+        let seed = 180 + 10 * i as u64;
+        let x_shape = [2, channels, h, w];
+        let tx = gpu.upload_f32(&x_shape, &random(x_shape.iter().product(), seed, 2.0)).unwrap();
+        let (_, tw) = upload(dtype, &[out, channels, kernel, kernel], random(out * channels * kernel * kernel, seed + 1, 0.5));
+        let (_, tb) = upload(DType::F32, &[out], random(out, seed + 2, 1.0));
+        let plain_opts = Conv2dOptions::new(1, kernel / 2).with_bias(&tb);
+        let plain = read(&conv2d(gpu, &tx, &tw, &plain_opts).unwrap());
+        let want = webdiffusion::reference::layout::permute(&plain, &[2, out, h, w], &[0, 2, 3, 1]).0;
+        let last_opts = Conv2dOptions { channels_last: true, ..plain_opts };
+        let last = conv2d(gpu, &tx, &tw, &last_opts).unwrap();
+        assert_eq!(last.shape(), [2, h, w, out]);
+        assert_eq!(read(&last), want, "{dtype:?} k{kernel} channels last");
+
+        let residual = random(want.len(), seed + 3, 1.0);
+        let plus: Vec<f32> = want.iter().zip(&residual).map(|(v, r)| v + r).collect();
+        let tr = gpu.upload_f32(&[2, h, w, out], &residual).unwrap();
+        let got = conv2d(gpu, &tx, &tw, &last_opts.with_residual(Some(&tr))).unwrap();
+        assert_eq!(read(&got), plus, "{dtype:?} k{kernel} channels last with a residual");
+        let into = gpu.upload_f32(&[2, h, w, out], &residual).unwrap();
+        conv2d_into(gpu, &tx, &tw, &last_opts, ConvPart { accumulate: true, ..Default::default() }, &into).unwrap();
+        assert_eq!(read(&into), plus, "{dtype:?} k{kernel} channels last added into");
+        let wrong = gpu.upload_f32(&[2, out, h, w], &residual).unwrap();
+        let result = conv2d(gpu, &tx, &tw, &last_opts.with_residual(Some(&wrong)));
+        assert!(matches!(result, Err(Error::Shape { .. })), "a channels-first residual: {result:?}");
+    }
+}
+
 /// What the epilogue adds after the bias: a value per (sample, channel) and a residual of
 /// the output's shape, together and apart, including the output-channel chunk of a
 /// partial conv (whose channel_add values start at its first channel).

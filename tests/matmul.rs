@@ -336,6 +336,49 @@ fn stacked_layers_split_their_outputs() {
     assert!(matches!(result, Err(Error::Shape { .. })), "f16 parts that would split a word: {result:?}");
 }
 
+/// Tokens projected back to an image (a transformer's proj_out): the product written
+/// transposed per batch item (`split_columns` 1), `[B, P, K] . [N, K]^T -> [B, N, P, 1]`,
+/// with a residual in the image's layout; f32 and q8 weights, ragged tiles.
+#[test]
+fn tokens_back_to_an_image() {
+    let gpu = gpu();
+    let (batch, pixels, width) = (2, 37, 64);
+    for (i, (dtype, out)) in [(DType::F32, 24), (DType::Q8, 40)].into_iter().enumerate() {
+        let seed = 800 + 10 * i as u64;
+        let bias = random(out, seed + 2, 1.0);
+        let tbias = gpu.upload_f32(&[out], &bias).unwrap();
+        let (tw, w) = upload(gpu, &[out, width], random(out * width, seed + 1, 1.0), dtype);
+        let w_op = Operand { values: &w, shape: &[out, width], transposed: true };
+        let (tokens, t) = upload(gpu, &[batch, pixels, width], random(batch * pixels * width, seed + 3, 1.0), DType::F32);
+        let (residual, r) = upload(gpu, &[batch, out, pixels], random(batch * out * pixels, seed + 4, 1.0), DType::F32);
+        let t_op = Operand { values: &t, shape: &[batch, pixels, width], transposed: false };
+        let opts = MatmulOptions {
+            transpose_b: true,
+            bias: Some(&tbias),
+            residual: Some(&residual),
+            split_columns: Some(1),
+            ..Default::default()
+        };
+        let got = matmul::matmul(gpu, &tokens, &tw, &opts).unwrap();
+        assert_eq!(got.shape(), [batch, out, pixels, 1]);
+        // The reference's [B, P, out] product, transposed per batch item, plus the residual.
+        let (product, _) = cpu::matmul(t_op, w_op, Some(&bias), None);
+        let scale = dot_scale(t_op, w_op, Some(&bias));
+        let channels_first = |v: &[f32], b: usize, n: usize, p: usize| v[(b * pixels + p) * out + n];
+        let (mut want, mut bound) = (Vec::new(), Vec::new());
+        for b in 0..batch {
+            for n in 0..out {
+                for p in 0..pixels {
+                    let residual_value = r[(b * out + n) * pixels + p];
+                    want.push(channels_first(&product, b, n, p) + residual_value);
+                    bound.push(F32_TOL * (channels_first(&scale, b, n, p) + residual_value.abs()) + ATOL);
+                }
+            }
+        }
+        assert_within(&format!("{dtype:?} tokens to image"), &read(&got), &want, &bound);
+    }
+}
+
 /// The benchmark's cases (`kernels::cases`): the built-in model's projections, q8 weights.
 #[test]
 fn the_benchmarks_embedded_cases() {

@@ -19,7 +19,7 @@ pub use keys::ModuleName;
 pub use matching::LayerShape;
 // For the converter, which merges LoRAs into the weights it writes.
 pub(crate) use matching::{ModuleIndex, match_modules};
-pub use side_path::{LoraTargets, SidePath, SidePathSlot, attach};
+pub use side_path::{LoraTargets, OutputLayout, SidePath, SidePathSlot, attach};
 
 /// A LoRA named on a command line: `FILE` or `FILE:SCALE` (scale 1 when omitted).
 #[derive(Debug, Clone, PartialEq)]

@@ -52,6 +52,17 @@ impl SidePathSlot {
     }
 }
 
+/// How a layer lays out its output: `Plain` as its kind does (a Linear `[rows, out]`, a
+/// conv `[N, OC, OH, OW]`), or `Transposed` (a Linear over tokens `[N, out, pixels]`, a
+/// conv `[N, OH, OW, OC]`): a pointwise projection between an image and its tokens then
+/// needs no permute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputLayout {
+    #[default]
+    Plain,
+    Transposed,
+}
+
 /// The LoRAs on one layer, stacked along the rank.
 #[derive(Clone)]
 pub struct SidePath {
@@ -100,22 +111,40 @@ impl SidePath {
         })
     }
 
-    /// `y = activation(y + up(scales * down(x)))` in place for a Linear: `x` `[rows, in]`,
-    /// `y` `[rows, out]` (the layer's output, before its activation).
-    pub fn add_to_linear(&self, x: &Tensor, y: &Tensor, activation: Option<Unary>) -> Result<()> {
-        let gpu = x.gpu();
-        let transposed = MatmulOptions { transpose_b: true, ..Default::default() };
-        let low = ew::mul(gpu, &matmul(gpu, x, &self.down, &transposed)?, &self.scales)?;
-        matmul_accumulate(gpu, &low, &self.up, &MatmulOptions { activation, ..transposed }, y)
+    /// The side path's matrices as a Linear's (`[R, in]`, `[out, R]`, `[R]`), or as a 1x1
+    /// conv's (`[R, in, 1, 1]`, `[out, R, 1, 1]`, `[R, 1, 1]`): a pointwise layer of either
+    /// kind may run as the other.
+    fn shaped(&self, conv: bool) -> Result<[Tensor; 3]> {
+        let [rank, inputs] = [self.down.shape()[0], self.down.shape()[1]];
+        let out = self.up.shape()[0];
+        let pointwise = |shape: [usize; 2]| if conv { vec![shape[0], shape[1], 1, 1] } else { shape.to_vec() };
+        let scales = if conv { vec![rank, 1, 1] } else { vec![rank] };
+        Ok([self.down.reshape(&pointwise([rank, inputs]))?, self.up.reshape(&pointwise([out, rank]))?, self.scales.reshape(&scales)?])
     }
 
-    /// Adds `up(scales * down(x))` into a Conv2d's output `y`; the down convolution has
-    /// the layer's stride and padding, the up one is 1x1.
-    pub fn add_to_conv(&self, x: &Tensor, stride: usize, padding: [usize; 4], y: &Tensor) -> Result<()> {
+    /// `y = activation(y + up(scales * down(x)))` in place for a Linear (or a 1x1 conv run
+    /// as one): `x` `[rows, in]`, `y` `[rows, out]` (the layer's output, before its
+    /// activation), or `y` `[N, out, pixels]` for `x` `[N, pixels, in]` transposed.
+    pub fn add_to_linear(&self, x: &Tensor, y: &Tensor, activation: Option<Unary>, layout: OutputLayout) -> Result<()> {
         let gpu = x.gpu();
-        let low = conv2d(gpu, x, &self.down, &Conv2dOptions { stride, padding, ..Default::default() })?;
-        let low = ew::mul(gpu, &low, &self.scales)?;
-        conv2d_into(gpu, &low, &self.up, &Conv2dOptions::default(), ConvPart { accumulate: true, ..Default::default() }, y)
+        let [down, up, scales] = self.shaped(false)?;
+        let transposed = MatmulOptions { transpose_b: true, ..Default::default() };
+        let low = ew::mul(gpu, &matmul(gpu, x, &down, &transposed)?, &scales)?;
+        let split_columns = (layout == OutputLayout::Transposed).then_some(1);
+        matmul_accumulate(gpu, &low, &up, &MatmulOptions { activation, split_columns, ..transposed }, y)
+    }
+
+    /// Adds `up(scales * down(x))` into a Conv2d's output `y` (or a Linear's run as a 1x1
+    /// conv), laid out as `layout` says; the down convolution has the layer's stride and
+    /// padding, the up one is 1x1.
+    pub fn add_to_conv(&self, x: &Tensor, stride: usize, padding: [usize; 4], y: &Tensor, layout: OutputLayout) -> Result<()> {
+        let gpu = x.gpu();
+        let [down, up, scales] =
+            if self.down.shape().len() == 4 { [self.down.clone(), self.up.clone(), self.scales.clone()] } else { self.shaped(true)? };
+        let low = conv2d(gpu, x, &down, &Conv2dOptions { stride, padding, ..Default::default() })?;
+        let low = ew::mul(gpu, &low, &scales)?;
+        let opts = Conv2dOptions { channels_last: layout == OutputLayout::Transposed, ..Default::default() };
+        conv2d_into(gpu, &low, &up, &opts, ConvPart { accumulate: true, ..Default::default() }, y)
     }
 }
 

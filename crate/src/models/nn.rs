@@ -3,13 +3,13 @@
 //! register under their name for LoRAs (`lora::LoraTargets`) and add the side path of
 //! whatever LoRAs are attached at the time they run.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::kernels::conv2d::{Conv2dOptions, conv2d};
 use crate::kernels::elementwise::Unary;
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
-use crate::lora::{LayerShape, SidePathSlot};
+use crate::lora::{LayerShape, OutputLayout, SidePathSlot};
 use crate::models::weights::Weights;
 
 /// `torch.nn.Linear`: weight `[out, in]`, optional bias `[out]`.
@@ -40,6 +40,15 @@ impl Linear {
         Self { weight, bias, in_features, out_features, lora }
     }
 
+    /// A 1x1 `torch.nn.Conv2d` (weight `[out, in, 1, 1]`, bias `[out]`) as the Linear it
+    /// computes, registered for LoRAs as the conv it is.
+    pub fn load_pointwise_conv(w: &Weights, in_features: usize, out_features: usize) -> Result<Self> {
+        let weight = w.get("weight", &[out_features, in_features, 1, 1])?.reshape(&[out_features, in_features])?;
+        let bias = Some(w.get("bias", &[out_features])?);
+        let lora = w.register_lora(LayerShape::Conv2d { in_channels: in_features, out_channels: out_features, kernel: 1 });
+        Ok(Self { weight, bias, in_features, out_features, lora })
+    }
+
     /// `x [.., in] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, None)
@@ -57,24 +66,46 @@ impl Linear {
         self.forward_fused(x, None, Some(residual))
     }
 
+    /// From tokens back to an image with `residual [B, out, H, W]` added: `x [B, H * W, in]
+    /// -> [B, out, H, W]`, the product written transposed (no permute after it).
+    pub fn forward_to_channels_first_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let &[batch, pixels, _] = x.shape() else {
+            return Err(Error::shape("Linear", format!("tokens [B, S, C] are needed, got {:?}", x.shape())));
+        };
+        let flat_residual = residual.reshape(&[batch, self.out_features, pixels])?;
+        self.product(x, None, Some(&flat_residual), OutputLayout::Transposed)?.reshape(residual.shape())
+    }
+
     fn forward_fused(&self, x: &Tensor, activation: Option<Unary>, residual: Option<&Tensor>) -> Result<Tensor> {
         let shape = x.shape();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
         let flat = x.reshape(&[rows, *shape.last().unwrap_or(&0)])?;
-        let side_path = self.lora.current();
-        let fused_activation = if side_path.is_some() { None } else { activation };
-        let opts =
-            MatmulOptions { transpose_b: true, bias: self.bias.as_ref(), activation: fused_activation, residual, ..Default::default() };
-        let out = matmul(x.gpu(), &flat, &self.weight, &opts)?;
-        if let Some(side_path) = side_path {
-            // Adding after the residual is the same sum: no activation runs on these layers.
-            side_path.add_to_linear(&flat, &out, activation)?;
-        }
+        let out = self.product(&flat, activation, residual, OutputLayout::Plain)?;
         let mut out_shape = shape.to_vec();
         if let Some(last) = out_shape.last_mut() {
             *last = self.out_features;
         }
         out.reshape(&out_shape)
+    }
+
+    /// The product with its epilogue, then the LoRA side path if one is attached.
+    fn product(&self, x: &Tensor, activation: Option<Unary>, residual: Option<&Tensor>, layout: OutputLayout) -> Result<Tensor> {
+        let side_path = self.lora.current();
+        let fused_activation = if side_path.is_some() { None } else { activation };
+        let opts = MatmulOptions {
+            transpose_b: true,
+            bias: self.bias.as_ref(),
+            activation: fused_activation,
+            residual,
+            split_columns: (layout == OutputLayout::Transposed).then_some(1),
+            ..Default::default()
+        };
+        let out = matmul(x.gpu(), x, &self.weight, &opts)?;
+        if let Some(side_path) = side_path {
+            // Adding after the residual is the same sum: no activation runs on these layers.
+            side_path.add_to_linear(x, &out, activation, layout)?;
+        }
+        Ok(out)
     }
 }
 
@@ -142,7 +173,7 @@ impl StackedLinear {
             .map(|(i, layer)| {
                 let out = stacked.view_narrow(0, i, 1)?.reshape(&[rows, out_features])?;
                 if let Some(side_path) = layer.lora.current() {
-                    side_path.add_to_linear(&flat, &out, None)?;
+                    side_path.add_to_linear(&flat, &out, None, OutputLayout::Plain)?;
                 }
                 out.reshape(&out_shape)
             })
@@ -175,6 +206,15 @@ impl Conv2d {
         Ok(Self { weight, bias, stride, padding, out_channels, lora })
     }
 
+    /// A `torch.nn.Linear` (weight `[out, in]`, bias `[out]`) as the 1x1 conv it computes
+    /// on an image's pixels, registered for LoRAs as the Linear it is.
+    pub fn load_linear_as_pointwise(w: &Weights, in_channels: usize, out_channels: usize) -> Result<Self> {
+        let weight = w.get("weight", &[out_channels, in_channels])?.reshape(&[out_channels, in_channels, 1, 1])?;
+        let bias = Some(w.get("bias", &[out_channels])?);
+        let lora = w.register_lora(LayerShape::Linear { in_features: in_channels, out_features: out_channels });
+        Ok(Self { weight, bias, stride: 1, padding: [0; 4], out_channels, lora })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_adding(x, None, None)
     }
@@ -186,9 +226,30 @@ impl Conv2d {
         let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
             .with_channel_add(channel_add)
             .with_residual(residual);
-        let out = conv2d(x.gpu(), x, &self.weight, &opts)?;
+        self.run(x, &opts, OutputLayout::Plain)
+    }
+
+    /// From an image to its tokens, `x [N, C, H, W] -> [N, H * W, out]`: the output
+    /// written channels last (no permute after it).
+    pub fn forward_to_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let opts = Conv2dOptions {
+            stride: self.stride,
+            padding: self.padding,
+            bias: self.bias.as_ref(),
+            channels_last: true,
+            ..Default::default()
+        };
+        let out = self.run(x, &opts, OutputLayout::Transposed)?;
+        let [batch, height, width, channels] = out.shape()[..] else {
+            return Err(Error::shape("Conv2d", format!("tokens from a 4-d output, got {:?}", out.shape())));
+        };
+        out.reshape(&[batch, height * width, channels])
+    }
+
+    fn run(&self, x: &Tensor, opts: &Conv2dOptions, layout: OutputLayout) -> Result<Tensor> {
+        let out = conv2d(x.gpu(), x, &self.weight, opts)?;
         if let Some(side_path) = self.lora.current() {
-            side_path.add_to_conv(x, self.stride, self.padding, &out)?;
+            side_path.add_to_conv(x, self.stride, self.padding, &out, layout)?;
         }
         Ok(out)
     }

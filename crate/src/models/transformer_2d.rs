@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::elementwise as ew;
 use crate::kernels::gather::gather_rows;
-use crate::kernels::layout;
 use crate::models::weights::Weights;
 
 /// The group norm before `proj_in` (fixed in diffusers, not from the config).
@@ -238,27 +237,27 @@ impl BasicTransformerBlock {
 }
 
 /// `proj_in` / `proj_out`: a 1x1 conv on `[B, C, H, W]` or a Linear on `[B, HW, C]` tokens.
-enum Projection {
-    Conv(Conv2d),
-    Linear(Linear),
-}
-
-impl Projection {
-    fn load(w: &Weights, linear: bool, in_features: usize, out_features: usize) -> Result<Self> {
-        Ok(if linear {
-            Projection::Linear(Linear::load(w, in_features, out_features, true)?)
-        } else {
-            Projection::Conv(Conv2d::load(w, in_features, out_features, 1, 1, 0)?)
-        })
+/// `proj_in`: a 1x1 conv, or a Linear run as the 1x1 conv it is, writing the image's
+/// tokens straight from its channels-first pixels.
+fn projection_in(w: &Weights, linear: bool, in_channels: usize, out_channels: usize) -> Result<Conv2d> {
+    if linear {
+        Conv2d::load_linear_as_pointwise(w, in_channels, out_channels)
+    } else {
+        Conv2d::load(w, in_channels, out_channels, 1, 1, 0)
     }
 }
 
-/// Group norm, `proj_in`, the transformer blocks over the `H*W` positions, `proj_out`, plus the input.
+/// `proj_out`: a Linear, or a 1x1 conv run as the Linear it is, writing the tokens back
+/// channels first.
+fn projection_out(w: &Weights, linear: bool, in_features: usize, out_features: usize) -> Result<Linear> {
+    if linear { Linear::load(w, in_features, out_features, true) } else { Linear::load_pointwise_conv(w, in_features, out_features) }
+}
+
 pub struct Transformer2DModel {
     norm: GroupNorm,
-    proj_in: Projection,
+    proj_in: Conv2d,
     blocks: Vec<BasicTransformerBlock>,
-    proj_out: Projection,
+    proj_out: Linear,
 }
 
 impl Transformer2DModel {
@@ -266,11 +265,11 @@ impl Transformer2DModel {
         let inner_dim = c.heads * c.head_dim;
         Ok(Self {
             norm: GroupNorm::load(&w.at("norm"), c.norm_groups, c.in_channels, GROUP_NORM_EPS)?,
-            proj_in: Projection::load(&w.at("proj_in"), c.use_linear_projection, c.in_channels, inner_dim)?,
+            proj_in: projection_in(&w.at("proj_in"), c.use_linear_projection, c.in_channels, inner_dim)?,
             blocks: (0..c.layers)
                 .map(|i| BasicTransformerBlock::load(&w.at(&format!("transformer_blocks.{i}")), c))
                 .collect::<Result<_>>()?,
-            proj_out: Projection::load(&w.at("proj_out"), c.use_linear_projection, inner_dim, c.in_channels)?,
+            proj_out: projection_out(&w.at("proj_out"), c.use_linear_projection, inner_dim, c.in_channels)?,
         })
     }
 
@@ -282,32 +281,14 @@ impl Transformer2DModel {
     /// `x [B, C, H, W]` attending to the text `[B, S, cross_attention_dim]`, with ToDo's
     /// downsampled self-attention where it applies; the result has `x`'s shape.
     pub fn forward(&self, x: &Tensor, text: Text, kept_rows: Option<&KeptRows>) -> Result<Tensor> {
-        let gpu = x.gpu();
-        let &[batch, _, height, width] = x.shape() else {
+        let &[_, _, height, width] = x.shape() else {
             return Err(Error::shape("Transformer2DModel", format!("expects [B, C, H, W], got {:?}", x.shape())));
         };
-        let normed = self.norm.forward(x, false)?;
-        // NCHW -> [B, H*W, C] tokens, before or after proj_in as the projection kind needs.
-        let to_tokens = |t: &Tensor| -> Result<Tensor> {
-            let channels = t.shape()[1];
-            layout::permute(gpu, t, &[0, 2, 3, 1])?.reshape(&[batch, height * width, channels])
-        };
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
-            Projection::Linear(linear) => linear.forward(&to_tokens(&normed)?)?,
-        };
+        let mut tokens = self.proj_in.forward_to_tokens(&self.norm.forward(x, false)?)?;
         let kept_rows = kept_rows.and_then(|k| k.at(height, width));
         for block in &self.blocks {
             tokens = block.forward(&tokens, text, kept_rows)?;
         }
-        let to_image = |t: &Tensor| -> Result<Tensor> {
-            let channels = t.shape()[2];
-            layout::permute(gpu, &t.reshape(&[batch, height, width, channels])?, &[0, 3, 1, 2])
-        };
-        match &self.proj_out {
-            // The input comes back as the residual, in the conv's epilogue.
-            Projection::Conv(conv) => conv.forward_adding(&to_image(&tokens)?, None, Some(x)),
-            Projection::Linear(linear) => ew::add(gpu, &to_image(&linear.forward(&tokens)?)?, x),
-        }
+        self.proj_out.forward_to_channels_first_adding(&tokens, x)
     }
 }

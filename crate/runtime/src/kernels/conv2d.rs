@@ -68,6 +68,7 @@ struct Params {
 /// `Params::epilogue` bits, as conv2d.wgsl's `EPILOGUE_*` (the bias's: `kernels::bias_epilogue_bits`).
 const EPILOGUE_CHANNEL_ADD: u32 = 4;
 const EPILOGUE_RESIDUAL: u32 = 8;
+const EPILOGUE_CHANNELS_LAST: u32 = 16;
 
 /// How to convolve: stride, zero padding, an optional bias, what the epilogue adds and
 /// the multiply precision.
@@ -93,12 +94,24 @@ pub struct Conv2dOptions<'a> {
     /// Tiles and products in f16 (sums stay f32); honoured only when the device has
     /// shader-f16, otherwise the f32 kernel runs.
     pub f16_math: bool,
+    /// The output (and the residual) laid out `[N, OH, OW, OC]`: a 1x1 conv from an image
+    /// to its tokens writes them with no permute after it.
+    pub channels_last: bool,
 }
 
 impl<'a> Conv2dOptions<'a> {
     /// `stride`, `padding` on every side, no bias.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride, padding: [padding; 4], bias: None, channel_add: None, residual: None, activation: None, f16_math: false }
+        Self {
+            stride,
+            padding: [padding; 4],
+            bias: None,
+            channel_add: None,
+            residual: None,
+            activation: None,
+            f16_math: false,
+            channels_last: false,
+        }
     }
 
     pub fn with_bias(self, bias: &'a Tensor) -> Self {
@@ -176,8 +189,14 @@ pub struct ConvPart {
     pub accumulate: bool,
 }
 
+/// The output's shape, `[N, OC, OH, OW]`, or `[N, OH, OW, OC]` channels last.
+fn output_shape(opts: &Conv2dOptions, batch: usize, out_channels: usize, [out_h, out_w]: [usize; 2]) -> [usize; 4] {
+    if opts.channels_last { [batch, out_h, out_w, out_channels] } else { [batch, out_channels, out_h, out_w] }
+}
+
 /// `x` `[N, C, H, W]` f32 convolved with `weight` `[OC, C, KH, KW]` (f32, packed f16,
-/// q8 or q4), plus the optional bias: `[N, OC, OH, OW]` f32.
+/// q8 or q4), plus the optional bias: `[N, OC, OH, OW]` f32 (or `[N, OH, OW, OC]`, as
+/// `opts.channels_last` says).
 pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> Result<Tensor> {
     let [batch, channels, _, _] = dims4("input", x)?;
     let [out_channels, weight_channels, _, _] = dims4("weight", weight)?;
@@ -187,25 +206,23 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions) -> R
             format!("weight {:?} expects {weight_channels} input channels, input {:?} has {channels}", weight.shape(), x.shape()),
         ));
     }
-    let (params, [out_h, out_w]) = checked_params(x, weight, opts, ConvPart::default(), out_channels)?;
-    let out = gpu.empty(&[batch, out_channels, out_h, out_w], DType::F32)?;
+    let (params, out_size) = checked_params(x, weight, opts, ConvPart::default(), out_channels)?;
+    let out = gpu.empty(&output_shape(opts, batch, out_channels, out_size), DType::F32)?;
     launch(gpu, x, weight, opts, &params, false, &out)?;
     Ok(out)
 }
 
-/// One part of a convolution, into `out` `[N, OC', OH, OW]` (f32, allocated by the
-/// caller, possibly a view): `x` `[N, C', H, W]` convolved with the block
+/// One part of a convolution, into `out` `[N, OC', OH, OW]` (or channels last; f32,
+/// allocated by the caller, possibly a view): `x` `[N, C', H, W]` convolved with the block
 /// `weight[part.out_start.., part.in_start..]` of `OC'` output and `C'` input channels,
 /// plus `bias[part.out_start..]` if given; written over `out` or added to it.
 pub fn conv2d_into(gpu: &Gpu, x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvPart, out: &Tensor) -> Result<()> {
     let [batch, _, _, _] = dims4("input", x)?;
-    let [_, out_channels, _, _] = dims4("output", out)?;
-    let (params, [out_h, out_w]) = checked_params(x, weight, opts, part, out_channels)?;
-    if out.dtype() != DType::F32 || out.shape() != [batch, out_channels, out_h, out_w] {
-        return Err(Error::shape(
-            OP,
-            format!("output must be f32 [{batch}, {out_channels}, {out_h}, {out_w}], got {:?} {:?}", out.dtype(), out.shape()),
-        ));
+    let out_channels = dims4("output", out)?[if opts.channels_last { 3 } else { 1 }];
+    let (params, out_size) = checked_params(x, weight, opts, part, out_channels)?;
+    let shape = output_shape(opts, batch, out_channels, out_size);
+    if out.dtype() != DType::F32 || out.shape() != shape {
+        return Err(Error::shape(OP, format!("output must be f32 {shape:?}, got {:?} {:?}", out.dtype(), out.shape())));
     }
     launch(gpu, x, weight, opts, &params, part.accumulate, out)
 }
@@ -251,17 +268,14 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         None => 0,
     };
     let [out_h, out_w] = output_size(height, width, [kernel_h, kernel_w], opts.stride, opts.padding)?;
-    if let Some(residual) = opts.residual.filter(|r| r.dtype() != DType::F32 || r.shape() != [batch, out_channels, out_h, out_w]) {
+    let out_shape = output_shape(opts, batch, out_channels, [out_h, out_w]);
+    if let Some(residual) = opts.residual.filter(|r| r.dtype() != DType::F32 || r.shape() != out_shape) {
         return Err(Error::shape(
             OP,
-            format!(
-                "residual must be f32 of the output's shape [{batch}, {out_channels}, {out_h}, {out_w}], got {:?} {:?}",
-                residual.dtype(),
-                residual.shape()
-            ),
+            format!("residual must be f32 of the output's shape {out_shape:?}, got {:?} {:?}", residual.dtype(), residual.shape()),
         ));
     }
-    for (what, shape) in [("input", x.shape()), ("weight", weight.shape()), ("output", &[batch, out_channels, out_h, out_w])] {
+    for (what, shape) in [("input", x.shape()), ("weight", weight.shape()), ("output", &out_shape)] {
         check_indexable(what, shape)?;
     }
     let taps = kernel_h * kernel_w;
@@ -288,7 +302,8 @@ fn checked_params(x: &Tensor, weight: &Tensor, opts: &Conv2dOptions, part: ConvP
         channel_add_stride: weight_out as u32,
         epilogue: bias_bits
             | if opts.channel_add.is_some() { EPILOGUE_CHANNEL_ADD } else { 0 }
-            | if opts.residual.is_some() { EPILOGUE_RESIDUAL } else { 0 },
+            | if opts.residual.is_some() { EPILOGUE_RESIDUAL } else { 0 }
+            | if opts.channels_last { EPILOGUE_CHANNELS_LAST } else { 0 },
         activation,
     };
     Ok((params, [out_h, out_w]))

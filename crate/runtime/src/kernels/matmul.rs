@@ -88,8 +88,9 @@ pub struct MatmulOptions<'a> {
     /// shader-f16, otherwise the f32 kernel runs.
     pub f16_math: bool,
     /// The output's columns in parts of this many, each a contiguous matrix: `[N / split,
-    /// M, split]` instead of `[M, N]` (stacked Linear layers, one output each). Must
-    /// divide N; 2-d operands only.
+    /// M, split]` (per batch) instead of `[M, N]`: stacked Linear layers get one output
+    /// each, and split 1 writes the product transposed (tokens in, channels-first out).
+    /// Must divide N.
     pub split_columns: Option<usize>,
 }
 
@@ -192,10 +193,11 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
         return Err(Error::shape(OP, format!("{largest} elements overflow the kernel's 32-bit indices")));
     }
     let split = opts.split_columns.unwrap_or(n);
-    if split == 0 || !n.is_multiple_of(split) || (split != n && batches.is_some()) {
-        return Err(Error::shape(OP, format!("split_columns {split} needs 2-d operands and must divide the output's {n} columns")));
+    if split == 0 || !n.is_multiple_of(split) {
+        return Err(Error::shape(OP, format!("split_columns {split} must divide the output's {n} columns")));
     }
     let out_shape = match batches {
+        Some(count) if split != n => vec![count, n / split, m, split],
         Some(count) => vec![count, m, n],
         None if split != n => vec![n / split, m, split],
         None => vec![m, n],
@@ -211,8 +213,10 @@ fn dims(a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Dims> {
         out_shape,
     };
     // A shared 2-D b (the linear layer) and a row-major a: the batches stack into one
-    // tall matrix, so partial row tiles are paid once, not per batch.
-    Ok(if b_batch.is_none() && !opts.transpose_a { Dims { batches: 1, m: dims.batches * m, a_batch_stride: 0, ..dims } } else { dims })
+    // tall matrix, so partial row tiles are paid once, not per batch (unless the output
+    // is split, whose parts are per batch).
+    let stack = b_batch.is_none() && !opts.transpose_a && split == n;
+    Ok(if stack { Dims { batches: 1, m: dims.batches * m, a_batch_stride: 0, ..dims } } else { dims })
 }
 
 /// The dispatch of a product with `rows` x `cols` outputs per batch: column tiles in
@@ -231,7 +235,7 @@ pub fn workgroups(gpu: &Gpu, rows: usize, cols: usize, batches: usize) -> Result
 /// packed f16 `[K, N]` or `[B, K, N]` (a 2-D operand is shared by every batch of the
 /// other), or a q8/q4 weight `[N, K]` with `transpose_b`; `transpose_*` swap the stored
 /// order of the last two dimensions. The result is f32 `[M, N]`, or `[B, M, N]` when
-/// either operand has a batch (with `split_columns`, `[N / split, M, split]`).
+/// either operand has a batch (with `split_columns`, `[.., N / split, M, split]`).
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     let dims = dims(a, b, opts)?;
     let out = gpu.empty(&dims.out_shape, DType::F32)?;
