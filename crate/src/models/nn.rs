@@ -5,7 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
-use crate::kernels::conv2d::{Conv2dOptions, conv2d};
+use crate::kernels::conv2d::{Conv2dOptions, conv2d, output_size};
+use crate::kernels::elementwise as ew;
 use crate::kernels::elementwise::Unary;
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
@@ -199,9 +200,14 @@ impl Conv2d {
 
     /// `dims` is `[in, out, kernel, stride]`; `padding` is `[top, bottom, left, right]`.
     pub fn load_padded(w: &Weights, dims: [usize; 4], padding: [usize; 4]) -> Result<Self> {
+        Self::load_with_bias(w, dims, padding, true)
+    }
+
+    /// As `load_padded`, with a bias only when `bias` (TAESD's encoder has convs without).
+    pub fn load_with_bias(w: &Weights, dims: [usize; 4], padding: [usize; 4], bias: bool) -> Result<Self> {
         let [in_channels, out_channels, kernel, stride] = dims;
         let weight = w.get("weight", &[out_channels, in_channels, kernel, kernel])?;
-        let bias = Some(w.get("bias", &[out_channels])?);
+        let bias = bias.then(|| w.get("bias", &[out_channels])).transpose()?;
         let lora = w.register_lora(LayerShape::Conv2d { in_channels, out_channels, kernel });
         Ok(Self { weight, bias, stride, padding, out_channels, lora })
     }
@@ -227,6 +233,24 @@ impl Conv2d {
             .with_channel_add(channel_add)
             .with_residual(residual);
         self.run(x, &opts, OutputLayout::Plain)
+    }
+
+    /// With `residual` added, then `activation` applied, in the epilogue (TAESD's
+    /// `relu(conv(h) + x)`); with a LoRA side path the activation runs after it, apart.
+    pub fn forward_activated(&self, x: &Tensor, residual: Option<&Tensor>, activation: Option<Unary>) -> Result<Tensor> {
+        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
+            .with_residual(residual);
+        match (self.lora.current(), activation) {
+            (Some(_), Some(activation)) => ew::unary(x.gpu(), &self.run(x, &opts, OutputLayout::Plain)?, activation),
+            _ => self.run(x, &opts.with_activation(activation), OutputLayout::Plain),
+        }
+    }
+
+    /// The output's `[N, OC, OH, OW]` for an input of `[N, C, H, W]`.
+    pub fn output_shape(&self, [n, _, h, w]: [usize; 4]) -> Result<[usize; 4]> {
+        let [kernel_h, kernel_w] = [self.weight.shape()[2], self.weight.shape()[3]];
+        let [out_h, out_w] = output_size(h, w, [kernel_h, kernel_w], self.stride, self.padding)?;
+        Ok([n, self.out_channels, out_h, out_w])
     }
 
     /// From an image to its tokens, `x [N, C, H, W] -> [N, H * W, out]`: the output

@@ -5,10 +5,10 @@
 
 use serde::Deserialize;
 
+use super::nn::Conv2d;
 use super::vae::{ActivationLimit, dims4};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::conv2d::{Conv2dOptions, conv2d, output_size};
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::layout;
 use crate::loader::{ModelFiles, WeightPrecision, read_config};
@@ -101,59 +101,36 @@ impl AutoencoderTinyConfig {
     }
 }
 
-/// A 3x3 conv with padding 1 and an optional bias (`models::nn::Conv2d` always has one).
-struct TinyConv {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    out_channels: usize,
-}
-
-impl TinyConv {
-    fn load(w: &Weights, [in_channels, out_channels]: [usize; 2], stride: usize, bias: bool) -> Result<Self> {
-        let weight = w.get("weight", &[out_channels, in_channels, 3, 3])?;
-        let bias = bias.then(|| w.get("bias", &[out_channels])).transpose()?;
-        Ok(Self { weight, bias, stride, out_channels })
-    }
-
-    /// The conv, then `residual` added and `activation` applied in its epilogue.
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, activation: Option<Unary>) -> Result<Tensor> {
-        let opts =
-            Conv2dOptions { stride: self.stride, padding: [1; 4], bias: self.bias.as_ref(), residual, activation, ..Default::default() };
-        conv2d(x.gpu(), x, &self.weight, &opts)
-    }
-
-    fn output_shape(&self, [b, _, h, w]: [usize; 4]) -> Result<[usize; 4]> {
-        let [out_h, out_w] = output_size(h, w, [3, 3], self.stride, [1; 4])?;
-        Ok([b, self.out_channels, out_h, out_w])
-    }
+/// TAESD's convs: 3x3 with padding 1, a bias unless the encoder's strided ones.
+fn tiny_conv(w: &Weights, [in_channels, out_channels]: [usize; 2], stride: usize, bias: bool) -> Result<Conv2d> {
+    Conv2d::load_with_bias(w, [in_channels, out_channels, 3, stride], [1; 4], bias)
 }
 
 /// diffusers' `AutoencoderTinyBlock` with equal input and output widths (the only kind
 /// the tiny VAE builds, so the skip is the identity): `relu(convs(x) + x)`, three launches
 /// (each activation and the skip in a conv's epilogue).
 struct TinyBlock {
-    convs: [TinyConv; 3],
+    convs: [Conv2d; 3],
     act: Unary,
 }
 
 impl TinyBlock {
     fn load(w: &Weights, channels: usize, act: Unary) -> Result<Self> {
         // Positions 1 and 3 of the inner `nn.Sequential` are the activations.
-        let conv = |i: usize| TinyConv::load(&w.at(&format!("conv.{i}")), [channels, channels], 1, true);
+        let conv = |i: usize| tiny_conv(&w.at(&format!("conv.{i}")), [channels, channels], 1, true);
         Ok(Self { convs: [conv(0)?, conv(2)?, conv(4)?], act })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [first, second, third] = &self.convs;
-        let h = first.forward(x, None, Some(self.act))?;
-        let h = second.forward(&h, None, Some(self.act))?;
-        third.forward(&h, Some(x), Some(Unary::Relu))
+        let h = first.forward_activated(x, None, Some(self.act))?;
+        let h = second.forward_activated(&h, None, Some(self.act))?;
+        third.forward_activated(&h, Some(x), Some(Unary::Relu))
     }
 }
 
 enum Layer {
-    Conv(TinyConv),
+    Conv(Conv2d),
     Activation(Unary),
     // Boxed: a block is three convs, far larger than the other layers.
     Block(Box<TinyBlock>),
@@ -183,7 +160,7 @@ impl Layers {
     }
 
     fn conv(&mut self, channels: [usize; 2], stride: usize, bias: bool) -> Result<()> {
-        let conv = TinyConv::load(&self.next(), channels, stride, bias)?;
+        let conv = tiny_conv(&self.next(), channels, stride, bias)?;
         self.layers.push(Layer::Conv(conv));
         Ok(())
     }
@@ -202,8 +179,8 @@ impl Layers {
             h = match layer {
                 // A conv and the activation after it are one launch.
                 Layer::Conv(conv) => match layers.next_if(|next| matches!(next, Layer::Activation(_))) {
-                    Some(&Layer::Activation(act)) => conv.forward(&h, None, Some(act))?,
-                    _ => conv.forward(&h, None, None)?,
+                    Some(&Layer::Activation(act)) => conv.forward_activated(&h, None, Some(act))?,
+                    _ => conv.forward(&h)?,
                 },
                 Layer::Activation(act) => ew::unary(gpu, &h, *act)?,
                 Layer::Block(block) => block.forward(&h)?,
