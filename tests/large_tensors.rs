@@ -10,10 +10,10 @@ use std::time::Instant;
 use common::{assert_close, gpu, random, read};
 use webdiffusion::Error;
 use webdiffusion::gpu::{DType, Gpu, Tensor};
+use webdiffusion::kernels::channel_chunks::ChannelChunks;
 use webdiffusion::kernels::conv2d::{Conv2dOptions, ConvPart, conv2d, conv2d_into};
 use webdiffusion::kernels::gather::gather_rows;
 use webdiffusion::kernels::{elementwise as ew, layout, norm};
-use webdiffusion::models::vae::ChannelChunks;
 use webdiffusion::reference::gather as cpu_gather;
 
 fn alignment() -> usize {
@@ -148,15 +148,25 @@ fn chunked_ops_match_whole(shape: [usize; 4], split: usize, out_split: usize, we
     let w = param(&[out_channels, channels, 3, 3], 13, 0.5);
     let bias = param(&[out_channels], 14, 1.0);
     let opts = Conv2dOptions::new(1, 1).with_bias(&bias);
-    let conv = chunks.conv2d(&w, &opts, out_split).unwrap();
+    let conv = chunks.conv2d(&w, &opts, None, out_split).unwrap();
     assert_eq!(conv.ranges().count(), out_channels.div_ceil(out_split), "{what}");
     let (got, want) = (conv.to_vec_blocking(), read(&conv2d(gpu, &x, &w, &opts).unwrap()));
+    // A residual (chunked as the output is) and per-channel values, added once however
+    // many input chunks the sum has.
+    let (_, residual) = upload(&[shape[0], out_channels, shape[2], shape[3]], 15);
+    let per_channel = gpu.upload_f32(&[shape[0], out_channels], &random(shape[0] * out_channels, 16, 1.0)).unwrap();
+    let residual_chunks = ChannelChunks::split(&residual, out_split).unwrap();
+    let adding = opts.with_channel_add(Some(&per_channel));
+    let got_adding = chunks.conv2d(&w, &adding, Some(&residual_chunks), out_split).unwrap().to_vec_blocking();
+    let want_adding = read(&conv2d(gpu, &x, &w, &adding.with_residual(Some(&residual))).unwrap());
     if split >= channels {
         assert_eq!(got, want, "{what}: conv by output chunks");
+        assert_eq!(got_adding, want_adding, "{what}: conv adding by output chunks");
     } else {
         // 9*C products of size <= 1 summed in f32: regrouping moves the sum by a few of
         // its roundings, far below 1e-4.
         assert_close(&format!("{what}: conv"), &got, &want, 1e-4, 1e-5);
+        assert_close(&format!("{what}: conv adding"), &got_adding, &want_adding, 1e-4, 1e-5);
     }
 
     let up = chunks.upsample_nearest_2x(out_split).unwrap();
@@ -221,7 +231,7 @@ fn an_activation_over_the_binding_limit_runs_in_channel_chunks() {
     let chunks = ChannelChunks::split(&x_gpu, 128).unwrap();
     let offsets: Vec<u64> = chunks.chunks().map(|(_, t)| t.byte_offset()).collect();
     assert_eq!(offsets, [0, 128 * plane as u64 * 4], "two views of the one buffer");
-    let out = read(chunks.conv2d(&weight, &opts, 8).unwrap().as_whole().unwrap());
+    let out = read(chunks.conv2d(&weight, &opts, None, 8).unwrap().as_whole().unwrap());
     for pixel in (0..plane).step_by(4099) {
         for oc in 0..8 {
             let terms = (0..channels).map(|c| w_values[oc * channels + c] as f64 * x[c * plane + pixel] as f64);

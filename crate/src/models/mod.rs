@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod clip;
 pub mod embeddings;
+pub mod feature_map;
 pub mod nn;
 pub mod resnet;
 pub mod taesd;

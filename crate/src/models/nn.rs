@@ -11,6 +11,7 @@ use crate::kernels::elementwise::Unary;
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::norm;
 use crate::lora::{LayerShape, OutputLayout, SidePathSlot};
+use crate::models::feature_map::FeatureMap;
 use crate::models::weights::Weights;
 
 /// `torch.nn.Linear`: weight `[out, in]`, optional bias `[out]`.
@@ -221,18 +222,22 @@ impl Conv2d {
         Ok(Self { weight, bias, stride: 1, padding: [0; 4], out_channels, lora })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward<F: FeatureMap>(&self, x: &F) -> Result<F> {
         self.forward_adding(x, None, None)
     }
 
     /// With what follows the conv in diffusers added in its epilogue: `channel_add`
     /// `[N, out]` per sample and channel (a projected time embedding), `residual` of the
     /// output's shape.
-    pub fn forward_adding(&self, x: &Tensor, channel_add: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_adding<F: FeatureMap>(&self, x: &F, channel_add: Option<&Tensor>, residual: Option<&F>) -> Result<F> {
         let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
-            .with_channel_add(channel_add)
-            .with_residual(residual);
-        self.run(x, &opts, OutputLayout::Plain)
+            .with_channel_add(channel_add);
+        let out = x.conv2d(&self.weight, &opts, residual)?;
+        if let Some(side_path) = self.lora.current() {
+            let whole = |f: &F| f.whole("a LoRA's side path");
+            side_path.add_to_conv(&whole(x)?, self.stride, self.padding, &whole(&out)?, OutputLayout::Plain)?;
+        }
+        Ok(out)
     }
 
     /// With `residual` added, then `activation` applied, in the epilogue (TAESD's
@@ -293,8 +298,8 @@ impl GroupNorm {
     }
 
     /// Normalises `x [N, C, ...]`, then applies SiLU when `silu` (fused).
-    pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        norm::group_norm(x.gpu(), x, self.groups, &self.weight, &self.bias, self.eps, silu)
+    pub fn forward<F: FeatureMap>(&self, x: &F, silu: bool) -> Result<F> {
+        x.group_norm(self, silu)
     }
 }
 

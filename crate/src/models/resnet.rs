@@ -4,8 +4,7 @@
 use super::nn::{Conv2d, GroupNorm, Linear};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
-use crate::kernels::elementwise as ew;
-use crate::kernels::layout;
+use crate::models::feature_map::FeatureMap;
 use crate::models::weights::Weights;
 
 /// What a `ResnetBlock2D` is built with (the arguments diffusers passes).
@@ -50,7 +49,7 @@ impl ResnetBlock2D {
 
     /// `x [B, C, H, W]`; `temb [B, T]` is the time embedding after its SiLU, which the
     /// UNet applies once for all its blocks.
-    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward<F: FeatureMap>(&self, x: &F, temb: Option<&Tensor>) -> Result<F> {
         // The time projection and the shortcut are added in the convs' epilogues.
         let t = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => Some(proj.forward(temb)?),
@@ -64,7 +63,7 @@ impl ResnetBlock2D {
             None => x.clone(),
         };
         let sum = self.conv2.forward_adding(&self.norm2.forward(&h, true)?, None, Some(&shortcut))?;
-        if self.output_scale_factor == 1.0 { Ok(sum) } else { ew::scale(x.gpu(), &sum, 1.0 / self.output_scale_factor) }
+        if self.output_scale_factor == 1.0 { Ok(sum) } else { sum.scale(1.0 / self.output_scale_factor) }
     }
 }
 
@@ -80,7 +79,7 @@ impl Downsample2D {
         Ok(Self { conv: Conv2d::load_padded(&w.at("conv"), [channels, channels, 3, 2], pad)? })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward<F: FeatureMap>(&self, x: &F) -> Result<F> {
         self.conv.forward(x)
     }
 }
@@ -95,7 +94,7 @@ impl Upsample2D {
         Ok(Self { conv: Conv2d::load(&w.at("conv"), channels, channels, 3, 1, 1)? })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&layout::upsample_nearest_2x(x.gpu(), x)?)
+    pub fn forward<F: FeatureMap>(&self, x: &F) -> Result<F> {
+        self.conv.forward(&x.upsample_nearest_2x()?)
     }
 }

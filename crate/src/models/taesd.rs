@@ -6,9 +6,10 @@
 use serde::Deserialize;
 
 use super::nn::Conv2d;
-use super::vae::{ActivationLimit, dims4};
+use super::vae::dims4;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::kernels::activation_limit::ActivationLimit;
 use crate::kernels::elementwise::{self as ew, Unary};
 use crate::kernels::layout;
 use crate::loader::{ModelFiles, WeightPrecision, read_config};

@@ -1,9 +1,11 @@
 //! Thin Rust launchers over the WGSL kernels in `shaders/`: each checks shapes,
 //! allocates the output and records one or more dispatches.
 
+pub mod activation_limit;
 pub mod attention;
 pub mod bench;
 pub mod cases;
+pub mod channel_chunks;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;

@@ -1,19 +1,20 @@
 //! diffusers' VAE `Decoder` (models/autoencoders/vae.py) with its `UpDecoderBlock2D`s:
-//! latents (after `post_quant_conv`) to an image.
+//! latents (after `post_quant_conv`) to an image. Its layers are the UNet's (`nn`,
+//! `resnet`), run on activations held in channel chunks where they outgrow a binding.
 
 use super::AutoencoderKlConfig;
-use super::channel_chunks::ChannelChunks;
-use super::layers::{ChunkPlan, Conv, Resnet, Upsample, group_norm};
-use super::mid_block::{EPS, MidBlock};
+use super::mid_block::{EPS, MidBlock, resnet_config};
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::models::nn::GroupNorm;
+use crate::models::feature_map::{ChunkPlan, FeatureMap};
+use crate::models::nn::{Conv2d, GroupNorm};
+use crate::models::resnet::{ResnetBlock2D, Upsample2D};
 use crate::models::weights::Weights;
 
 /// Resnets at one resolution, then (except in the last block) nearest 2x upsampling and a conv.
 struct UpDecoderBlock2D {
-    resnets: Vec<Resnet>,
-    upsampler: Option<Upsample>,
+    resnets: Vec<ResnetBlock2D>,
+    upsampler: Option<Upsample2D>,
 }
 
 impl UpDecoderBlock2D {
@@ -22,41 +23,33 @@ impl UpDecoderBlock2D {
         let resnets = (0..c.layers_per_block + 1)
             .map(|i| {
                 let input = if i == 0 { in_channels } else { out_channels };
-                Resnet::load(&w.at(&format!("resnets.{i}")), [input, out_channels], c.norm_num_groups, EPS)
+                ResnetBlock2D::load(&w.at(&format!("resnets.{i}")), &resnet_config([input, out_channels], c.norm_num_groups))
             })
             .collect::<Result<_>>()?;
-        let upsampler = upsample.then(|| Upsample::load(&w.at("upsamplers.0"), out_channels)).transpose()?;
+        let upsampler = upsample.then(|| Upsample2D::load(&w.at("upsamplers.0"), out_channels)).transpose()?;
         Ok(Self { resnets, upsampler })
     }
 
-    fn forward(&self, x: &ChannelChunks, plan: &ChunkPlan) -> Result<ChannelChunks> {
+    fn forward<F: FeatureMap>(&self, x: &F) -> Result<F> {
         let mut h = x.clone();
         for resnet in &self.resnets {
-            h = resnet.forward(&h, plan)?;
+            h = resnet.forward(&h, None)?;
         }
         match &self.upsampler {
-            Some(upsampler) => upsampler.forward(&h, plan),
+            Some(upsampler) => upsampler.forward(&h),
             None => Ok(h),
-        }
-    }
-
-    fn check_sizes(&self, mut shape: [usize; 4], plan: &ChunkPlan) -> Result<[usize; 4]> {
-        for resnet in &self.resnets {
-            shape = resnet.check(shape, plan)?;
-        }
-        match &self.upsampler {
-            Some(upsampler) => upsampler.check(shape, plan),
-            None => Ok(shape),
         }
     }
 }
 
 pub(super) struct Decoder {
-    conv_in: Conv,
+    /// The up blocks' widths, deepest first.
+    widths: Vec<usize>,
+    conv_in: Conv2d,
     mid_block: MidBlock,
     up_blocks: Vec<UpDecoderBlock2D>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv,
+    conv_out: Conv2d,
 }
 
 impl Decoder {
@@ -72,34 +65,39 @@ impl Decoder {
             .collect::<Result<_>>()?;
         let first = c.block_out_channels[0];
         Ok(Self {
-            conv_in: Conv::same(&w.at("conv_in"), c.latent_channels, reversed[0], 3, 1)?,
+            conv_in: Conv2d::load(&w.at("conv_in"), c.latent_channels, reversed[0], 3, 1, 1)?,
             mid_block: MidBlock::load(&w.at("mid_block"), reversed[0], c.norm_num_groups, c.mid_block_add_attention)?,
             up_blocks,
             conv_norm_out: GroupNorm::load(&w.at("conv_norm_out"), c.norm_num_groups, first, EPS)?,
-            conv_out: Conv::same(&w.at("conv_out"), first, c.out_channels, 3, 1)?,
+            conv_out: Conv2d::load(&w.at("conv_out"), first, c.out_channels, 3, 1, 1)?,
+            widths: reversed,
         })
     }
 
     /// `z [B, latent_channels, h, w]` to the image `[B, out_channels, H, W]`.
     pub fn forward(&self, z: &Tensor, plan: &ChunkPlan) -> Result<Tensor> {
-        let z = plan.split(self.conv_in.name(), z)?;
-        let mut h = self.mid_block.forward(&self.conv_in.forward(&z, plan)?, plan)?;
+        let z = plan.split("decoder.conv_in", z)?;
+        let mut h = self.mid_block.forward(&self.conv_in.forward(&z)?, plan)?;
         for block in &self.up_blocks {
-            h = block.forward(&h, plan)?;
+            h = block.forward(&h)?;
         }
-        let image = self.conv_out.forward(&group_norm(&h, &self.conv_norm_out)?, plan)?;
-        plan.whole(self.conv_out.name(), &image)
+        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)?.whole("decoder.conv_out")
     }
 
-    /// Walks the shapes `forward` would create, failing at the first one the plan cannot hold.
-    pub fn check_sizes(&self, shape: [usize; 4], plan: &ChunkPlan) -> Result<[usize; 4]> {
-        plan.check(self.conv_in.name(), shape)?;
-        let mut shape = self.mid_block.check_sizes(self.conv_in.check(shape, plan)?, plan)?;
-        for block in &self.up_blocks {
-            shape = block.check_sizes(shape, plan)?;
+    /// Checks from shapes alone that the plan holds every activation `forward` makes for
+    /// latents of `[n, _, h, w]`: each up block's width at its resolution and, upsampled,
+    /// at the next (a resnet's activations all have its output's shape, the next block's
+    /// first input is the last upsampled one); the mid-block attention's and the image whole.
+    pub fn check_sizes(&self, [n, _, mut h, mut w]: [usize; 4], plan: &ChunkPlan) -> Result<()> {
+        plan.check("decoder.conv_in", [n, self.widths[0], h, w])?;
+        self.mid_block.check_sizes([n, self.widths[0], h, w], plan)?;
+        for (i, &width) in self.widths.iter().enumerate() {
+            plan.check(&format!("decoder.up_blocks.{i}"), [n, width, h, w])?;
+            if self.up_blocks[i].upsampler.is_some() {
+                (h, w) = (2 * h, 2 * w);
+                plan.check(&format!("decoder.up_blocks.{i}.upsamplers.0"), [n, width, h, w])?;
+            }
         }
-        let image = self.conv_out.check(shape, plan)?;
-        plan.check_whole(self.conv_out.name(), image)?;
-        Ok(image)
+        plan.check_whole("decoder.conv_out", [n, self.conv_out.out_channels, h, w])
     }
 }

@@ -2,22 +2,22 @@
 //! image to the latent distribution's moments (mean and log-variance stacked on channels).
 
 use super::AutoencoderKlConfig;
-use super::channel_chunks::ChannelChunks;
-use super::layers::{ChunkPlan, Conv, Resnet, group_norm};
-use super::mid_block::{EPS, MidBlock};
+use super::mid_block::{EPS, MidBlock, resnet_config};
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::models::nn::GroupNorm;
+use crate::kernels::conv2d::output_size;
+use crate::models::feature_map::{ChunkPlan, FeatureMap};
+use crate::models::nn::{Conv2d, GroupNorm};
+use crate::models::resnet::{Downsample2D, ResnetBlock2D};
 use crate::models::weights::Weights;
 
 /// The encoder's downsamplers pad only bottom and right, then convolve with stride 2.
-const DOWNSAMPLE_PADDING: [usize; 4] = [0, 1, 0, 1];
+/// diffusers' VAE downsampler: `downsample_padding` 0, so it pads bottom and right by one.
+const DOWNSAMPLE_PADDING: usize = 0;
 
-/// Resnets at one resolution, then (except in the last block) a stride-2 downsampler.
 struct DownEncoderBlock2D {
-    resnets: Vec<Resnet>,
-    /// diffusers' `Downsample2D` with padding 0: only its conv.
-    downsampler: Option<Conv>,
+    resnets: Vec<ResnetBlock2D>,
+    downsampler: Option<Downsample2D>,
 }
 
 impl DownEncoderBlock2D {
@@ -25,43 +25,33 @@ impl DownEncoderBlock2D {
         let resnets = (0..c.layers_per_block)
             .map(|i| {
                 let input = if i == 0 { in_channels } else { out_channels };
-                Resnet::load(&w.at(&format!("resnets.{i}")), [input, out_channels], c.norm_num_groups, EPS)
+                ResnetBlock2D::load(&w.at(&format!("resnets.{i}")), &resnet_config([input, out_channels], c.norm_num_groups))
             })
             .collect::<Result<_>>()?;
-        let downsampler = downsample
-            .then(|| Conv::load(&w.at("downsamplers.0.conv"), [out_channels, out_channels, 3, 2], DOWNSAMPLE_PADDING))
-            .transpose()?;
+        let downsampler = downsample.then(|| Downsample2D::load(&w.at("downsamplers.0"), out_channels, DOWNSAMPLE_PADDING)).transpose()?;
         Ok(Self { resnets, downsampler })
     }
 
-    fn forward(&self, x: &ChannelChunks, plan: &ChunkPlan) -> Result<ChannelChunks> {
+    fn forward<F: FeatureMap>(&self, x: &F) -> Result<F> {
         let mut h = x.clone();
         for resnet in &self.resnets {
-            h = resnet.forward(&h, plan)?;
+            h = resnet.forward(&h, None)?;
         }
         match &self.downsampler {
-            Some(downsampler) => downsampler.forward(&h, plan),
+            Some(downsampler) => downsampler.forward(&h),
             None => Ok(h),
-        }
-    }
-
-    fn check_sizes(&self, mut shape: [usize; 4], plan: &ChunkPlan) -> Result<[usize; 4]> {
-        for resnet in &self.resnets {
-            shape = resnet.check(shape, plan)?;
-        }
-        match &self.downsampler {
-            Some(downsampler) => downsampler.check(shape, plan),
-            None => Ok(shape),
         }
     }
 }
 
 pub(super) struct Encoder {
-    conv_in: Conv,
+    /// The down blocks' widths, first to last.
+    widths: Vec<usize>,
+    conv_in: Conv2d,
     down_blocks: Vec<DownEncoderBlock2D>,
     mid_block: MidBlock,
     conv_norm_out: GroupNorm,
-    conv_out: Conv,
+    conv_out: Conv2d,
 }
 
 impl Encoder {
@@ -77,37 +67,39 @@ impl Encoder {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            conv_in: Conv::same(&w.at("conv_in"), c.in_channels, channels[0], 3, 1)?,
+            conv_in: Conv2d::load(&w.at("conv_in"), c.in_channels, channels[0], 3, 1, 1)?,
             down_blocks,
             mid_block: MidBlock::load(&w.at("mid_block"), last, c.norm_num_groups, c.mid_block_add_attention)?,
             conv_norm_out: GroupNorm::load(&w.at("conv_norm_out"), c.norm_num_groups, last, EPS)?,
             // Mean and log-variance for every latent channel (diffusers' double_z).
-            conv_out: Conv::same(&w.at("conv_out"), last, 2 * c.latent_channels, 3, 1)?,
+            conv_out: Conv2d::load(&w.at("conv_out"), last, 2 * c.latent_channels, 3, 1, 1)?,
+            widths: channels.clone(),
         })
     }
 
-    /// `x [B, in_channels, H, W]` to the moments `[B, 2 * latent_channels, h, w]` (before `quant_conv`).
     pub fn forward(&self, x: &Tensor, plan: &ChunkPlan) -> Result<Tensor> {
-        let x = plan.split(self.conv_in.name(), x)?;
-        let mut h = self.conv_in.forward(&x, plan)?;
+        let x = plan.split("encoder.conv_in", x)?;
+        let mut h = self.conv_in.forward(&x)?;
         for block in &self.down_blocks {
-            h = block.forward(&h, plan)?;
+            h = block.forward(&h)?;
         }
         h = self.mid_block.forward(&h, plan)?;
-        let moments = self.conv_out.forward(&group_norm(&h, &self.conv_norm_out)?, plan)?;
-        plan.whole(self.conv_out.name(), &moments)
+        self.conv_out.forward(&self.conv_norm_out.forward(&h, true)?)?.whole("encoder.conv_out")
     }
 
-    /// Walks the shapes `forward` would create, failing at the first one the plan cannot hold.
-    pub fn check_sizes(&self, shape: [usize; 4], plan: &ChunkPlan) -> Result<[usize; 4]> {
-        plan.check(self.conv_in.name(), shape)?;
-        let mut shape = self.conv_in.check(shape, plan)?;
-        for block in &self.down_blocks {
-            shape = block.check_sizes(shape, plan)?;
+    /// Checks from shapes alone that the plan holds every activation `forward` makes for
+    /// an image of `[n, _, h, w]`: each down block's width at its resolution and,
+    /// downsampled, at the next; the mid-block attention's and the moments whole.
+    pub fn check_sizes(&self, [n, _, mut h, mut w]: [usize; 4], plan: &ChunkPlan) -> Result<()> {
+        for (i, &width) in self.widths.iter().enumerate() {
+            plan.check(&format!("encoder.down_blocks.{i}"), [n, width, h, w])?;
+            if self.down_blocks[i].downsampler.is_some() {
+                [h, w] = output_size(h, w, [3, 3], 2, [0, 1, 0, 1])?;
+                plan.check(&format!("encoder.down_blocks.{i}.downsamplers.0"), [n, width, h, w])?;
+            }
         }
-        shape = self.mid_block.check_sizes(shape, plan)?;
-        let moments = self.conv_out.check(shape, plan)?;
-        plan.check_whole(self.conv_out.name(), moments)?;
-        Ok(moments)
+        let last = self.widths[self.widths.len() - 1];
+        self.mid_block.check_sizes([n, last, h, w], plan)?;
+        plan.check_whole("encoder.conv_out", [n, self.conv_out.out_channels, h, w])
     }
 }

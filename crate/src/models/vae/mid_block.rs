@@ -2,20 +2,20 @@
 //! spatial self-attention with a group norm and a residual connection, another resnet;
 //! no time embedding.
 
-use super::channel_chunks::ChannelChunks;
-use super::layers::{ChunkPlan, Resnet};
 use crate::error::{Error, Result};
 use crate::models::attention::{Attention, AttentionConfig};
+use crate::models::feature_map::{ChunkPlan, ChunkedFeatures, FeatureMap};
+use crate::models::resnet::{ResnetBlock2D, ResnetConfig};
 use crate::models::weights::Weights;
 
 /// The VAE's resnets and norms all use this epsilon.
 pub(super) const EPS: f32 = 1e-6;
 
 pub(super) struct MidBlock {
-    first: Resnet,
+    first: ResnetBlock2D,
     /// The attention and its weights' prefix.
     attention: Option<(Attention, String)>,
-    second: Resnet,
+    second: ResnetBlock2D,
 }
 
 impl MidBlock {
@@ -41,7 +41,7 @@ impl MidBlock {
                 ),
             });
         }
-        let resnet = |name: &str| Resnet::load(&w.at(name), [channels, channels], groups, EPS);
+        let resnet = |name: &str| ResnetBlock2D::load(&w.at(name), &resnet_config([channels, channels], groups));
         Ok(Self {
             first: resnet("resnets.0")?,
             attention: add_attention
@@ -51,21 +51,25 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &ChannelChunks, plan: &ChunkPlan) -> Result<ChannelChunks> {
-        let mut h = self.first.forward(x, plan)?;
+    pub fn forward(&self, x: &ChunkedFeatures, plan: &ChunkPlan) -> Result<ChunkedFeatures> {
+        let mut h = self.first.forward(x, None)?;
         if let Some((attention, name)) = &self.attention {
             // Every position attends to every other across all channels: no channel split.
-            h = ChannelChunks::whole(attention.forward_spatial(&plan.whole(name, &h)?)?)?;
+            h = ChunkedFeatures::whole_tensor(attention.forward_spatial(&h.whole(name)?)?, *plan)?;
         }
-        self.second.forward(&h, plan)
+        self.second.forward(&h, None)
     }
 
     /// Every activation has the input's shape; the attention needs it whole.
-    pub fn check_sizes(&self, x: [usize; 4], plan: &ChunkPlan) -> Result<[usize; 4]> {
-        let h = self.first.check(x, plan)?;
-        if let Some((_, name)) = &self.attention {
-            plan.check_whole(name, h)?;
+    pub fn check_sizes(&self, x: [usize; 4], plan: &ChunkPlan) -> Result<()> {
+        match &self.attention {
+            Some((_, name)) => plan.check_whole(name, x),
+            None => Ok(()),
         }
-        self.second.check(h, plan)
     }
+}
+
+/// A resnet of the VAE: no time embedding, `groups` groups, the VAE's epsilon.
+pub(super) fn resnet_config([in_channels, out_channels]: [usize; 2], groups: usize) -> ResnetConfig {
+    ResnetConfig { in_channels, out_channels, temb_channels: None, groups, eps: EPS, output_scale_factor: 1.0 }
 }

@@ -4,16 +4,11 @@
 //! what `force_upcast` asks for. Activations larger than one storage binding (the
 //! decoder's [1, 256, 512, 512] at 512x512) are held and processed in channel chunks.
 
-mod activation_limit;
-mod channel_chunks;
 mod decoder;
 mod distribution;
 mod encoder;
-mod layers;
 mod mid_block;
 
-pub(crate) use activation_limit::ActivationLimit;
-pub use channel_chunks::ChannelChunks;
 pub use distribution::sample_latents;
 
 use serde::Deserialize;
@@ -21,13 +16,14 @@ use serde::Deserialize;
 use super::nn::Conv2d;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::kernels::activation_limit::ActivationLimit;
 use crate::kernels::attention::MAX_HEAD_DIM;
 use crate::kernels::layout;
 use crate::loader::{LATENT_RGB_FILE, LatentRgb, ModelFiles, WeightPrecision, read_config};
+use crate::models::feature_map::ChunkPlan;
 use crate::models::weights::Weights;
 use decoder::Decoder;
 use encoder::Encoder;
-use layers::ChunkPlan;
 
 /// `sample_size` is one side or `[height, width]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -236,14 +232,14 @@ impl AutoencoderKl {
     pub fn check_decode_size(&self, gpu: &Gpu, latent_shape: [usize; 4]) -> Result<()> {
         let plan = self.plan(gpu);
         plan.check_whole("the latents", latent_shape)?;
-        self.decoder.check_sizes(latent_shape, &plan).map(|_| ())
+        self.decoder.check_sizes(latent_shape, &plan)
     }
 
     /// Like `check_decode_size`, for encoding an image of `image_shape`.
     pub fn check_encode_size(&self, gpu: &Gpu, image_shape: [usize; 4]) -> Result<()> {
         let plan = self.plan(gpu);
         plan.check_whole("the image", image_shape)?;
-        self.encoder.check_sizes(image_shape, &plan).map(|_| ())
+        self.encoder.check_sizes(image_shape, &plan)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The largest activation one storage binding takes, checked layer by layer from shapes
-//! alone before any work is queued, and how the VAE splits larger ones into chunks of
+//! alone before any work is queued, and how a network splits larger ones into chunks of
 //! channels; so a too-large image fails at once with the layer's name instead of deep
 //! inside a pass.
 
@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ActivationLimit {
+pub struct ActivationLimit {
     bytes: u64,
 }
 

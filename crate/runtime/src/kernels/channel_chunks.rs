@@ -1,7 +1,8 @@
 //! An NCHW activation held as consecutive channel chunks, each a tensor of its own that
-//! one storage binding can take, and the VAE's operations on it chunk by chunk. At 512x512
-//! the SD decoder makes [1, 256, 512, 512] f32 activations (256 MiB) while WebGPU binds
-//! 128 MiB: held as two chunks of 128 channels, every layer still runs on whole bindings.
+//! one storage binding can take, and the launchers that run on it chunk by chunk (conv,
+//! group norm, upsampling, addition, scaling). At 512x512 the SD decoder makes
+//! [1, 256, 512, 512] f32 activations (256 MiB) while WebGPU binds 128 MiB: held as two
+//! chunks of 128 channels, every layer still runs on whole bindings.
 //!
 //! Chunks are separate tensors rather than views of one large buffer, so the kernels that
 //! allocate their outputs (group norm, upsampling, addition) need no output-offset
@@ -57,7 +58,7 @@ impl ChannelChunks {
     }
 
     /// `x` cut into chunks of `chunk_channels` (the last may be smaller): views of it where
-    /// the slice is contiguous and aligned (batch 1, as the VAE decodes), copies otherwise.
+    /// the slice is contiguous and aligned (batch 1), copies otherwise.
     pub fn split(x: &Tensor, chunk_channels: usize) -> Result<Self> {
         let shape = nchw("the tensor", x)?;
         let channels = shape[1];
@@ -166,8 +167,15 @@ impl ChannelChunks {
 
     /// `kernels::conv2d` with `weight` `[OC, C, KH, KW]`, its output held in chunks of
     /// `out_chunk_channels`: each output chunk sums one partial convolution per input chunk
-    /// (the bias added with the first), reading the weight block in place.
-    pub fn conv2d(&self, weight: &Tensor, opts: &Conv2dOptions, out_chunk_channels: usize) -> Result<Self> {
+    /// (what the epilogue adds, and `residual`'s channels, added with the first), reading
+    /// the weight block in place. `opts.residual` must be none: the residual is chunked too.
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        opts: &Conv2dOptions,
+        residual: Option<&ChannelChunks>,
+        out_chunk_channels: usize,
+    ) -> Result<Self> {
         let [n, channels, h, w] = self.shape;
         let &[out_channels, weight_channels, kernel_h, kernel_w] = weight.shape() else {
             return Err(Error::shape(OP, format!("a conv weight must be [OC, C, KH, KW], got {:?}", weight.shape())));
@@ -176,14 +184,26 @@ impl ChannelChunks {
             return Err(Error::shape(OP, format!("weight {:?} does not take the {channels} channels of {:?}", weight.shape(), self.shape)));
         }
         let [out_h, out_w] = output_size(h, w, [kernel_h, kernel_w], opts.stride, opts.padding)?;
+        if opts.residual.is_some() || opts.channels_last {
+            return Err(Error::shape(OP, "a chunked conv takes its residual in chunks and writes channels first"));
+        }
+        if let Some(residual) = residual.filter(|r| r.shape != [n, out_channels, out_h, out_w]) {
+            return Err(Error::shape(
+                OP,
+                format!("residual {:?} is not the output's [{n}, {out_channels}, {out_h}, {out_w}]", residual.shape),
+            ));
+        }
         let gpu = self.gpu();
-        let without_bias = Conv2dOptions { bias: None, ..*opts };
+        let later_parts = Conv2dOptions { bias: None, channel_add: None, ..*opts };
         let chunks = chunk_starts(out_channels, out_chunk_channels)?
             .map(|out_start| {
-                let out = gpu.empty(&[n, out_chunk_channels.min(out_channels - out_start), out_h, out_w], DType::F32)?;
+                let len = out_chunk_channels.min(out_channels - out_start);
+                let out = gpu.empty(&[n, len, out_h, out_w], DType::F32)?;
+                let residual = residual.map(|r| r.channels(out_start..out_start + len)).transpose()?;
                 for (i, (range, x)) in self.chunks().enumerate() {
                     let part = ConvPart { in_start: range.start, out_start, accumulate: i > 0 };
-                    conv2d_into(gpu, x, weight, if i == 0 { opts } else { &without_bias }, part, &out)?;
+                    let first = opts.with_residual(residual.as_ref());
+                    conv2d_into(gpu, x, weight, if i == 0 { &first } else { &later_parts }, part, &out)?;
                 }
                 Ok((out_start, out))
             })
@@ -202,6 +222,13 @@ impl ChannelChunks {
             })
             .collect::<Result<_>>()?;
         Ok(Self { shape: [n, channels, 2 * h, 2 * w], chunks })
+    }
+
+    /// `self * factor`, chunk by chunk.
+    pub fn scale(&self, factor: f32) -> Result<Self> {
+        let gpu = self.gpu();
+        let chunks = self.chunks().map(|(range, x)| Ok((range.start, ew::scale(gpu, x, factor)?))).collect::<Result<_>>()?;
+        Ok(Self { shape: self.shape, chunks })
     }
 
     /// `self + other` (same shape), in `self`'s chunks.
