@@ -50,18 +50,19 @@ enum Projections {
 impl Projections {
     fn load(w: &Weights, c: &AttentionConfig) -> Result<Self> {
         let inner = c.heads * c.head_dim;
-        let layers = ["to_q", "to_k", "to_v"].map(|name| w.at(name));
+        let context = c.cross_attention_dim.unwrap_or(c.query_dim);
+        let separate = [
+            Linear::load(&w.at("to_q"), c.query_dim, inner, c.qkv_bias)?,
+            Linear::load(&w.at("to_k"), context, inner, c.qkv_bias)?,
+            Linear::load(&w.at("to_v"), context, inner, c.qkv_bias)?,
+        ];
+        // Self-attention's three take one input: one launch computes them.
         if c.cross_attention_dim.is_none()
-            && let Some(stacked) = StackedLinear::load(&layers, c.query_dim, inner, c.qkv_bias)?
+            && let Some(stacked) = StackedLinear::stack(&separate.each_ref())?
         {
             return Ok(Projections::Stacked(stacked));
         }
-        let context = c.cross_attention_dim.unwrap_or(c.query_dim);
-        Ok(Projections::Separate(Box::new([
-            Linear::load(&layers[0], c.query_dim, inner, c.qkv_bias)?,
-            Linear::load(&layers[1], context, inner, c.qkv_bias)?,
-            Linear::load(&layers[2], context, inner, c.qkv_bias)?,
-        ])))
+        Ok(Projections::Separate(Box::new(separate)))
     }
 
     fn queries(&self, x: &Tensor) -> Result<Tensor> {

@@ -8,6 +8,7 @@ pub mod feature_map;
 pub mod nn;
 pub mod resnet;
 pub mod taesd;
+pub mod time_projections;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;

@@ -25,21 +25,10 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(w: &Weights, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
-        let (weight, bias) = Self::load_tensors(w, in_features, out_features, bias)?;
-        Ok(Self::new(w, weight, bias))
-    }
-
-    fn load_tensors(w: &Weights, in_features: usize, out_features: usize, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
         let weight = w.get("weight", &[out_features, in_features])?;
         let bias = if bias { Some(w.get("bias", &[out_features])?) } else { None };
-        Ok((weight, bias))
-    }
-
-    /// The layer at `w`'s prefix of `weight [out, in]` and `bias [out]`, registered for LoRAs.
-    fn new(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Self {
-        let (out_features, in_features) = (weight.shape()[0], weight.shape()[1]);
         let lora = w.register_lora(LayerShape::Linear { in_features, out_features });
-        Self { weight, bias, in_features, out_features, lora }
+        Ok(Self { weight, bias, in_features, out_features, lora })
     }
 
     /// A 1x1 `torch.nn.Conv2d` (weight `[out, in, 1, 1]`, bias `[out]`) as the Linear it
@@ -122,27 +111,39 @@ pub struct StackedLinear {
 }
 
 impl StackedLinear {
-    /// The layers `layers` (each scoped to its name), stacked; `None` where the device
-    /// cannot bind a layer's rows as a view (the storage offset alignment), so the caller
-    /// loads them one by one.
-    pub fn load(layers: &[Weights], in_features: usize, out_features: usize, bias: bool) -> Result<Option<Self>> {
-        let Some(gpu) = layers.first().map(Weights::gpu) else {
+    /// `layers` (one shape, one input) stacked: each becomes a view of its weight's rows
+    /// that keeps its bias and its name's LoRA slot. `None` where the device cannot bind a
+    /// layer's rows as a view (the storage offset alignment) or only some layers have a
+    /// bias; the caller then keeps the layers as they are.
+    pub fn stack(layers: &[&Linear]) -> Result<Option<Self>> {
+        let Some(first) = layers.first() else {
             return Ok(None);
         };
-        let loaded = layers.iter().map(|w| Linear::load_tensors(w, in_features, out_features, bias)).collect::<Result<Vec<_>>>()?;
-        let weight = gpu.concat_rows(&loaded.iter().map(|(weight, _)| weight).collect::<Vec<_>>())?;
-        let bias = match bias {
-            true => Some(gpu.concat_rows(&loaded.iter().filter_map(|(_, bias)| bias.as_ref()).collect::<Vec<_>>())?),
-            false => None,
+        let (in_features, out_features) = (first.in_features, first.out_features);
+        if layers.iter().any(|l| (l.in_features, l.out_features, l.bias.is_some()) != (in_features, out_features, first.bias.is_some())) {
+            return Ok(None);
+        }
+        let gpu = first.weight.gpu();
+        let weight = gpu.concat_rows(&layers.iter().map(|l| &l.weight).collect::<Vec<_>>())?;
+        let bias = match first.bias {
+            Some(_) => Some(gpu.concat_rows(&layers.iter().filter_map(|l| l.bias.as_ref()).collect::<Vec<_>>())?),
+            None => None,
         };
-        let layer = |i: usize, w: &Weights| -> Result<Linear> {
-            let bias = bias.as_ref().map(|b| b.view_narrow(0, i * out_features, out_features)).transpose()?;
-            Ok(Linear::new(w, weight.view_narrow(0, i * out_features, out_features)?, bias))
+        // Each layer's own bias stays: a few bytes, and a view of an f16 stack's rows
+        // rarely lands on the device's offset alignment.
+        let view = |i: usize, layer: &Linear| -> Result<Linear> {
+            let weight = weight.view_narrow(0, i * out_features, out_features)?;
+            Ok(Linear { weight, bias: layer.bias.clone(), in_features, out_features, lora: layer.lora.clone() })
         };
-        let Ok(layers) = layers.iter().enumerate().map(|(i, w)| layer(i, w)).collect::<Result<Vec<_>>>() else {
+        let Ok(layers) = layers.iter().enumerate().map(|(i, layer)| view(i, layer)).collect::<Result<Vec<_>>>() else {
             return Ok(None);
         };
         Ok(Some(Self { weight, bias, layers }))
+    }
+
+    /// Every layer on `x`, as `forward` gives them.
+    pub fn forward_all(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.forward(x, 0, self.layers.len())
     }
 
     pub fn layer(&self, i: usize) -> &Linear {

@@ -26,6 +26,8 @@ pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
     time_emb_proj: Option<Linear>,
+    /// Where this block's time projection is in `Time::projected`, once the UNet took it.
+    time_slot: Option<usize>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -43,19 +45,33 @@ impl ResnetBlock2D {
             conv_shortcut: (c.in_channels != c.out_channels)
                 .then(|| Conv2d::load(&w.at("conv_shortcut"), c.in_channels, c.out_channels, 1, 1, 0))
                 .transpose()?,
+            time_slot: None,
             output_scale_factor: c.output_scale_factor,
         })
     }
 
-    /// `x [B, C, H, W]`; `temb [B, T]` is the time embedding after its SiLU, which the
-    /// UNet applies once for all its blocks.
-    pub fn forward<F: FeatureMap>(&self, x: &F, temb: Option<&Tensor>) -> Result<F> {
+    /// Hands over this block's `time_emb_proj` to be computed with others (`TimeProjections`);
+    /// from then on the block reads its projection at `slot` of `Time::projected`.
+    pub fn take_time_projection(&mut self, slot: usize) -> Option<Linear> {
+        let proj = self.time_emb_proj.take()?;
+        self.time_slot = Some(slot);
+        Some(proj)
+    }
+
+    /// `x [B, C, H, W]`; `time` is the UNet's time embedding (none in the VAE).
+    pub fn forward<F: FeatureMap>(&self, x: &F, time: Option<Time>) -> Result<F> {
         // The time projection and the shortcut are added in the convs' epilogues.
-        let t = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => Some(proj.forward(temb)?),
-            (None, None) => None,
-            (Some(_), None) => return Err(Error::shape("ResnetBlock2D", "this block needs a time embedding")),
-            (None, Some(_)) => return Err(Error::shape("ResnetBlock2D", "this block takes no time embedding")),
+        let t = match (&self.time_emb_proj, self.time_slot, time) {
+            (Some(proj), _, Some(time)) => Some(proj.forward(time.embedding)?),
+            (None, Some(slot), Some(time)) => Some(
+                time.projected
+                    .get(slot)
+                    .cloned()
+                    .ok_or_else(|| Error::shape("ResnetBlock2D", format!("no time projection at slot {slot}")))?,
+            ),
+            (None, None, None) => None,
+            (_, _, None) => return Err(Error::shape("ResnetBlock2D", "this block needs a time embedding")),
+            (None, None, Some(_)) => return Err(Error::shape("ResnetBlock2D", "this block takes no time embedding")),
         };
         let h = self.conv1.forward_adding(&self.norm1.forward(x, true)?, t.as_ref(), None)?;
         let shortcut = match &self.conv_shortcut {
@@ -65,6 +81,15 @@ impl ResnetBlock2D {
         let sum = self.conv2.forward_adding(&self.norm2.forward(&h, true)?, None, Some(&shortcut))?;
         if self.output_scale_factor == 1.0 { Ok(sum) } else { sum.scale(1.0 / self.output_scale_factor) }
     }
+}
+
+/// The time embedding as a UNet's resnets take it: the embedding `[B, temb]` after its
+/// SiLU (applied once for all blocks), and the projections computed ahead for the blocks
+/// whose `time_emb_proj` the UNet took, by slot.
+#[derive(Clone, Copy)]
+pub struct Time<'a> {
+    pub embedding: &'a Tensor,
+    pub projected: &'a [Tensor],
 }
 
 /// A 3x3 stride-2 conv. diffusers pads 1 on every side, or with `padding = 0`

@@ -6,6 +6,8 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps};
 use super::nn::{Conv2d, GroupNorm};
+use super::resnet::Time;
+use super::time_projections::TimeProjections;
 use super::transformer_2d::{Text, TextKeysValues, TokenDownsampling};
 use super::unet_2d_blocks::{BlockConfig, Conditioning, CrossAttentionConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
 use crate::error::{Error, Result};
@@ -351,6 +353,8 @@ pub struct UNet2DConditionModel {
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     time_embed_act: Option<Unary>,
+    /// Every resnet's time projection, computed together once a pass.
+    time_projections: TimeProjections,
     conv_in: Conv2d,
     down_blocks: Vec<DownBlock2D>,
     mid_block: UNetMidBlock2DCrossAttn,
@@ -379,25 +383,33 @@ impl UNet2DConditionModel {
             Conv2d::load(&w.at(name), in_channels, out_channels, kernel, 1, (kernel - 1) / 2)
         };
         let blocks = plan.down.len();
-        let down_blocks = plan
+        let mut down_blocks = plan
             .down
             .iter()
             .enumerate()
             .map(|(i, b)| DownBlock2D::load(&w.at(&format!("down_blocks.{i}")), b, (i + 1 < blocks).then_some(c.downsample_padding)))
-            .collect::<Result<_>>()?;
-        let up_blocks = plan
+            .collect::<Result<Vec<_>>>()?;
+        let mut mid_block = UNetMidBlock2DCrossAttn::load(&w.at("mid_block"), &plan.mid)?;
+        let mut up_blocks = plan
             .up
             .iter()
             .enumerate()
             .map(|(i, (b, prev_output))| UpBlock2D::load(&w.at(&format!("up_blocks.{i}")), b, *prev_output, i + 1 < blocks))
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        let resnets = down_blocks
+            .iter_mut()
+            .flat_map(DownBlock2D::resnets_mut)
+            .chain(mid_block.resnets_mut())
+            .chain(up_blocks.iter_mut().flat_map(UpBlock2D::resnets_mut));
+        let time_projections = TimeProjections::take(resnets)?;
         Ok(Self {
             time_proj: Timesteps { dim: first, flip_sin_to_cos: c.flip_sin_to_cos, downscale_freq_shift: c.freq_shift },
             time_embedding: TimestepEmbedding::load(&w.at("time_embedding"), &plan.time)?,
             time_embed_act: plan.time_embed_act,
             conv_in: conv("conv_in", c.in_channels, first, c.conv_in_kernel)?,
             down_blocks,
-            mid_block: UNetMidBlock2DCrossAttn::load(&w.at("mid_block"), &plan.mid)?,
+            mid_block,
+            time_projections,
             up_blocks,
             conv_norm_out: GroupNorm::load(&w.at("conv_norm_out"), plan.groups, first, c.norm_eps)?,
             conv_out: conv("conv_out", first, c.out_channels, c.conv_out_kernel)?,
@@ -502,7 +514,8 @@ impl UNet2DConditionModel {
             Some(downsampling) => downsampling.kept_rows(gpu, sample.shape()[0])?,
             None => None,
         };
-        let c = Conditioning { temb: &temb, text, kept_rows: kept_rows.as_ref() };
+        let projected = self.time_projections.forward(&temb)?;
+        let c = Conditioning { time: Time { embedding: &temb, projected: &projected }, text, kept_rows: kept_rows.as_ref() };
         // Reusing branch b computes skips 0..=b only, and the up layers that take them.
         let fresh_skips = match reuse {
             FeatureReuse::Reuse { branch, .. } => branch + 1,

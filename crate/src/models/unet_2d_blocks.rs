@@ -3,7 +3,7 @@
 //! `UpBlock2D` / `CrossAttnUpBlock2D`. A cross-attention block is the plain block with a
 //! `Transformer2DModel` after each resnet, so one type serves both.
 
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Time, Upsample2D};
 use super::transformer_2d::{KeptRows, Text, Transformer2DConfig, Transformer2DModel};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -83,8 +83,8 @@ fn load_attentions(w: &Weights, c: &BlockConfig, count: usize) -> Result<Vec<Tra
 /// What every layer of one UNet pass sees besides its input.
 #[derive(Clone, Copy)]
 pub struct Conditioning<'a> {
-    /// The time embedding after its SiLU, `[B, temb_channels]`.
-    pub temb: &'a Tensor,
+    /// The time embedding and the resnets' projections of it.
+    pub time: Time<'a>,
     /// The text, `[B, S, cross_attention_dim]`, and its keys and values if computed ahead.
     pub text: Text<'a>,
     /// The token rows ToDo keeps at the largest resolution, if it runs.
@@ -93,7 +93,7 @@ pub struct Conditioning<'a> {
 
 /// A resnet, then its transformer when the block has them.
 fn resnet_then_attention(resnet: &ResnetBlock2D, attention: Option<&Transformer2DModel>, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
-    let h = resnet.forward(x, Some(c.temb))?;
+    let h = resnet.forward(x, Some(c.time))?;
     match attention {
         Some(attention) => attention.forward(&h, c.text, c.kept_rows),
         None => Ok(h),
@@ -128,6 +128,10 @@ impl DownBlock2D {
 
     pub fn transformers(&self) -> &[Transformer2DModel] {
         &self.attentions
+    }
+
+    pub fn resnets_mut(&mut self) -> impl Iterator<Item = &mut ResnetBlock2D> {
+        self.resnets.iter_mut()
     }
 
     /// Its layers: the resnets (each with its transformer), then the downsampler. Each
@@ -179,10 +183,14 @@ impl UNetMidBlock2DCrossAttn {
         &self.attentions
     }
 
+    pub fn resnets_mut(&mut self) -> impl Iterator<Item = &mut ResnetBlock2D> {
+        std::iter::once(&mut self.first).chain(&mut self.resnets)
+    }
+
     pub fn forward(&self, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
-        let mut h = self.first.forward(x, Some(c.temb))?;
+        let mut h = self.first.forward(x, Some(c.time))?;
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets) {
-            h = resnet.forward(&attention.forward(&h, c.text, c.kept_rows)?, Some(c.temb))?;
+            h = resnet.forward(&attention.forward(&h, c.text, c.kept_rows)?, Some(c.time))?;
         }
         Ok(h)
     }
@@ -217,6 +225,10 @@ impl UpBlock2D {
 
     pub fn transformers(&self) -> &[Transformer2DModel] {
         &self.attentions
+    }
+
+    pub fn resnets_mut(&mut self) -> impl Iterator<Item = &mut ResnetBlock2D> {
+        self.resnets.iter_mut()
     }
 
     /// Its resnets (each with its transformer), each taking one skip connection.
