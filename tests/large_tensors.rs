@@ -173,6 +173,8 @@ fn chunked_ops_match_whole(shape: [usize; 4], split: usize, out_split: usize, we
     assert_eq!(up.to_vec_blocking(), read(&layout::upsample_nearest_2x(gpu, &x).unwrap()), "{what}: upsample");
     let sum = normed.add(&chunks).unwrap();
     assert_eq!(sum.to_vec_blocking(), read(&ew::add(gpu, &whole_norm, &x).unwrap()), "{what}: add");
+    let scaled = chunks.scale(0.75).unwrap();
+    assert_eq!(scaled.to_vec_blocking(), read(&ew::scale(gpu, &x, 0.75).unwrap()), "{what}: scale");
     // A range across chunks is concatenated.
     let across = chunks.channels(split - 1..(split + 2).min(channels)).unwrap();
     assert_eq!(read(&across), read(&layout::narrow(gpu, &x, 1, split - 1, across.shape()[1]).unwrap()), "{what}: channels");

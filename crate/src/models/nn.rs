@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
-use crate::kernels::conv2d::{Conv2dOptions, conv2d, output_size};
+use crate::kernels::conv2d::{Conv2dOptions, output_size};
 use crate::kernels::elementwise as ew;
 use crate::kernels::elementwise::Unary;
 use crate::kernels::matmul::{MatmulOptions, matmul};
@@ -231,24 +231,15 @@ impl Conv2d {
     /// `[N, out]` per sample and channel (a projected time embedding), `residual` of the
     /// output's shape.
     pub fn forward_adding<F: FeatureMap>(&self, x: &F, channel_add: Option<&Tensor>, residual: Option<&F>) -> Result<F> {
-        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
-            .with_channel_add(channel_add);
-        let out = x.conv2d(&self.weight, &opts, residual)?;
-        if let Some(side_path) = self.lora.current() {
-            let whole = |f: &F| f.whole("a LoRA's side path");
-            side_path.add_to_conv(&whole(x)?, self.stride, self.padding, &whole(&out)?, OutputLayout::Plain)?;
-        }
-        Ok(out)
+        self.run(x, &self.options().with_channel_add(channel_add), residual, OutputLayout::Plain)
     }
 
     /// With `residual` added, then `activation` applied, in the epilogue (TAESD's
     /// `relu(conv(h) + x)`); with a LoRA side path the activation runs after it, apart.
     pub fn forward_activated(&self, x: &Tensor, residual: Option<&Tensor>, activation: Option<Unary>) -> Result<Tensor> {
-        let opts = Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
-            .with_residual(residual);
         match (self.lora.current(), activation) {
-            (Some(_), Some(activation)) => ew::unary(x.gpu(), &self.run(x, &opts, OutputLayout::Plain)?, activation),
-            _ => self.run(x, &opts.with_activation(activation), OutputLayout::Plain),
+            (Some(_), Some(activation)) => ew::unary(x.gpu(), &self.run(x, &self.options(), residual, OutputLayout::Plain)?, activation),
+            _ => self.run(x, &self.options().with_activation(activation), residual, OutputLayout::Plain),
         }
     }
 
@@ -262,24 +253,26 @@ impl Conv2d {
     /// From an image to its tokens, `x [N, C, H, W] -> [N, H * W, out]`: the output
     /// written channels last (no permute after it).
     pub fn forward_to_tokens(&self, x: &Tensor) -> Result<Tensor> {
-        let opts = Conv2dOptions {
-            stride: self.stride,
-            padding: self.padding,
-            bias: self.bias.as_ref(),
-            channels_last: true,
-            ..Default::default()
-        };
-        let out = self.run(x, &opts, OutputLayout::Transposed)?;
+        let opts = Conv2dOptions { channels_last: true, ..self.options() };
+        let out = self.run(x, &opts, None, OutputLayout::Transposed)?;
         let [batch, height, width, channels] = out.shape()[..] else {
             return Err(Error::shape("Conv2d", format!("tokens from a 4-d output, got {:?}", out.shape())));
         };
         out.reshape(&[batch, height * width, channels])
     }
 
-    fn run(&self, x: &Tensor, opts: &Conv2dOptions, layout: OutputLayout) -> Result<Tensor> {
-        let out = conv2d(x.gpu(), x, &self.weight, opts)?;
+    /// The layer's stride, padding and bias.
+    fn options(&self) -> Conv2dOptions<'_> {
+        Conv2dOptions { stride: self.stride, padding: self.padding, bias: self.bias.as_ref(), ..Default::default() }
+    }
+
+    /// The conv `opts` describe with `residual` added, then the LoRA side path if one is
+    /// attached (on whole tensors only).
+    fn run<F: FeatureMap>(&self, x: &F, opts: &Conv2dOptions, residual: Option<&F>, layout: OutputLayout) -> Result<F> {
+        let out = x.conv2d(&self.weight, opts, residual)?;
         if let Some(side_path) = self.lora.current() {
-            side_path.add_to_conv(x, self.stride, self.padding, &out, layout)?;
+            let whole = |f: &F| f.whole("a LoRA's side path");
+            side_path.add_to_conv(&whole(x)?, self.stride, self.padding, &whole(&out)?, layout)?;
         }
         Ok(out)
     }

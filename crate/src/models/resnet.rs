@@ -26,7 +26,7 @@ pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
     time_emb_proj: Option<Linear>,
-    /// Where this block's time projection is in `Time::projected`, once the UNet took it.
+    /// Where this block's time projection is among the UNet's, once the UNet took it.
     time_slot: Option<usize>,
     norm2: GroupNorm,
     conv2: Conv2d,
@@ -50,28 +50,29 @@ impl ResnetBlock2D {
         })
     }
 
-    /// Hands over this block's `time_emb_proj` to be computed with others (`TimeProjections`);
-    /// from then on the block reads its projection at `slot` of `Time::projected`.
+    /// Hands over this block's `time_emb_proj` to be computed with the others' once a pass
+    /// (`TimeProjections`); the block then reads its projection at `slot` of what that gives.
     pub fn take_time_projection(&mut self, slot: usize) -> Option<Linear> {
         let proj = self.time_emb_proj.take()?;
         self.time_slot = Some(slot);
         Some(proj)
     }
 
-    /// `x [B, C, H, W]`; `time` is the UNet's time embedding (none in the VAE).
-    pub fn forward<F: FeatureMap>(&self, x: &F, time: Option<Time>) -> Result<F> {
+    /// `x [B, C, H, W]`; `time_projections` are the UNet's resnets' projections of its time
+    /// embedding (`TimeProjections::forward`), by slot; none in the VAE.
+    pub fn forward<F: FeatureMap>(&self, x: &F, time_projections: Option<&[Tensor]>) -> Result<F> {
+        const OP: &str = "ResnetBlock2D";
         // The time projection and the shortcut are added in the convs' epilogues.
-        let t = match (&self.time_emb_proj, self.time_slot, time) {
-            (Some(proj), _, Some(time)) => Some(proj.forward(time.embedding)?),
-            (None, Some(slot), Some(time)) => Some(
-                time.projected
-                    .get(slot)
-                    .cloned()
-                    .ok_or_else(|| Error::shape("ResnetBlock2D", format!("no time projection at slot {slot}")))?,
-            ),
-            (None, None, None) => None,
-            (_, _, None) => return Err(Error::shape("ResnetBlock2D", "this block needs a time embedding")),
-            (None, None, Some(_)) => return Err(Error::shape("ResnetBlock2D", "this block takes no time embedding")),
+        let t = match (self.time_slot, time_projections) {
+            (Some(slot), Some(projected)) => {
+                Some(projected.get(slot).cloned().ok_or_else(|| Error::shape(OP, format!("no time projection at slot {slot}")))?)
+            }
+            (Some(_), None) => return Err(Error::shape(OP, "this block needs a time embedding")),
+            (None, _) if self.time_emb_proj.is_some() => {
+                return Err(Error::shape(OP, "this block's time projection was never taken into the UNet's TimeProjections"));
+            }
+            (None, None) => None,
+            (None, Some(_)) => return Err(Error::shape(OP, "this block takes no time embedding")),
         };
         let h = self.conv1.forward_adding(&self.norm1.forward(x, true)?, t.as_ref(), None)?;
         let shortcut = match &self.conv_shortcut {
@@ -81,15 +82,6 @@ impl ResnetBlock2D {
         let sum = self.conv2.forward_adding(&self.norm2.forward(&h, true)?, None, Some(&shortcut))?;
         if self.output_scale_factor == 1.0 { Ok(sum) } else { sum.scale(1.0 / self.output_scale_factor) }
     }
-}
-
-/// The time embedding as a UNet's resnets take it: the embedding `[B, temb]` after its
-/// SiLU (applied once for all blocks), and the projections computed ahead for the blocks
-/// whose `time_emb_proj` the UNet took, by slot.
-#[derive(Clone, Copy)]
-pub struct Time<'a> {
-    pub embedding: &'a Tensor,
-    pub projected: &'a [Tensor],
 }
 
 /// A 3x3 stride-2 conv. diffusers pads 1 on every side, or with `padding = 0`

@@ -236,7 +236,6 @@ impl BasicTransformerBlock {
     }
 }
 
-/// `proj_in` / `proj_out`: a 1x1 conv on `[B, C, H, W]` or a Linear on `[B, HW, C]` tokens.
 /// `proj_in`: a 1x1 conv, or a Linear run as the 1x1 conv it is, writing the image's
 /// tokens straight from its channels-first pixels.
 fn projection_in(w: &Weights, linear: bool, in_channels: usize, out_channels: usize) -> Result<Conv2d> {
@@ -253,6 +252,7 @@ fn projection_out(w: &Weights, linear: bool, in_features: usize, out_features: u
     if linear { Linear::load(w, in_features, out_features, true) } else { Linear::load_pointwise_conv(w, in_features, out_features) }
 }
 
+/// Group norm, `proj_in`, the transformer blocks over the `H*W` positions, `proj_out`, plus the input.
 pub struct Transformer2DModel {
     norm: GroupNorm,
     proj_in: Conv2d,

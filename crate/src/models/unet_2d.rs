@@ -6,7 +6,6 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps};
 use super::nn::{Conv2d, GroupNorm};
-use super::resnet::Time;
 use super::time_projections::TimeProjections;
 use super::transformer_2d::{Text, TextKeysValues, TokenDownsampling};
 use super::unet_2d_blocks::{BlockConfig, Conditioning, CrossAttentionConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
@@ -515,7 +514,7 @@ impl UNet2DConditionModel {
             None => None,
         };
         let projected = self.time_projections.forward(&temb)?;
-        let c = Conditioning { time: Time { embedding: &temb, projected: &projected }, text, kept_rows: kept_rows.as_ref() };
+        let c = Conditioning { time_projections: &projected, text, kept_rows: kept_rows.as_ref() };
         // Reusing branch b computes skips 0..=b only, and the up layers that take them.
         let fresh_skips = match reuse {
             FeatureReuse::Reuse { branch, .. } => branch + 1,

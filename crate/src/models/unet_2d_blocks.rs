@@ -3,7 +3,7 @@
 //! `UpBlock2D` / `CrossAttnUpBlock2D`. A cross-attention block is the plain block with a
 //! `Transformer2DModel` after each resnet, so one type serves both.
 
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Time, Upsample2D};
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use super::transformer_2d::{KeptRows, Text, Transformer2DConfig, Transformer2DModel};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -83,8 +83,8 @@ fn load_attentions(w: &Weights, c: &BlockConfig, count: usize) -> Result<Vec<Tra
 /// What every layer of one UNet pass sees besides its input.
 #[derive(Clone, Copy)]
 pub struct Conditioning<'a> {
-    /// The time embedding and the resnets' projections of it.
-    pub time: Time<'a>,
+    /// Every resnet's projection of the time embedding, by slot (`TimeProjections`).
+    pub time_projections: &'a [Tensor],
     /// The text, `[B, S, cross_attention_dim]`, and its keys and values if computed ahead.
     pub text: Text<'a>,
     /// The token rows ToDo keeps at the largest resolution, if it runs.
@@ -93,7 +93,7 @@ pub struct Conditioning<'a> {
 
 /// A resnet, then its transformer when the block has them.
 fn resnet_then_attention(resnet: &ResnetBlock2D, attention: Option<&Transformer2DModel>, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
-    let h = resnet.forward(x, Some(c.time))?;
+    let h = resnet.forward(x, Some(c.time_projections))?;
     match attention {
         Some(attention) => attention.forward(&h, c.text, c.kept_rows),
         None => Ok(h),
@@ -188,9 +188,9 @@ impl UNetMidBlock2DCrossAttn {
     }
 
     pub fn forward(&self, x: &Tensor, c: &Conditioning) -> Result<Tensor> {
-        let mut h = self.first.forward(x, Some(c.time))?;
+        let mut h = self.first.forward(x, Some(c.time_projections))?;
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets) {
-            h = resnet.forward(&attention.forward(&h, c.text, c.kept_rows)?, Some(c.time))?;
+            h = resnet.forward(&attention.forward(&h, c.text, c.kept_rows)?, Some(c.time_projections))?;
         }
         Ok(h)
     }

@@ -200,9 +200,9 @@ impl ChannelChunks {
                 let len = out_chunk_channels.min(out_channels - out_start);
                 let out = gpu.empty(&[n, len, out_h, out_w], DType::F32)?;
                 let residual = residual.map(|r| r.channels(out_start..out_start + len)).transpose()?;
+                let first = opts.with_residual(residual.as_ref());
                 for (i, (range, x)) in self.chunks().enumerate() {
                     let part = ConvPart { in_start: range.start, out_start, accumulate: i > 0 };
-                    let first = opts.with_residual(residual.as_ref());
                     conv2d_into(gpu, x, weight, if i == 0 { &first } else { &later_parts }, part, &out)?;
                 }
                 Ok((out_start, out))

@@ -91,9 +91,9 @@ impl Decoder {
     pub fn check_sizes(&self, [n, _, mut h, mut w]: [usize; 4], plan: &ChunkPlan) -> Result<()> {
         plan.check("decoder.conv_in", [n, self.widths[0], h, w])?;
         self.mid_block.check_sizes([n, self.widths[0], h, w], plan)?;
-        for (i, &width) in self.widths.iter().enumerate() {
+        for (i, (block, &width)) in self.up_blocks.iter().zip(&self.widths).enumerate() {
             plan.check(&format!("decoder.up_blocks.{i}"), [n, width, h, w])?;
-            if self.up_blocks[i].upsampler.is_some() {
+            if block.upsampler.is_some() {
                 (h, w) = (2 * h, 2 * w);
                 plan.check(&format!("decoder.up_blocks.{i}.upsamplers.0"), [n, width, h, w])?;
             }

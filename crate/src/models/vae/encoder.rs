@@ -91,9 +91,9 @@ impl Encoder {
     /// an image of `[n, _, h, w]`: each down block's width at its resolution and,
     /// downsampled, at the next; the mid-block attention's and the moments whole.
     pub fn check_sizes(&self, [n, _, mut h, mut w]: [usize; 4], plan: &ChunkPlan) -> Result<()> {
-        for (i, &width) in self.widths.iter().enumerate() {
+        for (i, (block, &width)) in self.down_blocks.iter().zip(&self.widths).enumerate() {
             plan.check(&format!("encoder.down_blocks.{i}"), [n, width, h, w])?;
-            if self.down_blocks[i].downsampler.is_some() {
+            if block.downsampler.is_some() {
                 [h, w] = output_size(h, w, [3, 3], 2, [0, 1, 0, 1])?;
                 plan.check(&format!("encoder.down_blocks.{i}.downsamplers.0"), [n, width, h, w])?;
             }
